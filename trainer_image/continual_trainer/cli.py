@@ -1,0 +1,124 @@
+"""``continual-trainer --config trainer.yaml``: the container's entry point (a thin shell over ``main``).
+
+It turns every outcome into the documented exit code (:mod:`continual_trainer.exitcodes`), writes the
+result record to the termination-message file (``/dev/termination-log`` in a pod: Kubernetes shows it in
+the pod status, and the operator reads it), and prints a one-line summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from continual_trainer.config import TrainerConfig, parse_config
+from continual_trainer.exitcodes import ExitCode, TrainerError
+from continual_trainer.records import BatchResult
+
+log = logging.getLogger("continual_trainer")
+
+
+class PreemptedBeforeTrainingError(TrainerError):
+    """SIGTERM arrived before training started: nothing to save, retry later."""
+
+    exit_code = ExitCode.PREEMPTED
+    reason = "Preempted"
+
+
+def _early_sigterm(signum: int, frame: Any) -> None:
+    del signum, frame
+    raise PreemptedBeforeTrainingError("SIGTERM before training started; nothing was changed, retry me")
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """One line per problem, naming the field by its camelCase path (as written in the YAML)."""
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(root)"
+        lines.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
+    return "invalid trainer config: " + "; ".join(lines)
+
+
+def write_termination_message(path: str | None, result: BatchResult) -> None:
+    """Best effort: the file may not exist outside a pod."""
+    if not path:
+        return
+    try:
+        Path(path).write_text(result.to_termination_message())
+    except OSError as exc:
+        log.debug("no termination message written to %s: %s", path, exc)
+
+
+def execute(config: TrainerConfig) -> tuple[ExitCode, BatchResult]:
+    """Run ``main`` and classify the outcome."""
+    from continual_trainer.train import main  # noqa: PLC0415 - keeps `--help` and config errors fast
+
+    try:
+        result = main(config)
+    except TrainerError as exc:
+        code = exc.exit_code
+        result = BatchResult(
+            batch_id=config.batch.id, outcome="Failed", exit_code=int(code), reason=exc.reason, message=exc.message
+        )
+        return code, result
+    except MemoryError as exc:
+        return ExitCode.PERMANENT, _failed(config, ExitCode.PERMANENT, "OutOfMemory", f"out of memory: {exc}")
+    except OSError as exc:
+        return ExitCode.TRANSIENT, _failed(config, ExitCode.TRANSIENT, "IOError", f"{type(exc).__name__}: {exc}")
+    except Exception as exc:
+        if type(exc).__name__ == "OutOfMemoryError":  # torch's, without importing torch here
+            message = f"{exc}: lower training.perDeviceBatchSize or training.maxSeqLength"
+            return ExitCode.PERMANENT, _failed(config, ExitCode.PERMANENT, "OutOfMemory", message)
+        log.exception("unexpected error")
+        return ExitCode.UNCLASSIFIED, _failed(config, ExitCode.UNCLASSIFIED, "Unexpected", f"{type(exc).__name__}: {exc}")
+    if result.outcome == "Preempted":
+        return ExitCode.PREEMPTED, result
+    return ExitCode.SUCCESS, result
+
+
+def _failed(config: TrainerConfig, code: ExitCode, reason: str, message: str) -> BatchResult:
+    return BatchResult(batch_id=config.batch.id, outcome="Failed", exit_code=int(code), reason=reason, message=message)
+
+
+def run(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    parser = argparse.ArgumentParser(prog="continual-trainer", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--config",
+        default=os.environ.get("CONTINUAL_TRAINER_CONFIG", "/etc/continual/trainer.yaml"),
+        help="YAML/JSON trainer config ('-' for standard input)",
+    )
+    parser.add_argument("--log-level", default=os.environ.get("CONTINUAL_TRAINER_LOG_LEVEL", "INFO"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    signal.signal(signal.SIGTERM, _early_sigterm)
+    try:
+        text = sys.stdin.read() if args.config == "-" else Path(args.config).read_text()
+        config = parse_config(text)
+    except ValidationError as exc:
+        print(f"continual-trainer: {format_validation_error(exc)}", file=sys.stderr)
+        sys.exit(int(ExitCode.PERMANENT))
+    except (OSError, ValueError) as exc:
+        print(f"continual-trainer: cannot read the config {args.config}: {exc}", file=sys.stderr)
+        sys.exit(int(ExitCode.PERMANENT))
+    try:
+        code, result = execute(config)
+    except PreemptedBeforeTrainingError as exc:
+        code = ExitCode.PREEMPTED
+        result = _failed(config, code, exc.reason, exc.message).model_copy(update={"outcome": "Preempted"})
+    write_termination_message(config.termination_message_path, result)
+    summary = result.model_dump_json(by_alias=True, exclude_none=True)
+    print(f"continual-trainer: {code.name} {summary}", file=sys.stderr)
+    sys.exit(int(code))
+
+
+if __name__ == "__main__":
+    run()

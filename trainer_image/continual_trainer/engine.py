@@ -1,0 +1,347 @@
+"""The training engine: ``transformers.Trainer`` driven by our step plan, LR policy and RNG discipline.
+
+Four deliberate departures from ``Trainer``'s defaults make a batch-by-batch run exact:
+
+1. **One dataset item = one optimizer step.** Each item holds the step's micro-batches (from
+   :mod:`continual_trainer.plan`); ``Trainer`` runs with ``gradient_accumulation_steps=1`` and
+   :meth:`ContinualTrainer.training_step` accumulates over the micro-batches itself, normalising the loss
+   by the step's label-token count. The step boundaries are therefore ours, identical whether a batch is
+   trained alone, resumed mid-way, or concatenated with others in one process. The dataset given to
+   ``Trainer`` holds only the steps still to do, and ``ignore_data_skip=True`` stops ``Trainer`` from
+   fast-forwarding it by the run's global step.
+2. **The LR is a pure function of the global step** (:class:`PolicyLR`), not a schedule rebuilt from
+   ``max_steps``; its saved state is only the step.
+3. **Dropout randomness is a function of the global step**: the RNG is re-seeded from (seed, global step)
+   at the start of every optimizer step, so what a step draws does not depend on how many processes,
+   dataloader iterators or restores came before it.
+4. **Saving is ours**: ``Trainer`` saves into a staging folder when our callback asks (every ``saveSteps``
+   from the batch start, at the batch end, on SIGTERM); the callback then publishes it atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset, SequentialSampler
+from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.trainer_callback import PrinterCallback
+
+from continual_trainer.config import TrainingSpec
+from continual_trainer.model import IGNORE_INDEX, Encoded, collate
+from continual_trainer.plan import StepPlan, derive_seed
+
+log = logging.getLogger(__name__)
+
+#: Per-batch accumulators stored inside every checkpoint, so a retried batch reports the same mean loss.
+BATCH_PROGRESS_FILE = "continual-batch-progress.json"
+#: Keep ``trainer_state.json`` small: its log history would otherwise grow with every step of the run.
+LOG_HISTORY_KEPT = 100
+
+
+class StepDataset(Dataset[dict[str, Any]]):
+    """Optimizer steps as dataset items (see the module docstring, point 1)."""
+
+    def __init__(self, steps: list[tuple[StepPlan, list[Encoded]]], pad_id: int) -> None:
+        self.steps = steps
+        self.pad_id = pad_id
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        plan, encoded = self.steps[index]
+        micro = [collate([encoded[i] for i in mb], self.pad_id) for mb in plan.micro_batches]
+        tokens = int(sum(int((mb["labels"][:, 1:] != IGNORE_INDEX).sum()) for mb in micro))
+        return {"micro_batches": micro, "num_label_tokens": tokens, "sample_ids": list(plan.sample_indices)}
+
+
+def first_item(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """The DataLoader hands us lists of one item (batch size 1): unwrap it."""
+    return items[0]
+
+
+class PolicyLR(torch.optim.lr_scheduler.LRScheduler):
+    """Sets every param group's LR to ``lr_fn(step)``; its state is the step only.
+
+    ``load_state_dict`` recomputes the LR from the step, so a learning rate changed in the config (recorded
+    for the new batch) takes effect instead of the one saved in ``optimizer.pt``.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, lr_fn: Callable[[int], float]) -> None:
+        self.lr_fn = lr_fn
+        super().__init__(optimizer)
+
+    def get_lr(self) -> list[float]:
+        return [self.lr_fn(max(self.last_epoch, 0))] * len(self.optimizer.param_groups)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"last_epoch": self.last_epoch}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.last_epoch = int(state_dict["last_epoch"])
+        lrs = self.get_lr()
+        for group, lr in zip(self.optimizer.param_groups, lrs, strict=True):
+            group["lr"] = lr
+        self._last_lr = lrs
+
+
+@dataclass
+class LossMeter:
+    """Token-weighted loss over the current batch (restored from the checkpoint a retry resumes from)."""
+
+    loss_sum: float = 0.0
+    tokens: int = 0
+
+    @property
+    def mean(self) -> float | None:
+        return self.loss_sum / self.tokens if self.tokens else None
+
+
+class ContinualTrainer(Trainer):
+    """``Trainer`` with our sampler, step-level accumulation and loss (module docstring, point 1)."""
+
+    def __init__(self, *args: Any, meter: LossMeter, trace: Path | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.meter = meter
+        self.trace = trace
+        # Our loss is already normalised by the step's token count: Trainer must not rescale it.
+        self.loss_is_scaled_for_ga = True
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> SequentialSampler:
+        # Order is decided by the plan; a RandomSampler would reshuffle (and draw from the global RNG).
+        return SequentialSampler(train_dataset if train_dataset is not None else self.train_dataset)
+
+    def training_step(
+        self, model: torch.nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None
+    ) -> torch.Tensor:
+        del num_items_in_batch  # Trainer cannot count our nested items; we know the exact count
+        tokens = int(inputs["num_label_tokens"])
+        micro = inputs["micro_batches"]
+        total = torch.zeros((), device=self.args.device)
+        for i, mb in enumerate(micro):
+            last = i == len(micro) - 1
+            sync = contextlib.nullcontext() if last else self.accelerator.no_sync(model)
+            with sync:
+                total = total + super().training_step(model, mb, num_items_in_batch=tokens)
+        self.meter.loss_sum += float(total) * tokens
+        self.meter.tokens += tokens
+        if self.trace is not None:
+            with self.trace.open("a") as handle:
+                handle.write(json.dumps({"step": self.state.global_step, "samples": inputs["sample_ids"]}))
+                handle.write("\n")
+        return total
+
+    def compute_loss(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: Any = None,
+    ) -> Any:
+        """Sum of token cross-entropies over this micro-batch / label tokens in the whole step."""
+        labels = inputs.pop("labels")
+        outputs = model(**inputs)
+        logits = outputs.logits[:, :-1, :].float()
+        loss = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.size(-1)),
+            labels[:, 1:].reshape(-1).to(logits.device),
+            ignore_index=IGNORE_INDEX,
+            reduction="sum",
+        ) / max(int(num_items_in_batch or 1), 1)
+        return (loss, outputs) if return_outputs else loss
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        failpoint("save-mid", self.state.global_step)  # fault injection for tests: a kill mid-save
+        super()._save_optimizer_and_scheduler(output_dir)
+
+
+def failpoint(name: str, step: int) -> None:
+    """Fault injection for tests (like etcd's failpoints): ``CONTINUAL_TRAINER_FAILPOINTS=save-mid@7``.
+
+    Kills the process with SIGKILL when the named point is reached at the given global step. Unset in
+    production; documented in docs/trainer.md.
+    """
+    spec = os.environ.get("CONTINUAL_TRAINER_FAILPOINTS")
+    if not spec:
+        return
+    for item in spec.split(","):
+        point, _, at = item.partition("@")
+        if point == name and at.isdigit() and int(at) == step:
+            log.error("failpoint %s@%s: SIGKILL", name, at)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class StepSeedCallback(TrainerCallback):
+    """Re-seed the RNG at every optimizer step from (seed, global step) (module docstring, point 3)."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def on_step_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        torch.manual_seed(derive_seed("step", self.seed, state.global_step))
+
+
+@dataclass
+class StopRequest:
+    """Set from the SIGTERM handler; read by :class:`SaveControl` at the end of the current step."""
+
+    requested: bool = False
+
+
+@dataclass
+class SaveControl(TrainerCallback):
+    """Decides when to save and stop, and publishes every staged checkpoint (module docstring, point 4).
+
+    ``boundaries`` are the global steps at which a batch ends (one for a normal invocation; every batch
+    end for the uninterrupted reference run); ``batch_start(step)`` gives the start of the batch a step is
+    in, from which ``save_steps`` is counted.
+    """
+
+    save_steps: int
+    target: int
+    boundaries: frozenset[int]
+    batch_start: Callable[[int], int]
+    on_publish: Callable[[Path, int], None]
+    meter: LossMeter
+    stop: StopRequest = field(default_factory=StopRequest)
+    on_progress: Callable[[TrainerState, dict[str, float]], None] | None = None
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        # A resumed TrainerState carries the first run's logging/saving cadence: use ours.
+        state.logging_steps = args.logging_steps
+        state.save_steps = 0
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        step = state.global_step
+        failpoint("step-end", step)
+        if step in self.boundaries or (step - self.batch_start(step - 1)) % self.save_steps == 0:
+            control.should_save = True
+        if step >= self.target or self.stop.requested:
+            control.should_save = True
+            control.should_training_stop = True
+        if len(state.log_history) > LOG_HISTORY_KEPT:
+            del state.log_history[: len(state.log_history) - LOG_HISTORY_KEPT]
+
+    def on_save(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        staged = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        (staged / BATCH_PROGRESS_FILE).write_text(
+            json.dumps({"lossSum": self.meter.loss_sum, "tokens": self.meter.tokens})
+        )
+        if state.global_step in self.boundaries:
+            # The next batch starts from zero (only the reference run crosses boundaries in-process).
+            self.meter.loss_sum, self.meter.tokens = 0.0, 0
+        self.on_publish(staged, state.global_step)
+
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, float] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if self.on_progress is not None and logs is not None and "loss" in logs:
+            self.on_progress(state, logs)
+
+
+def read_meter(checkpoint: Path | None, batch_start: int, step: int) -> LossMeter:
+    """Restore the batch's loss accumulators from the checkpoint a retry resumes from."""
+    if checkpoint is None or step == batch_start:
+        return LossMeter()
+    data = json.loads((checkpoint / BATCH_PROGRESS_FILE).read_text())
+    return LossMeter(loss_sum=float(data["lossSum"]), tokens=int(data["tokens"]))
+
+
+def training_arguments(
+    training: TrainingSpec, *, output_dir: Path, max_steps: int, logging_steps: int
+) -> TrainingArguments:
+    """``TrainingArguments`` for our engine: accumulation, saving, scheduling and data order are ours."""
+    cuda = torch.cuda.is_available()
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=1,  # one item = one optimizer step (module docstring)
+        gradient_accumulation_steps=1,
+        max_steps=max_steps,
+        learning_rate=training.learning_rate,
+        weight_decay=training.weight_decay,
+        max_grad_norm=training.max_grad_norm,
+        lr_scheduler_type="constant",  # replaced by PolicyLR in make_trainer
+        logging_strategy="steps",
+        logging_steps=logging_steps,
+        save_strategy="no",  # SaveControl decides
+        report_to="none",
+        seed=training.seed,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=cuda,
+        remove_unused_columns=False,
+        ignore_data_skip=True,  # the dataset already starts where the resumed checkpoint left off
+        bf16=training.precision == "bf16",
+        fp16=training.precision == "fp16",
+        use_cpu=not cuda,
+        disable_tqdm=True,
+        include_num_input_tokens_seen="no",
+    )
+
+
+def make_trainer(
+    model: torch.nn.Module,
+    dataset: StepDataset,
+    args: TrainingArguments,
+    *,
+    lr_fn: Callable[[int], float],
+    callbacks: list[TrainerCallback],
+    meter: LossMeter,
+    trace: Path | None,
+) -> ContinualTrainer:
+    """Build the trainer with our scheduler in place of ``Trainer``'s."""
+    trainer = ContinualTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        data_collator=first_item,
+        callbacks=callbacks,
+        meter=meter,
+        trace=trace,
+    )
+
+    def create_scheduler(num_training_steps: int, optimizer: torch.optim.Optimizer | None = None) -> Any:
+        del num_training_steps  # the whole point: our LR does not depend on it
+        if trainer.lr_scheduler is None:
+            trainer.lr_scheduler = PolicyLR(optimizer or trainer.optimizer, lr_fn)
+        return trainer.lr_scheduler
+
+    trainer.create_scheduler = create_scheduler  # type: ignore[method-assign]
+    # stdout carries our JSON progress lines; Trainer's own printed log dicts would interleave with them.
+    trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
+def install_sigterm(stop: StopRequest) -> Callable[[], None]:
+    """On SIGTERM, ask the loop to checkpoint and stop at the end of the current step; return an undo."""
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def handler(signum: int, frame: Any) -> None:
+        del signum, frame
+        log.warning("SIGTERM: saving a checkpoint at the end of the current step, then exiting (preempted)")
+        stop.requested = True
+
+    signal.signal(signal.SIGTERM, handler)
+    return functools.partial(signal.signal, signal.SIGTERM, previous)

@@ -1,0 +1,132 @@
+"""Loading the base model and tokenizer, attaching the LoRA adapter, and encoding samples.
+
+Everything that touches ``transformers``/``peft`` for model construction lives here, so that the rest of
+the trainer reads as bookkeeping.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+
+from continual_trainer.config import BaseModelSpec, LoraSpec, TrainingSpec
+from continual_trainer.data import Sample
+from continual_trainer.exitcodes import BadConfigError, BadDataError
+from continual_trainer.plan import derive_seed
+
+IGNORE_INDEX = -100
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One tokenized sample: ``labels`` is ``IGNORE_INDEX`` where no loss is taken (prompt tokens)."""
+
+    input_ids: list[int]
+    labels: list[int]
+
+    @property
+    def label_tokens(self) -> int:
+        """Tokens that contribute to the loss (labels shift by one, so position 0 never does)."""
+        return sum(1 for x in self.labels[1:] if x != IGNORE_INDEX)
+
+
+def _hub_kwargs(base: BaseModelSpec) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {}
+    if base.revision:
+        kwargs["revision"] = base.revision
+    token = os.environ.get("HF_TOKEN")
+    if token and base.id is not None:
+        kwargs["token"] = token
+    return kwargs
+
+
+def load_tokenizer(base: BaseModelSpec) -> PreTrainedTokenizerBase:
+    """The base model's tokenizer; a pad token is borrowed from EOS when the tokenizer has none."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(base.source, **_hub_kwargs(base))
+    except (OSError, ValueError) as exc:
+        raise BadConfigError(
+            f"baseModel: cannot load a tokenizer from {base.source!r} ({exc}); point baseModel.path at a "
+            "folder written by save_pretrained, or baseModel.id at a hub model"
+        ) from exc
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(base: BaseModelSpec, lora: LoraSpec, training: TrainingSpec) -> PeftModel:
+    """The base model with a freshly initialised LoRA adapter (seeded, so every process builds the same).
+
+    The base weights are loaded in the compute precision (they are frozen); PEFT keeps the adapter in fp32.
+    """
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            base.source, dtype=DTYPES[training.precision], **_hub_kwargs(base)
+        )
+    except (OSError, ValueError) as exc:
+        raise BadConfigError(
+            f"baseModel: cannot load a causal LM from {base.source!r} ({exc}); point baseModel.path at a "
+            "folder written by save_pretrained, or baseModel.id at a hub model"
+        ) from exc
+    model.config.use_cache = False
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    unknown = [m for m in lora.target_modules if m not in names]
+    if unknown:
+        raise BadConfigError(
+            f"lora.targetModules: {unknown} not found in the base model (its linear layers include e.g. "
+            f"{sorted(n for n in names if n.endswith('proj'))[:8]}); fix lora.targetModules"
+        )
+    torch.manual_seed(derive_seed("lora-init", training.seed))
+    peft_config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        bias=lora.bias,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, peft_config)
+
+
+def encode(samples: list[Sample], tokenizer: PreTrainedTokenizerBase, max_len: int) -> list[Encoded]:
+    """Tokenize every sample (truncated to ``max_len``); a sample left with nothing to learn is bad data."""
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    out = []
+    for sample in samples:
+        if sample.text is not None:
+            ids = tokenizer(sample.text, add_special_tokens=True)["input_ids"] + eos
+            labels = list(ids)
+        else:
+            prompt = tokenizer(sample.prompt or "", add_special_tokens=True)["input_ids"]
+            completion = tokenizer(sample.completion or "", add_special_tokens=False)["input_ids"] + eos
+            ids = prompt + completion
+            labels = [IGNORE_INDEX] * len(prompt) + completion
+        enc = Encoded(ids[:max_len], labels[:max_len])
+        if enc.label_tokens == 0:
+            raise BadDataError(
+                f"{sample.origin}: no tokens left to learn from after truncation to "
+                f"training.maxSeqLength={max_len} (the prompt fills it, or the text is a single token): "
+                "shorten the prompt or raise maxSeqLength"
+            )
+        out.append(enc)
+    return out
+
+
+def collate(samples: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad one micro-batch."""
+    width = max(len(s.input_ids) for s in samples)
+    ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(samples), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(samples), width), dtype=torch.long)
+    for row, s in enumerate(samples):
+        n = len(s.input_ids)
+        ids[row, :n] = torch.tensor(s.input_ids)
+        labels[row, :n] = torch.tensor(s.labels)
+        mask[row, :n] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}

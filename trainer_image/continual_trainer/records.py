@@ -1,0 +1,67 @@
+"""Records the trainer writes for others to read: batch results and progress events.
+
+These shapes are part of the trainer's contract (no torch here): the operator parses the result record from
+the pod's termination message and mirrors progress events into the custom resource's status; local mode
+reads them from the volume. camelCase on the wire, like the CRD.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from continual_trainer.config import Model
+
+#: Kubernetes truncates termination messages at 4096 bytes; we stay well under it.
+TERMINATION_MESSAGE_LIMIT = 4096
+
+
+class BatchResult(Model):
+    """The outcome of one trainer invocation, written to the ledger and to the termination-message file."""
+
+    batch_id: str
+    outcome: Literal["Succeeded", "AlreadyCompleted", "Preempted", "Failed"]
+    start_step: int | None = None
+    end_step: int | None = Field(default=None, description="Global step reached (the target on success).")
+    target_step: int | None = None
+    samples: int | None = Field(default=None, description="Samples in the batch (each trained epochs times).")
+    tokens: int | None = Field(default=None, description="Trained (label) tokens over the whole batch.")
+    mean_loss: float | None = Field(default=None, description="Token-weighted mean loss over the batch.")
+    checkpoint: str | None = Field(default=None, description="The checkpoint folder the invocation ended on.")
+    adapter: str | None = Field(default=None, description="The exported adapter folder (success only).")
+    duration_seconds: float | None = None
+    exit_code: int = 0
+    reason: str | None = None
+    message: str | None = Field(default=None, description="For failures: what went wrong and the fix.")
+
+    def to_termination_message(self) -> str:
+        """A JSON document of at most 4 KB (the message is shortened if needed)."""
+        text = self.model_dump_json(by_alias=True, exclude_none=True)
+        if len(text.encode()) <= TERMINATION_MESSAGE_LIMIT:
+            return text
+        overflow = len(text.encode()) - TERMINATION_MESSAGE_LIMIT + 16
+        message = (self.message or "")[: max(0, len(self.message or "") - overflow)] + " [...]"
+        return self.model_copy(update={"message": message}).model_dump_json(by_alias=True, exclude_none=True)
+
+
+class ProgressEvent(Model):
+    """A snapshot of training progress, sent to every progress sink."""
+
+    kind: Literal["progress", "checkpoint", "batch-started", "batch-finished"] = "progress"
+    run: str
+    batch_id: str
+    global_step: int
+    batch_start_step: int
+    batch_target_step: int
+    loss: float | None = None
+    learning_rate: float | None = None
+    samples_per_second: float | None = None
+    latest_checkpoint: str | None = None
+    time: str = Field(description="RFC 3339 UTC timestamp.")
+
+    @property
+    def batch_progress(self) -> float:
+        """Fraction of the batch done, 0..1."""
+        span = self.batch_target_step - self.batch_start_step
+        return 1.0 if span <= 0 else (self.global_step - self.batch_start_step) / span

@@ -1,0 +1,110 @@
+"""The uninterrupted run: several batches in one process and one ``Trainer.train()`` call.
+
+It is the yardstick the continual trainer is measured against. Exactness: a run trained batch by batch in
+separate processes (even killed and retried) must end with bit-identical adapter weights and the same
+learning rate at every step. Overhead: the benchmarks compare a fresh process per batch with these same
+steps in one warm process.
+
+It shares the data plan, the step items, the LR policy and the RNG discipline with :mod:`train` -- that is
+what "the same data in the same order" means -- but none of the resume machinery: no ledger, no checkpoint
+loading (unless ``resume_from`` is given, which the tests use to build controls).
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from continual_trainer import checkpoints as ckpts
+from continual_trainer import engine
+from continual_trainer import model as modeling
+from continual_trainer.config import TrainerConfig
+from continual_trainer.data import LocalSource, load_batch
+from continual_trainer.plan import build_plan
+from continual_trainer.schedules import BatchWindow, lr_at
+from continual_trainer.train import RunLayout, resolve_data_path
+
+
+@dataclass
+class UninterruptedResult:
+    """What the run did: LR and loss per step (keyed by the global step after the step), final step."""
+
+    final_step: int
+    windows: list[BatchWindow]
+    learning_rates: dict[int, float] = field(default_factory=dict)
+    losses: dict[int, float] = field(default_factory=dict)
+
+
+def run_uninterrupted(
+    configs: list[TrainerConfig], run_dir: Path, *, resume_from: Path | None = None
+) -> UninterruptedResult:
+    """Train ``configs``' batches back to back in this process; checkpoints go to ``run_dir/checkpoints``."""
+    first = configs[0]
+    layout = RunLayout(run_dir)
+    tokenizer = modeling.load_tokenizer(first.base_model)
+    start = 0
+    if resume_from is not None:
+        start = int(json.loads((resume_from / "trainer_state.json").read_text())["global_step"])
+    items: list[tuple[Any, list[modeling.Encoded]]] = []
+    windows: list[BatchWindow] = []
+    for config in configs:
+        training = config.training
+        samples = load_batch(LocalSource(resolve_data_path(config)), config.batch.data.format).samples
+        encoded = modeling.encode(samples, tokenizer, training.max_seq_length)
+        plan = build_plan(
+            len(samples),
+            batch_size=training.per_device_batch_size,
+            accumulation=training.gradient_accumulation_steps,
+            epochs=training.epochs_per_batch,
+            seed=training.seed,
+            batch_id=config.batch.id,
+        )
+        windows.append(BatchWindow(start, start + len(plan)))
+        start += len(plan)
+        items.extend((step, encoded) for step in plan)
+    ends = [w.target for w in windows]
+
+    def window_of(step: int) -> int:
+        return min(bisect.bisect_right(ends, step), len(windows) - 1)
+
+    def lr_fn(step: int) -> float:
+        training = configs[window_of(step)].training
+        return lr_at(training.lr_schedule, training.learning_rate, step, windows[window_of(step)])
+
+    result = UninterruptedResult(final_step=windows[-1].target, windows=windows)
+
+    def on_publish(staged: Path, step: int) -> None:
+        ckpts.publish(staged, layout.checkpoints, batch_id=configs[window_of(step - 1)].batch.id, step=step)
+
+    def on_progress(state: Any, logs: dict[str, float]) -> None:
+        result.learning_rates[state.global_step] = logs["learning_rate"]
+        result.losses[state.global_step] = logs["loss"]
+
+    meter = engine.LossMeter()
+    control = engine.SaveControl(
+        save_steps=first.training.save_steps,
+        target=result.final_step,
+        boundaries=frozenset(ends),
+        batch_start=lambda step: windows[window_of(step)].start,
+        on_publish=on_publish,
+        meter=meter,
+        on_progress=on_progress,
+    )
+    args = engine.training_arguments(
+        first.training, output_dir=layout.staging, max_steps=result.final_step, logging_steps=1
+    )
+    model = modeling.load_model(first.base_model, first.lora, first.training)
+    trainer = engine.make_trainer(
+        model,
+        engine.StepDataset(items, int(tokenizer.pad_token_id)),
+        args,
+        lr_fn=lr_fn,
+        callbacks=[engine.StepSeedCallback(first.training.seed), control],
+        meter=meter,
+        trace=None,
+    )
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from is not None else None)
+    return result
