@@ -18,7 +18,11 @@ from safetensors.torch import load_file
 from continual_trainer.config import TrainerConfig
 
 DEMO = Path(__file__).resolve().parents[2] / "trainer_image" / "continual_trainer" / "demo_data"
-DEMO_BATCHES = [("b1", DEMO / "batch-001.jsonl"), ("b2", DEMO / "batch-002.jsonl"), ("b3", DEMO / "batch-003.txt")]
+DEMO_BATCHES = [
+    ("b1", DEMO / "batch-001.jsonl"),
+    ("b2", DEMO / "batch-002.jsonl"),
+    ("b3", DEMO / "batch-003.txt"),
+]
 
 BASE_TRAINING: dict[str, Any] = {
     "perDeviceBatchSize": 4,
@@ -46,7 +50,13 @@ def make_config(
             "runName": "test",
             "runDir": str(run_dir),
             "baseModel": {"path": str(model)},
-            "lora": {"r": 4, "alpha": 8, "dropout": 0.1, "targetModules": ["q_proj", "v_proj"], **(lora or {})},
+            "lora": {
+                "r": 4,
+                "alpha": 8,
+                "dropout": 0.1,
+                "targetModules": ["q_proj", "v_proj"],
+                **(lora or {}),
+            },
             "training": {**BASE_TRAINING, **(training or {})},
             "batch": {"id": batch_id, "data": {"path": str(data)}},
             "terminationMessagePath": str(run_dir.parent / f"term-{run_dir.name}-{batch_id}.json"),
@@ -93,14 +103,18 @@ def _outcome(config: TrainerConfig, code: int, stdout: str, stderr: str) -> Outc
 def run_trainer(config: TrainerConfig, env: dict[str, str] | None = None, timeout: float = 300) -> Outcome:
     """Run one trainer process to completion."""
     path = _write(config)
-    proc = subprocess.run(_cmd(path), capture_output=True, text=True, env=_env(env), timeout=timeout, check=False)
+    proc = subprocess.run(
+        _cmd(path), capture_output=True, text=True, env=_env(env), timeout=timeout, check=False
+    )
     return _outcome(config, proc.returncode, proc.stdout, proc.stderr)
 
 
 def run_and_signal(config: TrainerConfig, at_step: int, sig: int, timeout: float = 300) -> Outcome:
     """Run the trainer and send ``sig`` once it reports ``globalStep >= at_step`` on stdout."""
     path = _write(config)
-    proc = subprocess.Popen(_cmd(path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(None))
+    proc = subprocess.Popen(
+        _cmd(path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(None)
+    )
     assert proc.stdout is not None
     lines = []
     deadline = time.monotonic() + timeout

@@ -15,8 +15,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
-from continual_trainer.reference import UninterruptedResult, run_uninterrupted
 from tests.trainer.helpers import (
     DEMO_BATCHES,
     adapter_weights,
@@ -25,6 +23,8 @@ from tests.trainer.helpers import (
     run_and_signal,
     run_trainer,
 )
+
+from continual_trainer.reference import UninterruptedResult, run_uninterrupted
 
 pytestmark = pytest.mark.slow
 EPOCHS = 2
@@ -93,7 +93,9 @@ def test_sigkill_during_a_checkpoint_save_then_retry_is_exact(reference, tiny_mo
     (b1, p1), (b2, p2), (b3, p3) = DEMO_BATCHES
     assert run_trainer(make_config(run_dir, tiny_model, b1, p1)).code == 0
     # killed after the adapter was written and before the optimizer: a torn save in staging
-    killed = run_trainer(make_config(run_dir, tiny_model, b2, p2), env={"CONTINUAL_TRAINER_FAILPOINTS": "save-mid@10"})
+    killed = run_trainer(
+        make_config(run_dir, tiny_model, b2, p2), env={"CONTINUAL_TRAINER_FAILPOINTS": "save-mid@10"}
+    )
     assert killed.code == -signal.SIGKILL
     torn = run_dir / "checkpoints" / ".staging" / "checkpoint-10"
     assert (torn / "adapter_model.safetensors").exists() and not (torn / "optimizer.pt").exists()

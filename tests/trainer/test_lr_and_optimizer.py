@@ -7,9 +7,9 @@ import shutil
 import signal
 
 import pytest
+from tests.trainer.helpers import DEMO_BATCHES, adapter_weights, make_config, max_abs_diff, run_trainer
 
 from continual_trainer.reference import run_uninterrupted
-from tests.trainer.helpers import DEMO_BATCHES, adapter_weights, make_config, max_abs_diff, run_trainer
 
 pytestmark = pytest.mark.slow
 TWO = DEMO_BATCHES[:2]
@@ -44,10 +44,13 @@ def test_lr_sequence_batch_by_batch_equals_uninterrupted(policy, tiny_model, tmp
         assert lrs[7] == pytest.approx(0.1 * 0.002)
     elif policy != "constant":
         assert lrs[7] >= lrs[6] * 0.8  # continuous: no collapse at the batch end
-    assert max_abs_diff(
-        adapter_weights(run_dir / "checkpoints" / "checkpoint-12"),
-        adapter_weights(tmp_path / "ref" / "checkpoints" / "checkpoint-12"),
-    ) == 0.0
+    assert (
+        max_abs_diff(
+            adapter_weights(run_dir / "checkpoints" / "checkpoint-12"),
+            adapter_weights(tmp_path / "ref" / "checkpoints" / "checkpoint-12"),
+        )
+        == 0.0
+    )
 
 
 def test_a_changed_learning_rate_applies_from_the_next_batch_only(tiny_model, tmp_path):

@@ -15,7 +15,14 @@ from continual_trainer.schedules import BatchWindow, lr_at
 
 @pytest.mark.parametrize(
     ("n", "b", "g", "e", "expected"),
-    [(24, 4, 2, 2, 6), (20, 4, 2, 2, 6), (18, 4, 2, 2, 6), (1, 8, 4, 1, 1), (100, 3, 5, 3, 21), (7, 7, 1, 4, 4)],
+    [
+        (24, 4, 2, 2, 6),
+        (20, 4, 2, 2, 6),
+        (18, 4, 2, 2, 6),
+        (1, 8, 4, 1, 1),
+        (100, 3, 5, 3, 21),
+        (7, 7, 1, 4, 4),
+    ],
 )
 def test_step_counts_match_trainer(n, b, g, e, expected):
     # Trainer: len(dataloader) = ceil(n / b); updates per epoch = ceil(len / g); total = epochs * that

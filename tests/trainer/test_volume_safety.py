@@ -11,12 +11,12 @@ import signal
 from pathlib import Path
 
 import pytest
+from tests.trainer.helpers import DEMO_BATCHES, adapter_weights, make_config, max_abs_diff, run_trainer
 
 from continual_trainer.cli import execute
 from continual_trainer.exitcodes import ExitCode
 from continual_trainer.fsutil import exclusive_lock
 from continual_trainer.reference import run_uninterrupted
-from tests.trainer.helpers import DEMO_BATCHES, adapter_weights, make_config, max_abs_diff, run_trainer
 
 (B1, P1), (B2, P2), (B3, P3) = DEMO_BATCHES
 
@@ -69,7 +69,10 @@ def test_corrupt_checkpoint_is_quarantined_and_the_previous_one_is_used(after_b1
 
     code, result = execute(make_config(run_dir, tiny_model, B2, P2))
     assert code == ExitCode.SUCCESS, result
-    reasons = {p.name.split(".")[0]: (p / "QUARANTINE_REASON.txt").read_text() for p in (run_dir / "quarantine").iterdir()}
+    reasons = {
+        p.name.split(".")[0]: (p / "QUARANTINE_REASON.txt").read_text()
+        for p in (run_dir / "quarantine").iterdir()
+    }
     assert "optimizer.pt" in reasons["checkpoint-8"]
     assert "missing files" in reasons["checkpoint-7"]
     assert notes.is_dir()  # not named checkpoint-<int>: never touched
@@ -93,7 +96,12 @@ def test_retention_keeps_the_newest_and_the_last_batch_end(after_b1, tiny_model,
     assert code == ExitCode.SUCCESS
     assert steps(run_dir) == [18]
     assert foreign.is_dir()
-    assert sorted(p.name for p in (run_dir / "adapters").iterdir()) == ["latest", "step-12", "step-18", "step-6"]
+    assert sorted(p.name for p in (run_dir / "adapters").iterdir()) == [
+        "latest",
+        "step-12",
+        "step-18",
+        "step-6",
+    ]
 
 
 def test_a_completed_batch_is_not_trained_again(after_b1, tiny_model, tmp_path):
@@ -122,12 +130,18 @@ BAD_DATA = [
     ("half.jsonl", b'{"prompt": "q"}\n', "half.jsonl:1: field 'completion' is missing"),
     ("latin1.txt", "ok\ncaf\u00e9\n".encode("latin-1"), "latin1.txt:2: not valid UTF-8"),
     ("empty.jsonl", b"\n\n", "has no samples"),
-    ("long.jsonl", json.dumps({"prompt": "word " * 200, "completion": "x"}).encode(), "long.jsonl:1: no tokens left"),
+    (
+        "long.jsonl",
+        json.dumps({"prompt": "word " * 200, "completion": "x"}).encode(),
+        "long.jsonl:1: no tokens left",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("name", "content", "expected"), BAD_DATA, ids=[b[0] for b in BAD_DATA])
-def test_bad_data_is_a_permanent_error_naming_file_and_line(after_b1, tiny_model, tmp_path, name, content, expected):
+def test_bad_data_is_a_permanent_error_naming_file_and_line(
+    after_b1, tiny_model, tmp_path, name, content, expected
+):
     run_dir = copy_run(after_b1, tmp_path)
     data = tmp_path / name
     data.write_bytes(content)
@@ -175,7 +189,9 @@ def test_a_changed_base_model_is_drift(after_b1, tiny_model, tmp_path):
 
 def test_a_second_batch_waits_for_the_unfinished_one(after_b1, tiny_model, tmp_path):
     run_dir = copy_run(after_b1, tmp_path)
-    killed = run_trainer(make_config(run_dir, tiny_model, B2, P2), env={"CONTINUAL_TRAINER_FAILPOINTS": "step-end@7"})
+    killed = run_trainer(
+        make_config(run_dir, tiny_model, B2, P2), env={"CONTINUAL_TRAINER_FAILPOINTS": "step-end@7"}
+    )
     assert killed.code == -signal.SIGKILL
     code, result = execute(make_config(run_dir, tiny_model, B3, P3))
     assert code == ExitCode.PERMANENT
@@ -200,7 +216,10 @@ def test_unsafe_schedule_via_the_cli_exits_permanent_naming_the_field(tiny_model
     path = tmp_path / "cfg.json"
     path.write_text(json.dumps(cfg))
     proc = subprocess.run(
-        [sys.executable, "-m", "continual_trainer.cli", "--config", str(path)], capture_output=True, text=True, check=False
+        [sys.executable, "-m", "continual_trainer.cli", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert proc.returncode == 64
     assert "training.lrSchedule.type: lrSchedule.type='cosine' is not allowed" in proc.stderr

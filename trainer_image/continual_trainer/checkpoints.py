@@ -193,5 +193,7 @@ def list_published(checkpoints_dir: Path) -> list[Checkpoint]:
     """Published checkpoints by step, without re-validating (used by retention right after a publish)."""
     if not checkpoints_dir.is_dir():
         return []
-    found = [Checkpoint(p, s) for p in checkpoints_dir.iterdir() if (s := step_of(p)) is not None and p.is_dir()]
+    found = [
+        Checkpoint(p, s) for p in checkpoints_dir.iterdir() if (s := step_of(p)) is not None and p.is_dir()
+    ]
     return sorted(found, key=lambda c: c.step)

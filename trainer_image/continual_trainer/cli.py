@@ -57,33 +57,43 @@ def write_termination_message(path: str | None, result: BatchResult) -> None:
 
 def execute(config: TrainerConfig) -> tuple[ExitCode, BatchResult]:
     """Run ``main`` and classify the outcome."""
-    from continual_trainer.train import main  # noqa: PLC0415 - keeps `--help` and config errors fast
+    from continual_trainer.train import main
 
     try:
         result = main(config)
     except TrainerError as exc:
         code = exc.exit_code
         result = BatchResult(
-            batch_id=config.batch.id, outcome="Failed", exit_code=int(code), reason=exc.reason, message=exc.message
+            batch_id=config.batch.id,
+            outcome="Failed",
+            exit_code=int(code),
+            reason=exc.reason,
+            message=exc.message,
         )
         return code, result
     except MemoryError as exc:
         return ExitCode.PERMANENT, _failed(config, ExitCode.PERMANENT, "OutOfMemory", f"out of memory: {exc}")
     except OSError as exc:
-        return ExitCode.TRANSIENT, _failed(config, ExitCode.TRANSIENT, "IOError", f"{type(exc).__name__}: {exc}")
+        return ExitCode.TRANSIENT, _failed(
+            config, ExitCode.TRANSIENT, "IOError", f"{type(exc).__name__}: {exc}"
+        )
     except Exception as exc:
         if type(exc).__name__ == "OutOfMemoryError":  # torch's, without importing torch here
             message = f"{exc}: lower training.perDeviceBatchSize or training.maxSeqLength"
             return ExitCode.PERMANENT, _failed(config, ExitCode.PERMANENT, "OutOfMemory", message)
         log.exception("unexpected error")
-        return ExitCode.UNCLASSIFIED, _failed(config, ExitCode.UNCLASSIFIED, "Unexpected", f"{type(exc).__name__}: {exc}")
+        return ExitCode.UNCLASSIFIED, _failed(
+            config, ExitCode.UNCLASSIFIED, "Unexpected", f"{type(exc).__name__}: {exc}"
+        )
     if result.outcome == "Preempted":
         return ExitCode.PREEMPTED, result
     return ExitCode.SUCCESS, result
 
 
 def _failed(config: TrainerConfig, code: ExitCode, reason: str, message: str) -> BatchResult:
-    return BatchResult(batch_id=config.batch.id, outcome="Failed", exit_code=int(code), reason=reason, message=message)
+    return BatchResult(
+        batch_id=config.batch.id, outcome="Failed", exit_code=int(code), reason=reason, message=message
+    )
 
 
 def run(argv: list[str] | None = None) -> None:
@@ -97,7 +107,9 @@ def run(argv: list[str] | None = None) -> None:
     parser.add_argument("--log-level", default=os.environ.get("CONTINUAL_TRAINER_LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=args.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     signal.signal(signal.SIGTERM, _early_sigterm)
     try:
@@ -106,7 +118,7 @@ def run(argv: list[str] | None = None) -> None:
     except ValidationError as exc:
         print(f"continual-trainer: {format_validation_error(exc)}", file=sys.stderr)
         sys.exit(int(ExitCode.PERMANENT))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, TypeError) as exc:
         print(f"continual-trainer: cannot read the config {args.config}: {exc}", file=sys.stderr)
         sys.exit(int(ExitCode.PERMANENT))
     try:

@@ -153,7 +153,9 @@ class BaseModelSpec(Model):
     @model_validator(mode="after")
     def _exactly_one(self) -> Self:
         if (self.path is None) == (self.id is None):
-            raise ValueError("baseModel: set exactly one of 'path' (a local folder) or 'id' (a hub model id).")
+            raise ValueError(
+                "baseModel: set exactly one of 'path' (a local folder) or 'id' (a hub model id)."
+            )
         return self
 
     @property
@@ -174,9 +176,7 @@ class TrainingSpec(Model):
     )
     lr_schedule: LRSchedule = Field(default_factory=LRSchedule, description="Learning-rate policy.")
     per_device_batch_size: int = Field(default=4, ge=1, description="Samples per micro-batch.")
-    gradient_accumulation_steps: int = Field(
-        default=1, ge=1, description="Micro-batches per optimizer step."
-    )
+    gradient_accumulation_steps: int = Field(default=1, ge=1, description="Micro-batches per optimizer step.")
     epochs_per_batch: int = Field(default=1, ge=1, description="Passes over each data batch.")
     max_seq_length: int = Field(default=512, ge=8, description="Samples are truncated to this many tokens.")
     save_steps: int = Field(
@@ -270,11 +270,11 @@ class TrainerConfig(Model):
 
 def parse_config(text: str) -> TrainerConfig:
     """Parse YAML or JSON text into a config (pydantic errors propagate; the CLI turns them into exit codes)."""
-    import yaml  # noqa: PLC0415 - yaml is only needed when parsing text
+    import yaml
 
     data = yaml.safe_load(text)
     if not isinstance(data, dict):
-        raise ValueError("the trainer config must be a mapping (YAML or JSON object)")
+        raise TypeError("the trainer config must be a mapping (YAML or JSON object)")
     return TrainerConfig.model_validate(data)
 
 

@@ -21,7 +21,6 @@ Four deliberate departures from ``Trainer``'s defaults make a batch-by-batch run
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
 import os
@@ -81,7 +80,7 @@ class PolicyLR(torch.optim.lr_scheduler.LRScheduler):
         self.lr_fn = lr_fn
         super().__init__(optimizer)
 
-    def get_lr(self) -> list[float]:
+    def get_lr(self) -> list[float | torch.Tensor]:
         return [self.lr_fn(max(self.last_epoch, 0))] * len(self.optimizer.param_groups)
 
     def state_dict(self) -> dict[str, Any]:
@@ -89,7 +88,7 @@ class PolicyLR(torch.optim.lr_scheduler.LRScheduler):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.last_epoch = int(state_dict["last_epoch"])
-        lrs = self.get_lr()
+        lrs: list[float | torch.Tensor] = self.get_lr()
         for group, lr in zip(self.optimizer.param_groups, lrs, strict=True):
             group["lr"] = lr
         self._last_lr = lrs
@@ -119,7 +118,9 @@ class ContinualTrainer(Trainer):
 
     def _get_train_sampler(self, train_dataset: Any = None) -> SequentialSampler:
         # Order is decided by the plan; a RandomSampler would reshuffle (and draw from the global RNG).
-        return SequentialSampler(train_dataset if train_dataset is not None else self.train_dataset)
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        assert isinstance(dataset, StepDataset)
+        return SequentialSampler(dataset)
 
     def training_step(
         self, model: torch.nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None
@@ -222,7 +223,7 @@ class SaveControl(TrainerCallback):
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         # A resumed TrainerState carries the first run's logging/saving cadence: use ours.
-        state.logging_steps = args.logging_steps
+        state.logging_steps = int(args.logging_steps)
         state.save_steps = 0
 
     def on_step_end(
@@ -241,7 +242,7 @@ class SaveControl(TrainerCallback):
     def on_save(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        staged = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        staged = Path(str(args.output_dir)) / f"checkpoint-{state.global_step}"
         (staged / BATCH_PROGRESS_FILE).write_text(
             json.dumps({"lossSum": self.meter.loss_sum, "tokens": self.meter.tokens})
         )
@@ -325,7 +326,9 @@ def make_trainer(
     def create_scheduler(num_training_steps: int, optimizer: torch.optim.Optimizer | None = None) -> Any:
         del num_training_steps  # the whole point: our LR does not depend on it
         if trainer.lr_scheduler is None:
-            trainer.lr_scheduler = PolicyLR(optimizer or trainer.optimizer, lr_fn)
+            target = optimizer or trainer.optimizer
+            assert target is not None
+            trainer.lr_scheduler = PolicyLR(target, lr_fn)  # type: ignore[assignment]
         return trainer.lr_scheduler
 
     trainer.create_scheduler = create_scheduler  # type: ignore[method-assign]
@@ -344,4 +347,8 @@ def install_sigterm(stop: StopRequest) -> Callable[[], None]:
         stop.requested = True
 
     signal.signal(signal.SIGTERM, handler)
-    return functools.partial(signal.signal, signal.SIGTERM, previous)
+
+    def restore() -> None:
+        signal.signal(signal.SIGTERM, previous)
+
+    return restore

@@ -76,7 +76,7 @@ def exclusive_lock(path: Path) -> Iterator[None]:
     The operator already runs one Job per run; this lock is the second line of defence so that two
     processes never write the same volume at once (a stuck pod, a human running the trainer by hand).
     """
-    import fcntl  # noqa: PLC0415 - POSIX only, imported where used
+    import fcntl
 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)

@@ -88,12 +88,12 @@ class KubernetesStatusSink:
 
     def _client(self) -> Any:
         if self._api is None:
-            from kubernetes import client, config  # noqa: PLC0415 - only inside a cluster
+            from kubernetes import client, config
 
             try:
-                config.load_incluster_config()
+                config.load_incluster_config()  # type: ignore[no-untyped-call]
             except config.ConfigException:
-                config.load_kube_config()
+                config.load_kube_config()  # type: ignore[no-untyped-call]
             self._api = client.CustomObjectsApi()
         return self._api
 
@@ -124,7 +124,7 @@ class Broadcast:
         for sink in self.sinks:
             try:
                 sink.emit(event)
-            except Exception as exc:  # noqa: BLE001 - progress is advisory
+            except Exception as exc:
                 log.warning("progress sink %s failed: %s", type(sink).__name__, exc)
 
 

@@ -16,6 +16,8 @@ from continual_trainer.config import Model
 #: Kubernetes truncates termination messages at 4096 bytes; we stay well under it.
 TERMINATION_MESSAGE_LIMIT = 4096
 
+EventKind = Literal["progress", "checkpoint", "batch-started", "batch-finished"]
+
 
 class BatchResult(Model):
     """The outcome of one trainer invocation, written to the ledger and to the termination-message file."""
@@ -48,7 +50,7 @@ class BatchResult(Model):
 class ProgressEvent(Model):
     """A snapshot of training progress, sent to every progress sink."""
 
-    kind: Literal["progress", "checkpoint", "batch-started", "batch-finished"] = "progress"
+    kind: EventKind = "progress"
     run: str
     batch_id: str
     global_step: int

@@ -67,8 +67,5 @@ def _rewarm_factor(schedule: LRSchedule, step: int, window: BatchWindow) -> floa
         return floor + (1.0 - floor) * local / warmup
     decay_span = span - warmup
     progress = (local - warmup) / decay_span if decay_span > 0 else 1.0
-    if schedule.decay == "linear":
-        shape = 1.0 - progress
-    else:
-        shape = 0.5 * (1.0 + math.cos(math.pi * progress))
+    shape = 1.0 - progress if schedule.decay == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
     return floor + (1.0 - floor) * shape

@@ -33,13 +33,15 @@ def copy_demo_batches(dest: Path) -> list[Path]:
     return out
 
 
-def build_tiny_model(path: Path, *, hidden: int = 64, layers: int = 2, vocab: int = 512, seed: int = 0) -> Path:
+def build_tiny_model(
+    path: Path, *, hidden: int = 64, layers: int = 2, vocab: int = 512, seed: int = 0
+) -> Path:
     """Create (once) a tiny Llama + tokenizer in ``path``; return ``path``."""
     if (path / "config.json").exists() and (path / "tokenizer.json").exists():
         return path
-    import torch  # noqa: PLC0415 - heavy, only when building
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: PLC0415
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast  # noqa: PLC0415
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -49,7 +51,7 @@ def build_tiny_model(path: Path, *, hidden: int = 64, layers: int = 2, vocab: in
         vocab_size=vocab, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
     tok.train_from_iterator(demo_corpus(), trainer=trainer)
-    fast = PreTrainedTokenizerFast(
+    fast = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>"
     )
     tmp = path.with_name(path.name + ".tmp")

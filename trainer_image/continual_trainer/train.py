@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from continual_trainer import checkpoints as ckpts
 from continual_trainer.config import TrainerConfig, TrainingSpec
@@ -43,8 +44,11 @@ from continual_trainer.progress import (
     StatusFileSink,
     StdoutSink,
 )
-from continual_trainer.records import BatchResult, ProgressEvent
+from continual_trainer.records import BatchResult, EventKind, ProgressEvent
 from continual_trainer.schedules import BatchWindow, lr_at
+
+if TYPE_CHECKING:
+    from continual_trainer.model import Encoded
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +169,7 @@ def _main_locked(config: TrainerConfig, layout: RunLayout) -> BatchResult:
         )
 
     # Loading the model is the slow part; do it after every cheap check has passed.
-    from continual_trainer import model as modeling  # noqa: PLC0415 - torch only past the cheap checks
+    from continual_trainer import model as modeling
 
     tokenizer = modeling.load_tokenizer(config.base_model)
     training = record.training if record is not None else config.training
@@ -179,7 +183,9 @@ def _main_locked(config: TrainerConfig, layout: RunLayout) -> BatchResult:
         record = record.model_copy(update={"attempts": record.attempts + 1})
         ledger.write_batch(record)
         if record.training != config.training:
-            log.warning("batch %s keeps the settings it started with; config changes apply next batch", batch_id)
+            log.warning(
+                "batch %s keeps the settings it started with; config changes apply next batch", batch_id
+            )
 
     sinks = make_sinks(config, layout)
     valid = ckpts.scan(layout.checkpoints, config.lora, layout.root)
@@ -204,7 +210,7 @@ def _main_locked(config: TrainerConfig, layout: RunLayout) -> BatchResult:
             f"training stopped but the batch-end checkpoint {final} is not valid ({reason}); the batch is not "
             "complete and will be retried from the last valid checkpoint"
         )
-    from continual_trainer.engine import read_meter  # noqa: PLC0415
+    from continual_trainer.engine import read_meter
 
     meter = read_meter(final, record.start_step, record.target_step)
     adapter = _export_adapter(layout, final, record.target_step, tokenizer)
@@ -221,9 +227,13 @@ def _main_locked(config: TrainerConfig, layout: RunLayout) -> BatchResult:
         adapter=str(adapter.relative_to(layout.root)),
         duration_seconds=round(time.monotonic() - started, 3),
     )
-    ledger.write_batch(record.model_copy(update={"state": "completed", "completed_at": utcnow(), "result": result}))
+    ledger.write_batch(
+        record.model_copy(update={"state": "completed", "completed_at": utcnow(), "result": result})
+    )
     ckpts.retain(ckpts.list_published(layout.checkpoints), training.checkpoints_kept, {record.target_step})
-    sinks.emit(event("batch-finished", record.target_step, ckpts.Checkpoint(final, record.target_step), meter.mean))
+    sinks.emit(
+        event("batch-finished", record.target_step, ckpts.Checkpoint(final, record.target_step), meter.mean)
+    )
     return result
 
 
@@ -240,7 +250,9 @@ def _check_same_data(record: BatchRecord, data_path: Path, config: TrainerConfig
         )
 
 
-def _begin_batch(config: TrainerConfig, ledger: Ledger, layout: RunLayout, loaded: LoadedBatch) -> BatchRecord:
+def _begin_batch(
+    config: TrainerConfig, ledger: Ledger, layout: RunLayout, loaded: LoadedBatch
+) -> BatchRecord:
     """First attempt of a batch: fix its start and target steps in the ledger before training anything."""
     records = ledger.batches()
     unfinished = [r for r in records if r.state == "started"]
@@ -266,7 +278,9 @@ def _begin_batch(config: TrainerConfig, ledger: Ledger, layout: RunLayout, loade
             ckpts.quarantine(ckpt.path, f"trained by failed batch(es) {sorted(failed)}", layout.root)
     training = config.training
     steps = total_steps(
-        len(loaded.samples), training.per_device_batch_size, training.gradient_accumulation_steps,
+        len(loaded.samples),
+        training.per_device_batch_size,
+        training.gradient_accumulation_steps,
         training.epochs_per_batch,
     )
     record = BatchRecord(
@@ -281,7 +295,9 @@ def _begin_batch(config: TrainerConfig, ledger: Ledger, layout: RunLayout, loade
         created_at=utcnow(),
     )
     ledger.write_batch(record)
-    log.info("batch %s: steps %s..%s (%s samples)", record.batch_id, start, record.target_step, record.samples)
+    log.info(
+        "batch %s: steps %s..%s (%s samples)", record.batch_id, start, record.target_step, record.samples
+    )
     return record
 
 
@@ -305,11 +321,9 @@ def _resume_point(record: BatchRecord, valid: list[ckpts.Checkpoint]) -> ckpts.C
     )
 
 
-def _event_factory(
-    config: TrainerConfig, record: BatchRecord
-) -> Callable[..., ProgressEvent]:
+def _event_factory(config: TrainerConfig, record: BatchRecord) -> Callable[..., ProgressEvent]:
     def make(
-        kind: str,
+        kind: EventKind,
         step: int,
         checkpoint: ckpts.Checkpoint | None = None,
         loss: float | None = None,
@@ -317,7 +331,7 @@ def _event_factory(
         sps: float | None = None,
     ) -> ProgressEvent:
         return ProgressEvent(
-            kind=kind,  # type: ignore[arg-type]
+            kind=kind,
             run=config.run_name,
             batch_id=record.batch_id,
             global_step=step,
@@ -337,15 +351,15 @@ def _train(
     config: TrainerConfig,
     layout: RunLayout,
     record: BatchRecord,
-    encoded: list[object],
+    encoded: list[Encoded],
     resume: ckpts.Checkpoint | None,
     lr_fn: Callable[[int], float],
     tokenizer: object,
     sinks: Broadcast,
 ) -> BatchResult | None:
     """Run the remaining steps of the batch. Returns a result only when preempted."""
-    from continual_trainer import engine  # noqa: PLC0415 - torch only when training
-    from continual_trainer import model as modeling  # noqa: PLC0415
+    from continual_trainer import engine
+    from continual_trainer import model as modeling
 
     training: TrainingSpec = record.training
     plan = build_plan(
@@ -359,7 +373,7 @@ def _train(
     done = (resume.step if resume is not None else 0) - record.start_step
     remaining = [(step, encoded) for step in plan[done:]]
     pad_id = int(tokenizer.pad_token_id)  # type: ignore[attr-defined]
-    dataset = engine.StepDataset(remaining, pad_id)  # type: ignore[arg-type]
+    dataset = engine.StepDataset(remaining, pad_id)
     meter = engine.read_meter(resume.path if resume else None, record.start_step, record.start_step + done)
     shutil.rmtree(layout.staging, ignore_errors=True)  # leftovers of a save that was killed: never complete
     event = _event_factory(config, record)
