@@ -1,0 +1,102 @@
+"""The planner's output: what to do next, as plain immutable data.
+
+A :class:`Plan` is an ordered tuple of actions. The handler layer carries them out in order and stops at the
+first error: the order is chosen so that stopping anywhere leaves a state the next reconcile completes
+(a batch is marked Training before its Job is created, and a Job found without that mark is adopted; the
+run's status is patched before finished Jobs are deleted, so that nothing is forgotten with them).
+
+Status patches are JSON merge patches of the object's ``status`` (camelCase keys; ``None`` deletes a key),
+to be sent to the status subresource as ``{"status": patch}``. They contain only what changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+EventType = Literal["Normal", "Warning"]
+ObjectKind = Literal["ContinualTrainingRun", "TrainingBatch"]
+
+
+@dataclass(frozen=True)
+class CreateJob:
+    """Create the trainer ConfigMap and Job of one attempt (see :mod:`continual_operator.resources`).
+
+    Idempotent by name: a 409 AlreadyExists means an earlier reconcile created it, and is not an error.
+    """
+
+    batch: str
+    attempt: int
+    job_name: str
+
+
+@dataclass(frozen=True)
+class DeleteJob:
+    """Delete a Job, and the trainer ConfigMap of the same name.
+
+    ``Foreground`` propagation keeps the Job object until its pod is gone: used to stop a running trainer
+    (it gets SIGTERM and ``terminationGracePeriodSeconds`` to checkpoint), so that the planner keeps seeing
+    a writer on the volume until there is none. Finished Jobs are deleted in the ``Background``.
+    """
+
+    name: str
+    reason: str
+    propagation: Literal["Foreground", "Background"] = "Background"
+
+
+@dataclass(frozen=True)
+class UpdateBatchStatus:
+    """Merge-patch one TrainingBatch's status."""
+
+    batch: str
+    patch: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class UpdateRunStatus:
+    """Merge-patch the ContinualTrainingRun's status."""
+
+    patch: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EmitEvent:
+    """Record a Kubernetes Event on the run or on one of its batches."""
+
+    kind: ObjectKind
+    name: str
+    type: EventType
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class RequeueAfter:
+    """Reconcile again after this many seconds even if nothing changes (a retry's back-off ends)."""
+
+    seconds: float
+
+
+Action = CreateJob | DeleteJob | UpdateBatchStatus | UpdateRunStatus | EmitEvent | RequeueAfter
+_A = TypeVar("_A", CreateJob, DeleteJob, UpdateBatchStatus, UpdateRunStatus, EmitEvent, RequeueAfter)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the handler layer should do, in order."""
+
+    actions: tuple[Action, ...] = ()
+
+    def of(self, kind: type[_A]) -> list[_A]:
+        """The actions of one type, in order."""
+        return [a for a in self.actions if isinstance(a, kind)]
+
+    @property
+    def requeue_after(self) -> float | None:
+        """Seconds until the next forced reconcile, if any."""
+        delays = [a.seconds for a in self.of(RequeueAfter)]
+        return min(delays) if delays else None
+
+    def __bool__(self) -> bool:
+        return bool(self.actions)

@@ -1,0 +1,330 @@
+"""The ContinualTrainingRun custom resource: one LoRA adapter trained batch after batch, forever.
+
+The spec embeds the trainer's own contract (:mod:`continual_trainer.config`: ``baseModel``, ``lora``,
+``training``) unchanged, so that what a user writes is exactly what the trainer validates; the rest says
+where the run lives (storage), how its Jobs look (resources, scheduling, image, env) and how failures are
+handled. ``baseModel``, ``lora`` and ``storage`` are immutable (CEL rules in the CRD): the checkpoints on the
+volume were trained with them, and the trainer refuses a change anyway (configuration drift).
+
+The status has two writers. The operator owns phase, counters, conditions, ``currentJob`` and
+``completedStep``; the trainer pod, while it trains, merge-patches ``globalStep``, ``latestCheckpoint``,
+``lastLoss``, ``lastLearningRate``, ``currentBatch``, ``currentBatchProgress`` and ``lastProgressTime``
+(see :func:`continual_trainer.progress.status_patch`): those names are a contract.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from typing import Literal, Self
+
+from pydantic import ConfigDict, Field, field_validator, model_validator
+
+from continual_operator.api.meta import (
+    API_VERSION,
+    Condition,
+    EnvFromSource,
+    EnvVar,
+    FreeForm,
+    ImmutableField,
+    LocalObjectReference,
+    ObjectMeta,
+    PrinterColumn,
+    ResourceInfo,
+    SecretKeyRef,
+    StatusModel,
+    Timestamp,
+    Toleration,
+)
+from continual_trainer.config import BaseModelSpec, LoraSpec, Model, TrainingSpec
+
+DEFAULT_IMAGE = "ghcr.io/continual-training/trainer:0.1.0"
+GPU_RESOURCE = "nvidia.com/gpu"
+#: A Kubernetes quantity as users write them (100Gi, 16, 500m, 1.5G).
+QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?([KMGTPE]i|[mkMGTPE])?$"
+
+RunPhase = Literal["Pending", "Training", "Idle", "Suspended", "Halted", "Failed"]
+
+
+class RunBaseModelSpec(BaseModelSpec):
+    """The base causal LM: a folder on the run's volume (path) or a hub model (id, revision, token).
+
+    A relative path is resolved from the volume's root, so several runs can share one copy of a base model.
+    """
+
+    model_config = ConfigDict(json_schema_extra={"oneOf": [{"required": ["path"]}, {"required": ["id"]}]})
+
+    token_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description="A Secret key holding a hub access token (for gated or private models); given to the "
+        "trainer as HF_TOKEN.",
+    )
+
+    def to_trainer(self, path: str | None = None) -> BaseModelSpec:
+        """The trainer's view: the same fields without the secret reference (optionally another path)."""
+        return BaseModelSpec(path=path if path is not None else self.path, id=self.id, revision=self.revision)
+
+
+AccessMode = Literal["ReadWriteOnce", "ReadWriteOncePod", "ReadWriteMany", "ReadOnlyMany"]
+
+
+def _read_write_once() -> list[AccessMode]:
+    return ["ReadWriteOnce"]
+
+
+class ClaimTemplate(Model):
+    """A PersistentVolumeClaim the operator creates for the run (named ``<run>-data``)."""
+
+    storage_class_name: str | None = Field(
+        default=None, description="StorageClass of the claim (empty: the cluster's default class)."
+    )
+    size: str = Field(pattern=QUANTITY_PATTERN, description="Requested capacity, e.g. 100Gi.")
+    access_modes: list[AccessMode] = Field(
+        default_factory=_read_write_once,
+        min_length=1,
+        description="Access modes; one trainer writes at a time, so ReadWriteOnce is enough.",
+    )
+
+
+class StorageSpec(Model):
+    """The persistent volume holding the run folder: checkpoints, ledger, adapters, status."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"oneOf": [{"required": ["existingClaim"]}, {"required": ["claimTemplate"]}]}
+    )
+
+    existing_claim: str | None = Field(default=None, description="Use this existing PersistentVolumeClaim.")
+    claim_template: ClaimTemplate | None = Field(
+        default=None, description="Create a PersistentVolumeClaim from this template."
+    )
+    sub_path: str | None = Field(
+        default=None,
+        description="The run folder inside the volume (relative, no '..'); empty: the volume's root. Set it "
+        "when several runs share one claim.",
+    )
+    retain_on_delete: bool = Field(
+        default=True,
+        description="Keep the created claim (and the checkpoints on it) when the run is deleted. Fixed at "
+        "creation like the rest of storage.",
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> Self:
+        if (self.existing_claim is None) == (self.claim_template is None):
+            raise ValueError("storage: set exactly one of 'existingClaim' or 'claimTemplate'.")
+        return self
+
+    @field_validator("sub_path")
+    @classmethod
+    def _inside_volume(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        normal = posixpath.normpath(value)
+        if posixpath.isabs(value) or normal == ".." or normal.startswith("../"):
+            raise ValueError(
+                f"storage.subPath={value!r} must be a relative folder inside the volume (e.g. runs/my-run)."
+            )
+        return None if normal == "." else normal
+
+
+class ResourcesSpec(Model):
+    """Compute for each trainer pod."""
+
+    gpus: int = Field(default=1, ge=0, le=64, description="GPUs per trainer pod (0: train on CPU).")
+    gpu_resource_name: str = Field(
+        default=GPU_RESOURCE, description="The extended resource GPUs are requested as (e.g. amd.com/gpu)."
+    )
+    cpu: str | None = Field(
+        default=None,
+        pattern=QUANTITY_PATTERN,
+        description="CPU request (no limit is set: throttling a data loader slows the GPU down).",
+    )
+    memory: str | None = Field(
+        default=None, pattern=QUANTITY_PATTERN, description="Memory request and limit (e.g. 64Gi)."
+    )
+
+
+class SchedulingSpec(Model):
+    """Where trainer pods may run, and how they queue."""
+
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels the pod requires.")
+    tolerations: list[Toleration] = Field(default_factory=list, description="Taints the pod tolerates.")
+    affinity: FreeForm | None = Field(
+        default=None, description="A pod affinity object, passed to the pod unchanged."
+    )
+    priority_class_name: str | None = Field(default=None, description="The pod's PriorityClass.")
+    kueue_queue_name: str | None = Field(
+        default=None,
+        description="Submit Jobs to this Kueue LocalQueue (the kueue.x-k8s.io/queue-name label); Jobs are "
+        "created suspended and Kueue admits them.",
+    )
+
+
+class FailurePolicy(Model):
+    """What happens when a batch's Job fails. Preemptions are always retried and never counted."""
+
+    max_retries_per_batch: int = Field(
+        default=3,
+        ge=0,
+        le=100,
+        description="Retries of a batch after transient or unclassified failures (exit codes 75, 1, ...).",
+    )
+    on_permanent_failure: Literal["Halt", "SkipBatch"] = Field(
+        default="Halt",
+        description="When a batch fails permanently (exit code 64, or retries exhausted): Halt stops the run "
+        "(no further batches); SkipBatch marks the batch Failed and goes on with the next one.",
+    )
+    backoff_seconds: int = Field(
+        default=30,
+        ge=1,
+        description="Delay before the first retry; it doubles with every further failure.",
+    )
+    max_backoff_seconds: int = Field(default=900, ge=1, description="Upper bound of the retry delay.")
+
+
+class ProgressReporting(Model):
+    """Progress reported by the trainer into this object's status while it trains."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Let the trainer patch this run's status (through a ServiceAccount that may patch only "
+        "this object's status). Off: the pod gets no API credentials at all.",
+    )
+    min_interval_seconds: float = Field(
+        default=2.0, ge=0.0, description="At most one progress patch per this many seconds."
+    )
+    every_steps: int = Field(default=1, ge=1, description="Report every this many optimizer steps.")
+
+
+class ContinualTrainingRunSpec(Model):
+    """The desired state of a continual training run."""
+
+    base_model: RunBaseModelSpec = Field(
+        description="The base model: exactly one of path (a folder saved with save_pretrained; a relative path "
+        "is resolved from the volume's root) or id (a hub model). Immutable."
+    )
+    lora: LoraSpec = Field(default_factory=LoraSpec, description="The LoRA adapter. Immutable.")
+    training: TrainingSpec = Field(
+        default_factory=TrainingSpec,
+        description="Optimisation settings; a change applies from the next batch (a retry keeps the settings "
+        "its batch started with).",
+    )
+    storage: StorageSpec = Field(description="The run's persistent volume. Immutable.")
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Compute per trainer pod.")
+    scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec, description="Placement and queueing.")
+    image: str = Field(default=DEFAULT_IMAGE, min_length=1, description="The trainer container image.")
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
+        default=None, description="Pull policy of the trainer image (empty: the Kubernetes default)."
+    )
+    image_pull_secrets: list[LocalObjectReference] = Field(
+        default_factory=list, description="Secrets for pulling the trainer image."
+    )
+    env: list[EnvVar] = Field(
+        default_factory=list,
+        description="Extra environment variables of the trainer (they override the operator's own).",
+    )
+    env_from: list[EnvFromSource] = Field(
+        default_factory=list, description="Environment variables from ConfigMaps or Secrets."
+    )
+    suspend: bool = Field(
+        default=False,
+        description="Stop training: the running batch checkpoints and stops (it resumes later), and no new "
+        "batch starts until this is false again.",
+    )
+    failure_policy: FailurePolicy = Field(default_factory=FailurePolicy, description="Retries and halting.")
+    termination_grace_period_seconds: int = Field(
+        default=300,
+        ge=1,
+        description="Time the trainer gets after SIGTERM (preemption, suspend) to save a checkpoint.",
+    )
+    progress: ProgressReporting = Field(default_factory=ProgressReporting, description="Progress reporting.")
+
+
+class ContinualTrainingRunStatus(StatusModel):
+    """Where the run stands. Written by the operator, and by the trainer pod while it trains."""
+
+    phase: RunPhase | None = Field(
+        default=None,
+        description="Pending (work waits: a Job awaits admission, or a retry its back-off), Training, Idle "
+        "(no batch to train), Suspended, Halted (a batch failed permanently or steps were inconsistent: see "
+        "the Degraded condition), Failed (the spec is invalid).",
+    )
+    observed_generation: int | None = Field(
+        default=None, description="The metadata.generation the operator last acted on."
+    )
+    global_step: int | None = Field(
+        default=None, description="The optimizer step training has reached; it never resets between batches."
+    )
+    latest_checkpoint: str | None = Field(default=None, description="The newest complete checkpoint.")
+    last_loss: float | None = Field(default=None, description="The most recent training loss reported.")
+    last_learning_rate: float | None = Field(default=None, description="The most recent learning rate.")
+    current_batch: str | None = Field(default=None, description="The batch being trained.")
+    current_batch_progress: float | None = Field(
+        default=None, description="How much of the current batch is done, from 0 to 1."
+    )
+    current_job: str | None = Field(default=None, description="The Job training the current batch.")
+    last_progress_time: Timestamp | None = Field(
+        default=None, description="When the trainer last reported progress."
+    )
+    completed_step: int | None = Field(
+        default=None,
+        description="The step at which the last completed batch ended: where the next batch must start. "
+        "Kept by the operator to check that steps are contiguous, even after old batches are deleted.",
+    )
+    batches_completed: int | None = Field(default=None, description="Batches trained successfully.")
+    batches_queued: int | None = Field(default=None, description="Batches waiting to be trained.")
+    batches_failed: int | None = Field(default=None, description="Batches that failed permanently.")
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="Ready, Training, Degraded and Suspended.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+
+
+class ContinualTrainingRun(StatusModel):
+    """A continual LoRA fine-tuning run: TrainingBatches are trained in order, each by one Job."""
+
+    api_version: str = Field(default=API_VERSION, description="continual.dev/v1alpha1.")
+    kind: Literal["ContinualTrainingRun"] = Field(default="ContinualTrainingRun", description="The kind.")
+    metadata: ObjectMeta = Field(description="Object metadata.")
+    spec: ContinualTrainingRunSpec = Field(description="The desired state.")
+    status: ContinualTrainingRunStatus = Field(
+        default_factory=ContinualTrainingRunStatus, description="The observed state."
+    )
+
+
+RUN_INFO = ResourceInfo(
+    kind="ContinualTrainingRun",
+    plural="continualtrainingruns",
+    singular="continualtrainingrun",
+    short_names=("ctr",),
+    model=ContinualTrainingRun,
+    spec_model=ContinualTrainingRunSpec,
+    status_model=ContinualTrainingRunStatus,
+    printer_columns=(
+        PrinterColumn("Phase", "string", ".status.phase", "Where the run stands."),
+        PrinterColumn("Step", "integer", ".status.globalStep", "Global optimizer step."),
+        PrinterColumn("Batches", "integer", ".status.batchesCompleted", "Batches trained."),
+        PrinterColumn("Loss", "number", ".status.lastLoss", "Most recent training loss."),
+        PrinterColumn("Queued", "integer", ".status.batchesQueued", "Batches waiting.", priority=1),
+        PrinterColumn("Failed", "integer", ".status.batchesFailed", "Batches failed.", priority=1),
+        PrinterColumn("Batch", "string", ".status.currentBatch", "Batch being trained.", priority=1),
+        PrinterColumn("Age", "date", ".metadata.creationTimestamp", "Time since creation."),
+    ),
+    immutable=(
+        ImmutableField(
+            "baseModel",
+            "spec.baseModel is immutable: the run's checkpoints were trained on this base model; create a "
+            "new ContinualTrainingRun for another base model",
+        ),
+        ImmutableField(
+            "lora",
+            "spec.lora is immutable: the run's adapter and optimizer state have this shape; create a new "
+            "ContinualTrainingRun for other LoRA settings",
+        ),
+        ImmutableField(
+            "storage",
+            "spec.storage is immutable: the run's checkpoints and ledger live on this volume; create a new "
+            "ContinualTrainingRun to train on other storage",
+        ),
+    ),
+)

@@ -1,0 +1,100 @@
+"""Names and label values of the objects the operator creates: deterministic, valid, collision-free.
+
+Why deterministic: every object the operator creates is named after what it is for (the run, the batch,
+the attempt), never with a random suffix. Creating it is then idempotent: a duplicated event, a retried
+handler or a restarted operator computes the same name, and the API server answers 409 AlreadyExists
+instead of creating a second Job that would write to the same volume (the run's single-writer rule).
+
+Why hashed when needed: Kubernetes bounds names and label values (a Job's name becomes the value of its
+pods' ``job-name`` label, so it must fit in 63 characters) and restricts their characters. Plain truncation
+could map two different runs or batches to one name, so a value that had to be shortened or cleaned up
+keeps a readable prefix and ends in a short hash of the original parts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+from continual_trainer.config import is_valid_batch_id
+
+#: Labels on every object created for a run (selectors); values go through :func:`label_value`.
+LABEL_RUN = "continual.dev/run"
+LABEL_BATCH = "continual.dev/batch"
+LABEL_ATTEMPT = "continual.dev/attempt"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_NAME = "app.kubernetes.io/name"
+MANAGED_BY = "continual-training-operator"
+#: Annotations with the full names (label values may have been shortened).
+ANNOTATION_RUN = "continual.dev/run"
+ANNOTATION_BATCH = "continual.dev/batch"
+#: The label Kueue reads to queue a Job.
+LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
+
+#: DNS-1123 labels: Job names (their pods' ``job-name`` label) and label values.
+DNS_LABEL_MAX = 63
+#: DNS-1123 subdomains: most other object names.
+DNS_SUBDOMAIN_MAX = 253
+
+_HASH_LENGTH = 8
+_NOT_DNS_LABEL = re.compile(r"[^a-z0-9-]+")
+_NOT_DNS_SUBDOMAIN = re.compile(r"[^a-z0-9.-]+")
+_NOT_LABEL_VALUE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:_HASH_LENGTH]
+
+
+def _bounded(
+    base: str, parts: tuple[str, ...], *, limit: int, invalid: re.Pattern[str], suffix: str = ""
+) -> str:
+    """``base + suffix`` when valid and short enough, else a cleaned prefix, a hash of ``parts``, the suffix."""
+    cleaned = invalid.sub("-", base).strip("-._")
+    if cleaned == base and len(base) + len(suffix) <= limit:
+        return base + suffix
+    digest = _digest(*parts)
+    head = cleaned[: limit - len(suffix) - len(digest) - 1].rstrip("-._")
+    return f"{head}-{digest}{suffix}" if head else f"{digest}{suffix}"
+
+
+def job_name(run: str, batch: str, attempt: int) -> str:
+    """``{run}-{batch}-a{attempt}``, a DNS label (hashed when too long or when names contain dots).
+
+    The trainer's ConfigMap of that attempt has the same name, so that the two are found (and deleted)
+    together.
+    """
+    return _bounded(
+        f"{run}-{batch}", (run, batch), limit=DNS_LABEL_MAX, invalid=_NOT_DNS_LABEL, suffix=f"-a{attempt}"
+    )
+
+
+def trainer_account_name(run: str) -> str:
+    """The per-run ServiceAccount, Role and RoleBinding: ``{run}-trainer``."""
+    return _bounded(f"{run}-trainer", (run, "trainer"), limit=DNS_SUBDOMAIN_MAX, invalid=_NOT_DNS_SUBDOMAIN)
+
+
+def claim_name(run: str) -> str:
+    """The volume claim created from ``spec.storage.claimTemplate``: ``{run}-data``.
+
+    Deterministic on purpose: a run deleted with its claim retained and then re-created under the same
+    name finds its volume (and its checkpoints) again.
+    """
+    return _bounded(f"{run}-data", (run, "data"), limit=DNS_SUBDOMAIN_MAX, invalid=_NOT_DNS_SUBDOMAIN)
+
+
+def label_value(value: str) -> str:
+    """A label value for a name (at most 63 characters); the full name goes into an annotation as well."""
+    return _bounded(value, (value,), limit=DNS_LABEL_MAX, invalid=_NOT_LABEL_VALUE)
+
+
+def batch_id(batch_name: str) -> str:
+    """The trainer's batch id for a TrainingBatch: its name, unless that is not a valid batch id.
+
+    Object names are DNS subdomains (up to 253 characters) while batch ids are at most 63: a longer name
+    gets a stable shortened id, so that the trainer's ledger still has exactly one record per batch.
+    """
+    if is_valid_batch_id(batch_name):
+        return batch_name
+    return _bounded(batch_name, (batch_name,), limit=DNS_LABEL_MAX, invalid=_NOT_DNS_SUBDOMAIN)

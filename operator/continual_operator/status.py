@@ -1,0 +1,163 @@
+"""Status arithmetic: timestamps, Kubernetes-style conditions, merge-patch diffs, invalid objects.
+
+Conditions follow ``metav1.Condition``: ``lastTransitionTime`` moves only when ``status`` changes, so that
+it says since when something has been true; ``reason``, ``message`` and ``observedGeneration`` follow the
+latest computation. Patches are diffs between the status as read and the status wanted, so that an
+unchanged reconcile writes nothing (no write amplification, no event storms in watchers).
+
+An object whose spec does not validate never reaches the planner (it cannot be parsed): the handler turns
+the validation error into a plan of its own with :func:`plan_invalid_spec` or :func:`plan_invalid_batch`,
+whose messages name every offending field by its YAML path.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from continual_operator.actions import EmitEvent, Plan, UpdateBatchStatus, UpdateRunStatus
+from continual_operator.api import ContinualTrainingRunStatus, ObjectMeta, TrainingBatchStatus
+from continual_operator.api.meta import Condition, ConditionStatus
+
+
+def rfc3339(when: dt.datetime) -> str:
+    """UTC, second precision, ``Z`` suffix: what the API server stores and ``kubectl`` shows."""
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(value: str | None) -> dt.datetime | None:
+    """An RFC 3339 timestamp as an aware datetime (None stays None)."""
+    if value is None:
+        return None
+    parsed = dt.datetime.fromisoformat(value)
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=dt.UTC)
+
+
+def set_condition(
+    conditions: Sequence[Condition],
+    type_: str,
+    status: ConditionStatus,
+    reason: str,
+    message: str,
+    *,
+    generation: int | None,
+    now: dt.datetime,
+) -> list[Condition]:
+    """``conditions`` with ``type_`` set (replaced in place, or appended)."""
+    old = next((c for c in conditions if c.type == type_), None)
+    transition = old.last_transition_time if old is not None and old.status == status else rfc3339(now)
+    new = Condition(
+        type=type_,
+        status=status,
+        reason=reason,
+        message=message,
+        last_transition_time=transition,
+        observed_generation=generation,
+    )
+    if old is None:
+        return [*conditions, new]
+    return [new if c.type == type_ else c for c in conditions]
+
+
+def wire(model: BaseModel) -> dict[str, Any]:
+    """A model as the API server stores it (camelCase, JSON types, nulls kept for diffing)."""
+    return model.model_dump(mode="json", by_alias=True)
+
+
+def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """The top-level JSON merge patch turning ``old`` into ``new`` (``None`` deletes a key).
+
+    Top-level only on purpose: nested values (the conditions list) are replaced whole, which is what a
+    merge patch does with lists anyway.
+    """
+    patch: dict[str, Any] = {}
+    for key in old.keys() | new.keys():
+        before, after = old.get(key), new.get(key)
+        if before != after:
+            patch[key] = after
+    return dict(sorted(patch.items()))
+
+
+def describe_validation_error(error: ValidationError | str, prefix: str = "spec") -> str:
+    """One line per problem, each naming the field by its path as written in YAML (``spec.lora.r``)."""
+    if isinstance(error, str):
+        return error
+    lines = []
+    for err in error.errors():
+        where = ".".join([prefix, *(str(part) for part in err["loc"])])
+        lines.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
+    return "; ".join(lines)
+
+
+def plan_invalid_spec(
+    metadata: ObjectMeta,
+    status: ContinualTrainingRunStatus,
+    error: ValidationError | str,
+    *,
+    now: dt.datetime,
+) -> Plan:
+    """Degraded + Failed + a Warning Event for a run whose spec does not validate (the handler's case).
+
+    The message names every offending field by its YAML path (``spec.training.lrSchedule.type: ...``).
+    Running Jobs are left alone: they train with the config they were started with. Idempotent: the
+    Event is emitted only when the status changes.
+    """
+    message = (
+        f"the spec is invalid: {describe_validation_error(error)}. Fix the manifest and apply it again; no "
+        "batch starts until then"
+    )
+    conditions: list[Condition] = list(status.conditions)
+    wanted: tuple[tuple[str, ConditionStatus], ...] = (("Ready", "False"), ("Degraded", "True"))
+    for type_, value in wanted:
+        conditions = set_condition(
+            conditions, type_, value, "InvalidSpec", message, generation=metadata.generation, now=now
+        )
+    desired = wire(status) | {
+        "phase": "Failed",
+        "observedGeneration": metadata.generation,
+        "conditions": [wire(c) for c in conditions],
+    }
+    patch = merge_patch(wire(status), desired)
+    if not patch:
+        return Plan()
+    return Plan(
+        (
+            UpdateRunStatus(patch),
+            EmitEvent("ContinualTrainingRun", metadata.name, "Warning", "InvalidSpec", message),
+        )
+    )
+
+
+def plan_invalid_batch(
+    metadata: ObjectMeta, status: TrainingBatchStatus, error: ValidationError | str, *, now: dt.datetime
+) -> Plan:
+    """Mark a TrainingBatch whose spec does not validate as Failed (reason InvalidSpec), with an Event.
+
+    Such a batch never reaches :func:`plan` (it cannot be parsed), so it neither trains nor halts the run.
+    """
+    message = (
+        f"the spec is invalid: {describe_validation_error(error)}. Submit the data as a new TrainingBatch"
+    )
+    wanted = status.model_copy(
+        update={
+            "phase": "Failed",
+            "reason": "InvalidSpec",
+            "message": message,
+            "observed_generation": metadata.generation,
+            "last_transition_time": status.last_transition_time if status.phase == "Failed" else rfc3339(now),
+        }
+    )
+    patch = merge_patch(wire(status), wire(wanted))
+    if not patch:
+        return Plan()
+    return Plan(
+        (
+            UpdateBatchStatus(metadata.name, patch),
+            EmitEvent("TrainingBatch", metadata.name, "Warning", "InvalidSpec", message),
+        )
+    )

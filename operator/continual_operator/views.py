@@ -1,0 +1,149 @@
+"""What the planner needs to know about a trainer Job, distilled from the Job and its pod.
+
+The planner never sees raw Kubernetes objects: the handler layer lists a run's Jobs and their pods and
+turns each pair into a :class:`JobView` with :func:`job_view`. Everything the planner decides on is here:
+whether the Job may still write to the volume, how its container ended (exit code, the trainer's result
+record in the termination message) and what the cluster said about it (eviction, preemption, Kueue).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from continual_operator.naming import ANNOTATION_BATCH, LABEL_ATTEMPT, LABEL_BATCH
+
+JobPhase = Literal["Active", "Succeeded", "Failed"]
+#: The container that runs the trainer in every Job pod.
+TRAINER_CONTAINER = "trainer"
+
+
+@dataclass(frozen=True)
+class JobView:
+    """One trainer Job of a run.
+
+    ``phase`` follows the Job's terminal conditions (Complete, Failed); everything else is Active, including
+    a Job that Kueue keeps suspended (``suspended``) and one being deleted whose pod still runs
+    (``deleting``): both may still write to the volume.
+    """
+
+    name: str
+    batch: str
+    attempt: int
+    phase: JobPhase = "Active"
+    exit_code: int | None = None
+    termination_message: str | None = None
+    #: Why the pod or container ended, as the cluster says: Evicted, Preempted, DeadlineExceeded, OOMKilled,
+    #: or the reason of a DisruptionTarget condition.
+    pod_reason: str | None = None
+    #: The pod had a ``DisruptionTarget`` condition (Kubernetes >= 1.26: preemption, eviction, node drain).
+    disruption_target: bool = False
+    suspended: bool = False
+    deleting: bool = False
+    created: dt.datetime | None = None
+
+    @property
+    def finished(self) -> bool:
+        """The Job reached Complete or Failed."""
+        return self.phase != "Active"
+
+    @property
+    def writing(self) -> bool:
+        """The Job may still write to the run's volume: the single-writer rule counts it."""
+        return not self.finished
+
+
+def _get(obj: Mapping[str, Any], *path: str) -> Any:
+    for key in path:
+        if not isinstance(obj, Mapping):
+            return None
+        obj = obj.get(key)  # type: ignore[assignment]
+    return obj
+
+
+def _time(value: Any) -> dt.datetime | None:
+    if not isinstance(value, str):
+        return None
+    return dt.datetime.fromisoformat(value)
+
+
+def _phase(job: Mapping[str, Any]) -> JobPhase:
+    for condition in _get(job, "status", "conditions") or []:
+        if condition.get("status") == "True" and condition.get("type") == "Complete":
+            return "Succeeded"
+        if condition.get("status") == "True" and condition.get("type") == "Failed":
+            return "Failed"
+    return "Active"
+
+
+def _terminated(pod: Mapping[str, Any]) -> Mapping[str, Any]:
+    for status in _get(pod, "status", "containerStatuses") or []:
+        if status.get("name") == TRAINER_CONTAINER:
+            return _get(status, "state", "terminated") or _get(status, "lastState", "terminated") or {}
+    return {}
+
+
+def _pod_reason(job: Mapping[str, Any], pod: Mapping[str, Any], terminated: Mapping[str, Any]) -> str | None:
+    if reason := _get(pod, "status", "reason"):
+        return str(reason)
+    if terminated.get("reason") == "OOMKilled":
+        return "OOMKilled"
+    for condition in _get(pod, "status", "conditions") or []:
+        if condition.get("type") == "DisruptionTarget" and condition.get("status") == "True":
+            return str(condition.get("reason") or "DisruptionTarget")
+    for condition in _get(job, "status", "conditions") or []:
+        if condition.get("type") == "Failed" and condition.get("reason") == "DeadlineExceeded":
+            return "DeadlineExceeded"
+    return None
+
+
+def job_view(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]] = ()) -> JobView | None:
+    """A view of a Job created by :func:`continual_operator.resources.get_job` (None for other Jobs).
+
+    ``pods`` are the Job's pods (any order); the newest one tells how the trainer ended.
+    """
+    labels = _get(job, "metadata", "labels") or {}
+    annotations = _get(job, "metadata", "annotations") or {}
+    batch = annotations.get(ANNOTATION_BATCH) or labels.get(LABEL_BATCH)
+    attempt = labels.get(LABEL_ATTEMPT)
+    if not batch or not str(attempt or "").isdigit():
+        return None
+    newest = max(
+        pods,
+        key=lambda p: (_get(p, "metadata", "creationTimestamp") or "", _get(p, "metadata", "name") or ""),
+        default={},
+    )
+    terminated = _terminated(newest)
+    exit_code = terminated.get("exitCode")
+    disruption = any(
+        c.get("type") == "DisruptionTarget" and c.get("status") == "True"
+        for c in _get(newest, "status", "conditions") or []
+    )
+    return JobView(
+        name=str(_get(job, "metadata", "name")),
+        batch=str(batch),
+        attempt=int(str(attempt)),
+        phase=_phase(job),
+        exit_code=int(exit_code) if exit_code is not None else None,
+        termination_message=terminated.get("message") or None,
+        pod_reason=_pod_reason(job, newest, terminated),
+        disruption_target=disruption,
+        suspended=bool(_get(job, "spec", "suspend")),
+        deleting=_get(job, "metadata", "deletionTimestamp") is not None,
+        created=_time(_get(job, "metadata", "creationTimestamp")),
+    )
+
+
+def job_views(jobs: Sequence[Mapping[str, Any]], pods: Sequence[Mapping[str, Any]]) -> list[JobView]:
+    """Views of a run's Jobs, each with its own pods (matched by owner reference, which every Kubernetes
+    version sets, unlike the ``job-name``/``batch.kubernetes.io/job-name`` labels). Foreign Jobs are skipped.
+    """
+    by_owner: dict[str, list[Mapping[str, Any]]] = {}
+    for pod in pods:
+        for owner in _get(pod, "metadata", "ownerReferences") or []:
+            if owner.get("kind") == "Job" and owner.get("uid"):
+                by_owner.setdefault(str(owner["uid"]), []).append(pod)
+    views = (job_view(job, by_owner.get(str(_get(job, "metadata", "uid")), [])) for job in jobs)
+    return [view for view in views if view is not None]
