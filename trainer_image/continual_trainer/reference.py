@@ -36,6 +36,7 @@ class UninterruptedResult:
     windows: list[BatchWindow]
     learning_rates: dict[int, float] = field(default_factory=dict)
     losses: dict[int, float] = field(default_factory=dict)
+    train_runtime: float = 0.0
 
 
 def run_uninterrupted(
@@ -106,5 +107,6 @@ def run_uninterrupted(
         meter=meter,
         trace=None,
     )
-    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from is not None else None)
+    output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from is not None else None)
+    result.train_runtime = float(output.metrics["train_runtime"])
     return result
