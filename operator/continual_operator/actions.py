@@ -29,6 +29,9 @@ class CreateJob:
     batch: str
     attempt: int
     job_name: str
+    #: Trainer batch ids of the run's Failed batches: the trainer closes their unfinished ledger records
+    #: and sets their checkpoints aside, so that a SkipBatch policy can go on past them.
+    abandon_batches: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -426,7 +426,12 @@ class _Planner:
             if any(j.name == job for j in self.jobs):
                 self.requeue = NAME_TAKEN_REQUEUE_SECONDS  # a Job of that name is still being deleted
                 return
-            self.create = CreateJob(batch=name, attempt=attempt, job_name=job)
+            failed = tuple(
+                batch_id(b.metadata.name)
+                for b in self.batches
+                if self.statuses[b.metadata.name].phase == "Failed"
+            )
+            self.create = CreateJob(batch=name, attempt=attempt, job_name=job, abandon_batches=failed)
             message = f"attempt {attempt}: Job {job}"
             self._update(name, phase="Training", attempts=attempt, job=job, reason="Started", message=message)
             self._event("TrainingBatch", name, "Normal", "Started", message)

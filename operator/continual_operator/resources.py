@@ -12,6 +12,7 @@ the volume claim when the run asks for one. Per batch attempt: the trainer's Con
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Sequence
 from typing import Any
 
 import yaml
@@ -140,7 +141,9 @@ def job_labels(run: ContinualTrainingRun, batch: TrainingBatch, attempt: int) ->
 
 
 # -- per attempt: the trainer's config and its Job ----------------------------------------------------
-def get_trainer_config(run: ContinualTrainingRun, batch: TrainingBatch) -> TrainerConfig:
+def get_trainer_config(
+    run: ContinualTrainingRun, batch: TrainingBatch, abandon_batches: Sequence[str] = ()
+) -> TrainerConfig:
     """The trainer contract for one batch of the run, with every path as the pod sees it.
 
     The batch id is the TrainingBatch's name (shortened with a hash beyond 63 characters), so the trainer's
@@ -168,6 +171,7 @@ def get_trainer_config(run: ContinualTrainingRun, batch: TrainingBatch) -> Train
         ),
         progress=ProgressSpec(every_steps=progress.every_steps, kubernetes=kubernetes),
         termination_message_path=TERMINATION_MESSAGE_PATH,
+        abandon_batches=list(abandon_batches),
     )
 
 
@@ -177,7 +181,9 @@ def render_trainer_config(config: TrainerConfig) -> str:
     return yaml.safe_dump(data, sort_keys=False, width=110)
 
 
-def get_config_map(run: ContinualTrainingRun, batch: TrainingBatch, attempt: int) -> dict[str, Any]:
+def get_config_map(
+    run: ContinualTrainingRun, batch: TrainingBatch, attempt: int, abandon_batches: Sequence[str] = ()
+) -> dict[str, Any]:
     """The trainer config of one attempt, named like its Job.
 
     One per attempt, and immutable: a Job's config never changes under it (a retry gets the spec as it is
@@ -194,7 +200,7 @@ def get_config_map(run: ContinualTrainingRun, batch: TrainingBatch, attempt: int
         "kind": "ConfigMap",
         "metadata": meta,
         "immutable": True,
-        "data": {CONFIG_KEY: render_trainer_config(get_trainer_config(run, batch))},
+        "data": {CONFIG_KEY: render_trainer_config(get_trainer_config(run, batch, abandon_batches))},
     }
 
 

@@ -626,3 +626,16 @@ def test_the_pure_layer_imports_neither_kopf_nor_the_kubernetes_client() -> None
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_skip_batch_tells_the_trainer_which_batches_to_abandon() -> None:
+    batches = [
+        make_batch("a", created=0, status=done(0, 6)),
+        make_batch("b", created=1, status={"phase": "Failed", "attempts": 4, "reason": "RetriesExhausted"}),
+        make_batch("c", created=2),
+    ]
+    world = World(
+        make_run(status={"completedStep": 6}, failurePolicy={"onPermanentFailure": "SkipBatch"}), batches, []
+    )
+    (create,) = world.plan().of(CreateJob)
+    assert (create.batch, create.abandon_batches) == ("c", ("b",))

@@ -199,6 +199,22 @@ def test_a_second_batch_waits_for_the_unfinished_one(after_b1, tiny_model, tmp_p
     assert "'b2' is still in progress" in (result.message or "")
 
 
+def test_an_abandoned_batch_is_closed_and_its_checkpoints_set_aside(after_b1, tiny_model, tmp_path):
+    run_dir = copy_run(after_b1, tmp_path)
+    killed = run_trainer(make_config(run_dir, tiny_model, B2, P2), env={"CONTINUAL_TRAINER_FAILPOINTS": "step-end@9"})
+    assert killed.code == -signal.SIGKILL
+    assert steps(run_dir) == [6, 8]
+    config = make_config(run_dir, tiny_model, B3, P3).model_copy(update={"abandon_batches": [B2]})
+    code, result = execute(config)
+    assert code == ExitCode.SUCCESS, result
+    assert (result.start_step, result.end_step) == (6, 12)
+    record = json.loads((run_dir / "ledger" / "batches" / "b2.json").read_text())
+    assert record["state"] == "failed"
+    assert record["result"]["reason"] == "Abandoned"
+    moved = [p for p in (run_dir / "quarantine").iterdir() if p.name.startswith("checkpoint-8.")]
+    assert "failed batch" in (moved[0] / "QUARANTINE_REASON.txt").read_text()
+
+
 def test_a_second_writer_is_refused_by_the_volume_lock(after_b1, tiny_model, tmp_path):
     run_dir = copy_run(after_b1, tmp_path)
     with exclusive_lock(run_dir / ".lock"):

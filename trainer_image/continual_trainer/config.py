@@ -257,6 +257,13 @@ class TrainerConfig(Model):
         default="/dev/termination-log",
         description="Where the result record goes for Kubernetes (null: nowhere).",
     )
+    abandon_batches: list[str] = Field(
+        default_factory=list,
+        description="Batches given up on (failed permanently, or out of retries, under a SkipBatch policy): "
+        "an unfinished ledger record of theirs is closed as failed, and checkpoints they trained past the "
+        "last completed batch are moved to quarantine (not deleted), so this batch starts where the last "
+        "completed one ended.",
+    )
     trace_samples: bool = Field(
         default=False,
         description="Debugging and tests: record the sample ids of every optimizer step in trace.jsonl.",

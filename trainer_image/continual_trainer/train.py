@@ -254,7 +254,7 @@ def _begin_batch(
     config: TrainerConfig, ledger: Ledger, layout: RunLayout, loaded: LoadedBatch
 ) -> BatchRecord:
     """First attempt of a batch: fix its start and target steps in the ledger before training anything."""
-    records = ledger.batches()
+    records = _close_abandoned(config, ledger)
     unfinished = [r for r in records if r.state == "started"]
     if unfinished:
         other = unfinished[0]
@@ -299,6 +299,19 @@ def _begin_batch(
         "batch %s: steps %s..%s (%s samples)", record.batch_id, start, record.target_step, record.samples
     )
     return record
+
+
+def _close_abandoned(config: TrainerConfig, ledger: Ledger) -> list[BatchRecord]:
+    """Mark the unfinished records of batches the caller gave up on as failed; return all records."""
+    records = ledger.batches()
+    for i, record in enumerate(records):
+        if record.state == "started" and record.batch_id in config.abandon_batches:
+            message = f"abandoned before batch {config.batch.id!r} (steps {record.start_step}..{record.target_step})"
+            result = BatchResult(batch_id=record.batch_id, outcome="Failed", reason="Abandoned", message=message)
+            records[i] = record.model_copy(update={"state": "failed", "result": result})
+            ledger.write_batch(records[i])
+            log.warning("batch %s: %s", record.batch_id, message)
+    return records
 
 
 def _resume_point(record: BatchRecord, valid: list[ckpts.Checkpoint]) -> ckpts.Checkpoint | None:
