@@ -95,7 +95,8 @@ def openapi_schema(info: ResourceInfo, *, include_cel: bool = True) -> dict[str,
         "properties": {
             "apiVersion": {"type": "string", "description": "The API version: continual.dev/v1alpha1."},
             "kind": {"type": "string", "description": f"The kind: {info.kind}."},
-            "metadata": {"type": "object", "description": "Standard object metadata."},
+            # The API server refuses anything but {type: object} here (name and generateName aside).
+            "metadata": {"type": "object"},
             "spec": spec,
             "status": status,
         },
