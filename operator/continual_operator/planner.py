@@ -148,6 +148,7 @@ class _Planner:
         self._clean_up_history()
         halting = self._halting_batch()
         writers = [j for j in self.jobs if j.writing]
+        self._mark_new_batches_queued()
         if self.spec.suspend:
             self._suspend(writers)
         elif halting is None and not writers:
@@ -170,6 +171,18 @@ class _Planner:
         return Plan(tuple(actions))
 
     # -- helpers ----------------------------------------------------------------------------------------
+    def _mark_new_batches_queued(self) -> None:
+        """A batch nobody has looked at yet says so (``kubectl get tbatch`` shows Queued, not a blank)."""
+        for batch in self.batches:
+            name = batch.metadata.name
+            if self.statuses[name].phase is None and batch.metadata.deletion_timestamp is None:
+                self._update(
+                    name,
+                    phase="Queued",
+                    reason="Queued",
+                    message="waiting for its turn: batches train one at a time, in order",
+                )
+
     def _update(self, batch: str, **changes: Any) -> None:
         old = self.statuses[batch]
         if "phase" in changes and changes["phase"] != old.phase:

@@ -73,3 +73,20 @@ def build_tiny_model(
     LlamaForCausalLM(config).save_pretrained(str(tmp))
     tmp.rename(path)
     return path
+
+
+def _main() -> None:
+    """``python -m continual_trainer.tinymodel DEST [--inbox DIR]``: build the model (and copy the batches)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=_main.__doc__)
+    parser.add_argument("dest", type=Path)
+    parser.add_argument("--inbox", type=Path, help="also write the three demo batches here")
+    args = parser.parse_args()
+    build_tiny_model(args.dest)
+    if args.inbox is not None:
+        copy_demo_batches(args.inbox)
+
+
+if __name__ == "__main__":
+    _main()

@@ -307,7 +307,9 @@ def _close_abandoned(config: TrainerConfig, ledger: Ledger) -> list[BatchRecord]
     for i, record in enumerate(records):
         if record.state == "started" and record.batch_id in config.abandon_batches:
             message = f"abandoned before batch {config.batch.id!r} (steps {record.start_step}..{record.target_step})"
-            result = BatchResult(batch_id=record.batch_id, outcome="Failed", reason="Abandoned", message=message)
+            result = BatchResult(
+                batch_id=record.batch_id, outcome="Failed", reason="Abandoned", message=message
+            )
             records[i] = record.model_copy(update={"state": "failed", "result": result})
             ledger.write_batch(records[i])
             log.warning("batch %s: %s", record.batch_id, message)

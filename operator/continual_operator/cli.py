@@ -1,0 +1,148 @@
+"""``continual-training``: the operator's command line.
+
+* ``demo``      the quickstart: a tiny model built on the spot, three toy batches, trained locally;
+* ``local``     train a run manifest on this machine (local mode: planner + trainer subprocesses);
+* ``operator``  run the Kubernetes operator (kopf);
+* ``crds``      write (or check) the CRD manifests generated from the API models.
+
+It never imports torch: training always happens in ``continual-trainer`` processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import subprocess
+import sys
+from importlib import resources as pkg_resources
+from pathlib import Path
+
+from continual_operator.local import LocalModeError, LocalOptions, run_local
+
+
+def _local_options(args: argparse.Namespace, manifest: Path) -> LocalOptions:
+    command = tuple(shlex.split(args.trainer_command)) if args.trainer_command else None
+    return LocalOptions(
+        manifest=manifest,
+        volume=args.volume.resolve(),
+        state=(args.state or args.volume / ".local-state").resolve(),
+        inbox=args.inbox.resolve() if args.inbox else None,
+        batch_manifests=tuple(p.resolve() for p in args.batches or ()),
+        watch=getattr(args, "watch", False),
+        poll_seconds=getattr(args, "poll_seconds", 2.0),
+        **({"trainer_command": command} if command else {}),
+    )
+
+
+def cmd_local(args: argparse.Namespace) -> int:
+    """Local mode on a user's manifest."""
+    if args.inbox is None and not args.batches:
+        print("continual-training local: give --inbox DIR and/or --batches FILE_OR_DIR", file=sys.stderr)
+        return 2
+    return run_local(_local_options(args, args.run.resolve()))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Build the tiny model and the toy batches under --volume, then train them in local mode."""
+    volume: Path = args.volume
+    model = volume / "models" / "tiny-llama"
+    args.inbox = args.inbox or volume / "inbox"
+    if not (model / "config.json").exists() or not any(args.inbox.glob("*")):
+        print(f"building the tiny demo model in {model} and the toy batches in {args.inbox} ...")
+        subprocess.run(
+            [sys.executable, "-m", "continual_trainer.tinymodel", str(model), "--inbox", str(args.inbox)],
+            check=True,
+        )
+    manifest = volume / "demo-run.yaml"
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    if not manifest.exists():
+        manifest.write_text(pkg_resources.files("continual_operator.demo").joinpath("run.yaml").read_text())
+    args.batches = []
+    print(f"training run 'demo' ({manifest}) on {volume}: one trainer process per batch")
+    return run_local(_local_options(args, manifest.resolve()))
+
+
+def cmd_operator(args: argparse.Namespace) -> int:
+    """Run the operator (imports kopf only here)."""
+    from continual_operator.operator_main import run_operator
+
+    run_operator(
+        namespaces=None if args.all_namespaces else (args.namespace or None),
+        standalone=args.standalone,
+        peering=args.peering,
+        metrics_port=args.metrics_port,
+        liveness=args.liveness_endpoint,
+    )
+    return 0
+
+
+def cmd_crds(args: argparse.Namespace) -> int:
+    """Generate the CRDs (or check the committed ones)."""
+    from continual_operator import crdgen
+
+    argv = (
+        ["--out", str(args.out)] + (["--check"] if args.check else []) + (["--no-cel"] if args.no_cel else [])
+    )
+    return crdgen.main(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="continual-training", description=__doc__.splitlines()[0])
+    parser.add_argument("--log-level", default="WARNING")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def local_flags(p: argparse.ArgumentParser, volume_default: str) -> None:
+        p.add_argument(
+            "--volume", type=Path, default=Path(volume_default), help="the folder standing for /data"
+        )
+        p.add_argument("--state", type=Path, help="status, events, job logs (default: VOLUME/.local-state)")
+        p.add_argument("--inbox", type=Path, help="every file or folder in it is a batch, in name order")
+        p.add_argument("--trainer-command", help="how to start the trainer (default: this Python's)")
+
+    demo = sub.add_parser("demo", help="quickstart: tiny model, three toy batches, local mode")
+    local_flags(demo, ".demo")
+    demo.set_defaults(func=cmd_demo)
+
+    local = sub.add_parser("local", help="train a ContinualTrainingRun manifest on this machine")
+    local.add_argument("--run", type=Path, required=True, help="the ContinualTrainingRun manifest")
+    local.add_argument("--batches", type=Path, nargs="*", help="TrainingBatch manifests (files or folders)")
+    local.add_argument("--watch", action="store_true", help="keep watching for new batches")
+    local.add_argument("--poll-seconds", type=float, default=2.0)
+    local_flags(local, "volume")
+    local.set_defaults(func=cmd_local)
+
+    op = sub.add_parser("operator", help="run the Kubernetes operator")
+    scope = op.add_mutually_exclusive_group()
+    scope.add_argument("--all-namespaces", action="store_true", help="watch every namespace (default)")
+    scope.add_argument("--namespace", action="append", help="watch this namespace (repeatable)")
+    op.add_argument("--standalone", action="store_true", help="no peering (a single replica)")
+    op.add_argument("--peering", default="continual-training", help="kopf peering object name")
+    op.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port")
+    op.add_argument("--liveness-endpoint", default=None, help="e.g. http://0.0.0.0:8081/healthz")
+    op.set_defaults(func=cmd_operator)
+
+    crds = sub.add_parser("crds", help="write the CRD manifests generated from the API models")
+    crds.add_argument("--out", type=Path, default=Path("crds"))
+    crds.add_argument("--check", action="store_true", help="fail if the files differ from the models")
+    crds.add_argument("--no-cel", action="store_true", help="leave out CEL rules (Kubernetes < 1.25)")
+    crds.set_defaults(func=cmd_crds)
+    return parser
+
+
+def run(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        code = args.func(args)
+    except LocalModeError as exc:
+        print(f"continual-training: {exc}", file=sys.stderr)
+        code = 2
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    run()
