@@ -94,8 +94,9 @@ def trainer_config(run_dir: Path, model: Path, batch_id: str, data: Path, traini
 def run_bare_trainer(configs: list[Any], out_dir: Path) -> dict[str, float]:
     """The same model, LoRA, data and steps with a stock ``Trainer`` (its own sampler and accumulation).
 
-    One ``train()`` over all batches' samples (each repeated epochs times), no checkpoints: the fastest
-    thing ``Trainer`` does with this data, which is the yardstick for our per-step overhead.
+    One ``train()`` over all batches' samples (each repeated epochs times), logging every 10 steps and
+    saving a checkpoint every batch's worth of steps, as the continual trainer must (at batch ends): the
+    yardstick for our per-step overhead.
     """
     import torch
     from transformers import Trainer, TrainingArguments
@@ -131,7 +132,8 @@ def run_bare_trainer(configs: list[Any], out_dir: Path) -> dict[str, float]:
         learning_rate=training.learning_rate,
         lr_scheduler_type="constant",
         logging_steps=10,
-        save_strategy="no",
+        save_strategy="steps",
+        save_steps=max(steps // len(configs), 1),
         report_to="none",
         bf16=training.precision == "bf16",
         use_cpu=not cuda,

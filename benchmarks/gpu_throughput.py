@@ -56,7 +56,7 @@ def main() -> None:
 
     bare = run_bare_trainer(configs, tmp / "bare")  # also warms up CUDA kernels for both
     bare = run_bare_trainer(configs, tmp / "bare2")
-    result = run_uninterrupted(configs, tmp / "warm")
+    result = run_uninterrupted(configs, tmp / "warm", logging_steps=10)
     tokens = bare["tokens"]
     ours_tps = tokens / result.train_runtime
     bare_tps = tokens / bare["train_runtime"]

@@ -80,7 +80,7 @@ def main() -> None:
         warm_dir = tmp / f"warm-{r}"
         configs = [trainer_config(warm_dir, model, bid, path, training) for bid, path in batches]
         start = time.perf_counter()
-        result = run_uninterrupted(configs, warm_dir)
+        result = run_uninterrupted(configs, warm_dir, logging_steps=10)
         warm.append(time.perf_counter() - start)
         ours_sps.append(result.final_step / result.train_runtime)
 

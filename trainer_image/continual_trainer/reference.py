@@ -40,7 +40,7 @@ class UninterruptedResult:
 
 
 def run_uninterrupted(
-    configs: list[TrainerConfig], run_dir: Path, *, resume_from: Path | None = None
+    configs: list[TrainerConfig], run_dir: Path, *, resume_from: Path | None = None, logging_steps: int = 1
 ) -> UninterruptedResult:
     """Train ``configs``' batches back to back in this process; checkpoints go to ``run_dir/checkpoints``."""
     first = configs[0]
@@ -95,7 +95,7 @@ def run_uninterrupted(
         on_progress=on_progress,
     )
     args = engine.training_arguments(
-        first.training, output_dir=layout.staging, max_steps=result.final_step, logging_steps=1
+        first.training, output_dir=layout.staging, max_steps=result.final_step, logging_steps=logging_steps
     )
     model = modeling.load_model(first.base_model, first.lora, first.training)
     trainer = engine.make_trainer(
