@@ -201,7 +201,9 @@ def test_a_second_batch_waits_for_the_unfinished_one(after_b1, tiny_model, tmp_p
 
 def test_an_abandoned_batch_is_closed_and_its_checkpoints_set_aside(after_b1, tiny_model, tmp_path):
     run_dir = copy_run(after_b1, tmp_path)
-    killed = run_trainer(make_config(run_dir, tiny_model, B2, P2), env={"CONTINUAL_TRAINER_FAILPOINTS": "step-end@9"})
+    killed = run_trainer(
+        make_config(run_dir, tiny_model, B2, P2), env={"CONTINUAL_TRAINER_FAILPOINTS": "step-end@9"}
+    )
     assert killed.code == -signal.SIGKILL
     assert steps(run_dir) == [6, 8]
     config = make_config(run_dir, tiny_model, B3, P3).model_copy(update={"abandon_batches": [B2]})

@@ -84,7 +84,7 @@ class KubernetesStatusSink:
     def __init__(self, spec: KubernetesProgressSpec, api: Any | None = None) -> None:
         self.spec = spec
         self._api = api
-        self._last_sent = 0.0
+        self._last_sent = float("-inf")  # the first event always goes out
 
     def _client(self) -> Any:
         if self._api is None:
