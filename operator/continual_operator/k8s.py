@@ -1,0 +1,491 @@
+"""The only module that talks to the Kubernetes API: reads a run's world, carries out plans.
+
+Everything else in the operator sees plain dicts going in (objects as the API server stores them) and
+:class:`~continual_operator.actions.Plan` actions going out; the planner and the builders never touch the
+network, and the handlers never see an ``ApiException``: failures come out of here as the project's own
+errors (:mod:`continual_operator.errors`), each naming the call that failed and what to do about it.
+
+How it talks. The official ``kubernetes`` client is used at its transport level (``param_serialize`` +
+``call_api``): it brings authentication (in-cluster tokens that rotate, kubeconfig contexts, client
+certificates) and TLS, while bodies stay plain JSON dicts both ways. The typed APIs would convert every
+dict into generated models and back, with the client's own idea of each field; a manifest built by
+:mod:`continual_operator.resources` goes out byte for byte as built, and what comes back is exactly what
+:mod:`continual_operator.views` parses. The client is synchronous, so calls run on a small thread pool of
+their own: the event loop (kopf's watches, other runs' reconciles) never waits on a socket, and the pool's
+size bounds the operator's concurrent API calls.
+
+What it guarantees:
+
+* **reads are fresh**: single GETs and LISTs without ``resourceVersion`` are quorum reads, so a reconcile
+  sees the status patches of the previous one even when kopf's watch events lag behind;
+* **creates are idempotent**: every object has a deterministic name and a 409 AlreadyExists is success
+  (the create-or-leave-alone rule), so a repeated plan never makes a second Job;
+* **plans run in order and stop at the first error** (the planner's contract): the next reconcile computes
+  the rest from what did happen. Events are the one exception: they are informational, a lost one is
+  logged and the plan goes on (as kopf does with its own events).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import functools
+import json
+import logging
+import os
+import secrets
+import socket
+import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import kubernetes
+import urllib3
+from kubernetes.client.exceptions import ApiException
+
+from continual_operator.actions import (
+    CreateJob,
+    DeleteJob,
+    EmitEvent,
+    Plan,
+    RequeueAfter,
+    UpdateBatchStatus,
+    UpdateRunStatus,
+)
+from continual_operator.api import (
+    API_VERSION,
+    BATCH_INFO,
+    RUN_INFO,
+    ContinualTrainingRun,
+    ObjectMeta,
+    TrainingBatch,
+)
+from continual_operator.errors import (
+    ConflictError,
+    InvalidObjectError,
+    KubernetesApiError,
+    NotFoundError,
+    RejectedObjectError,
+    TransientApiError,
+    error_for_status,
+)
+from continual_operator.naming import ANNOTATION_RUN, LABEL_RUN, MANAGED_BY, label_value
+from continual_operator.resources import (
+    get_claim,
+    get_config_map,
+    get_job,
+    get_role,
+    get_role_binding,
+    get_service_account,
+)
+from continual_operator.status import rfc3339
+
+logger = logging.getLogger(__name__)
+
+MERGE_PATCH = "application/merge-patch+json"
+#: ``source.component`` and ``reportingComponent`` of the Events the operator posts.
+EVENT_COMPONENT = MANAGED_BY
+#: The API server refuses longer Event messages (events.k8s.io) and ``kubectl describe`` cuts them anyway.
+EVENT_MESSAGE_MAX = 1024
+#: Page size of LIST calls: bounded memory on the API server and here, even with thousands of batches.
+LIST_PAGE_SIZE = 500
+_DNS_SUBDOMAIN_MAX = 253
+
+
+@dataclass(frozen=True)
+class Kind:
+    """Where a kind lives in the REST API."""
+
+    api_version: str
+    plural: str
+    kind: str
+
+    @property
+    def resource(self) -> str:
+        """``plural.group`` as RBAC rules and ``kubectl`` name it (``jobs.batch``)."""
+        group = self.api_version.rpartition("/")[0]
+        return f"{self.plural}.{group}" if group else self.plural
+
+    def path(self, namespace: str, name: str | None = None, subresource: str | None = None) -> str:
+        """The collection, object or subresource URL path in a namespace."""
+        root = f"/apis/{self.api_version}" if "/" in self.api_version else f"/api/{self.api_version}"
+        parts = [root, "namespaces", namespace, self.plural]
+        parts += [name] if name is not None else []
+        parts += [subresource] if subresource is not None else []
+        return "/".join(parts)
+
+
+RUNS = Kind(API_VERSION, RUN_INFO.plural, RUN_INFO.kind)
+BATCHES = Kind(API_VERSION, BATCH_INFO.plural, BATCH_INFO.kind)
+JOBS = Kind("batch/v1", "jobs", "Job")
+PODS = Kind("v1", "pods", "Pod")
+CONFIG_MAPS = Kind("v1", "configmaps", "ConfigMap")
+EVENTS = Kind("v1", "events", "Event")
+_KINDS = {
+    (k.api_version, k.kind): k
+    for k in (
+        RUNS,
+        BATCHES,
+        JOBS,
+        PODS,
+        CONFIG_MAPS,
+        EVENTS,
+        Kind("v1", "serviceaccounts", "ServiceAccount"),
+        Kind("v1", "persistentvolumeclaims", "PersistentVolumeClaim"),
+        Kind("rbac.authorization.k8s.io/v1", "roles", "Role"),
+        Kind("rbac.authorization.k8s.io/v1", "rolebindings", "RoleBinding"),
+    )
+}
+_VERBS = {"GET": "get", "POST": "create", "PATCH": "patch", "DELETE": "delete", "PUT": "update"}
+
+
+def kind_of(manifest: Mapping[str, Any]) -> Kind:
+    """The :class:`Kind` of a manifest built by :mod:`continual_operator.resources`."""
+    return _KINDS[(manifest["apiVersion"], manifest["kind"])]
+
+
+# -- errors -------------------------------------------------------------------------------------------
+def translate_api_exception(exc: ApiException, doing: str) -> KubernetesApiError:
+    """An ``ApiException`` of the Kubernetes client as the project's error."""
+    return error_for_status(exc.status, exc.reason, exc.body, doing)
+
+
+# -- configuration ------------------------------------------------------------------------------------
+def load_configuration() -> kubernetes.client.Configuration:
+    """The API server and credentials: the pod's ServiceAccount in a cluster, else the kubeconfig.
+
+    The same order kopf uses for its own connection (``login_via_client``), so both talk to one server.
+    """
+    configuration = kubernetes.client.Configuration()
+    try:
+        kubernetes.config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    return configuration
+
+
+# -- what a plan is about -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Subject:
+    """The run and batches a plan was made from: what its actions need besides their own fields.
+
+    ``run`` is None when the run's spec did not validate (such a plan never creates a Job);
+    ``batch_metas`` holds every listed batch of the run, valid or not, so that Events find their object.
+    """
+
+    run_meta: ObjectMeta
+    run: ContinualTrainingRun | None = None
+    batches: Mapping[str, TrainingBatch] = field(default_factory=dict)
+    batch_metas: Mapping[str, ObjectMeta] = field(default_factory=dict)
+
+    @property
+    def namespace(self) -> str:
+        return self.run_meta.namespace or "default"
+
+
+@dataclass(frozen=True)
+class Executed:
+    """What :meth:`KubernetesStorage.execute` actually changed (for metrics and logs)."""
+
+    jobs_created: tuple[str, ...] = ()
+
+
+# -- the storage --------------------------------------------------------------------------------------
+class KubernetesStorage:
+    """Async access to the objects of continual training runs."""
+
+    def __init__(
+        self,
+        api_client: kubernetes.client.ApiClient,
+        *,
+        max_workers: int = 8,
+        request_timeout: float = 30.0,
+        instance: str | None = None,
+    ) -> None:
+        self._client = api_client
+        self._timeout = request_timeout
+        self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="k8s-api")
+        #: ``reportingInstance`` of Events: the pod's name (its hostname) tells replicas apart.
+        self.instance = instance or os.environ.get("HOSTNAME") or socket.gethostname()
+
+    @classmethod
+    def from_environment(cls, **kwargs: Any) -> KubernetesStorage:
+        """A storage for the cluster the operator runs in (or the kubeconfig's current context)."""
+        return cls(kubernetes.client.ApiClient(load_configuration()), **kwargs)
+
+    def close(self) -> None:
+        """Release the thread pool and the connection pool."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._client.close()  # type: ignore[no-untyped-call]
+
+    # -- transport ------------------------------------------------------------------------------------
+    def _call(
+        self,
+        method: str,
+        path: str,
+        query: list[tuple[str, str]],
+        body: Any,
+        content_type: str,
+    ) -> tuple[int, str | None, bytes]:
+        """One HTTP request (in a pool thread): status, reason and body, whatever the status."""
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = content_type
+        request = self._client.param_serialize(
+            method=method,
+            resource_path=path,
+            query_params=query or None,
+            header_params=headers,
+            body=body,
+            auth_settings=list(self._client.configuration.auth_settings()),
+        )
+        response = self._client.call_api(*request, _request_timeout=self._timeout)
+        data = response.read()  # type: ignore[no-untyped-call]
+        return int(response.status), response.reason, data or b""
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        doing: str,
+        query: Mapping[str, str] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+    ) -> dict[str, Any]:
+        """Send a request and return the JSON answer; raise the project's error for anything but 2xx."""
+        call = functools.partial(self._call, method, path, list((query or {}).items()), body, content_type)
+        try:
+            status, reason, data = await asyncio.get_running_loop().run_in_executor(self._executor, call)
+        except ApiException as exc:
+            raise translate_api_exception(exc, doing) from exc
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise error_for_status(None, type(exc).__name__, str(exc), doing) from exc
+        if not 200 <= status < 300:
+            raise error_for_status(status, reason, data, doing)
+        try:
+            answer = json.loads(data) if data else {}
+        except ValueError as exc:
+            raise TransientApiError(
+                doing, status, "InvalidResponse", f"the answer is not JSON: {exc}"
+            ) from exc
+        return answer if isinstance(answer, dict) else {}
+
+    @staticmethod
+    def _doing(
+        method: str, kind: Kind, namespace: str, name: str | None = None, sub: str | None = None
+    ) -> str:
+        resource = f"{kind.resource}/{sub}" if sub else kind.resource
+        where = f"{namespace}/{name}" if name else f"in namespace {namespace}"
+        verb = "list" if method == "GET" and name is None else _VERBS[method]
+        return f"{verb} {resource} {where}"
+
+    # -- reads ----------------------------------------------------------------------------------------
+    async def get_run(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The run as stored now (None when it does not exist)."""
+        try:
+            return await self._request(
+                "GET", RUNS.path(namespace, name), doing=self._doing("GET", RUNS, namespace, name)
+            )
+        except NotFoundError:
+            return None
+
+    async def _list(
+        self, kind: Kind, namespace: str, label_selector: str | None = None
+    ) -> list[dict[str, Any]]:
+        """All objects of a kind in a namespace, page by page."""
+        items: list[dict[str, Any]] = []
+        query = {"limit": str(LIST_PAGE_SIZE)}
+        if label_selector:
+            query["labelSelector"] = label_selector
+        while True:
+            page = await self._request(
+                "GET", kind.path(namespace), query=query, doing=self._doing("GET", kind, namespace)
+            )
+            items += [item for item in page.get("items") or [] if isinstance(item, dict)]
+            token = (page.get("metadata") or {}).get("continue")
+            if not token:
+                return items
+            query = {**query, "continue": str(token)}
+
+    async def list_batches(self, namespace: str, run: str) -> list[dict[str, Any]]:
+        """The run's TrainingBatches (``spec.runName``), as stored.
+
+        Batches are the users' objects and carry no label of the run, so the namespace's batches are listed
+        and filtered here.
+        """
+        items = await self._list(BATCHES, namespace)
+        return [b for b in items if isinstance(b.get("spec"), dict) and b["spec"].get("runName") == run]
+
+    async def list_jobs(self, namespace: str, run: str) -> list[dict[str, Any]]:
+        """The run's Jobs (selected by label, then checked against the full name in the annotation)."""
+        return _owned_by(await self._list(JOBS, namespace, f"{LABEL_RUN}={label_value(run)}"), run)
+
+    async def list_pods(self, namespace: str, run: str) -> list[dict[str, Any]]:
+        """The pods of the run's Jobs (they carry the Job template's labels and annotations)."""
+        return _owned_by(await self._list(PODS, namespace, f"{LABEL_RUN}={label_value(run)}"), run)
+
+    # -- writes ---------------------------------------------------------------------------------------
+    async def create(self, manifest: Mapping[str, Any]) -> bool:
+        """Create an object; False when it exists already (409 is not an error: create-or-leave-alone)."""
+        kind = kind_of(manifest)
+        meta = manifest["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        try:
+            await self._request(
+                "POST",
+                kind.path(namespace),
+                body=dict(manifest),
+                doing=self._doing("POST", kind, namespace, name),
+            )
+        except ConflictError:
+            return False
+        return True
+
+    async def delete(
+        self,
+        kind: Kind,
+        namespace: str,
+        name: str,
+        propagation: Literal["Foreground", "Background", "Orphan"] = "Background",
+    ) -> bool:
+        """Delete an object; False when it was gone already."""
+        try:
+            await self._request(
+                "DELETE",
+                kind.path(namespace, name),
+                query={"propagationPolicy": propagation},
+                doing=self._doing("DELETE", kind, namespace, name),
+            )
+        except NotFoundError:
+            return False
+        return True
+
+    async def patch_status(self, kind: Kind, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
+        """Merge-patch an object's status through the status subresource (``None`` deletes a key)."""
+        await self._request(
+            "PATCH",
+            kind.path(namespace, name, "status"),
+            body={"status": dict(patch)},
+            content_type=MERGE_PATCH,
+            doing=self._doing("PATCH", kind, namespace, name, "status"),
+        )
+
+    async def post_event(
+        self, involved: Mapping[str, Any], type_: str, reason: str, message: str, *, now: dt.datetime
+    ) -> None:
+        """Record a core/v1 Event about ``involved`` (an object reference with namespace and name).
+
+        Named ``<object>.<hex>`` like client-go's recorder; the legacy fields (first/lastTimestamp, count,
+        source) are what ``kubectl describe`` shows on every Kubernetes version.
+        """
+        namespace, name = involved["namespace"], involved["name"]
+        suffix = f".{time.time_ns():x}{secrets.token_hex(2)}"
+        if len(message) > EVENT_MESSAGE_MAX:
+            message = message[: EVENT_MESSAGE_MAX - 3] + "..."
+        stamp = rfc3339(now)
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": name[: _DNS_SUBDOMAIN_MAX - len(suffix)] + suffix, "namespace": namespace},
+            "involvedObject": dict(involved),
+            "type": type_,
+            "reason": reason,
+            "message": message,
+            "source": {"component": EVENT_COMPONENT},
+            "reportingComponent": EVENT_COMPONENT,
+            "reportingInstance": self.instance[:128],
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "count": 1,
+        }
+        await self.create(event)
+
+    async def ensure_run_objects(self, run: ContinualTrainingRun) -> None:
+        """The per-run ServiceAccount, Role, RoleBinding and (from the template) volume claim exist.
+
+        Create-or-leave-alone: an existing object is not changed, so a claim the user resized or a binding
+        an admin extended stays as it is.
+        """
+        manifests = [get_service_account(run), get_role(run), get_role_binding(run)]
+        if (claim := get_claim(run)) is not None:
+            manifests.append(claim)
+        for manifest in manifests:
+            if await self.create(manifest):
+                logger.info(
+                    f"created {manifest['kind']} {manifest['metadata']['name']} for run {run.metadata.name}"
+                )
+
+    # -- plans ----------------------------------------------------------------------------------------
+    async def execute(self, plan: Plan, subject: Subject, *, now: dt.datetime) -> Executed:
+        """Carry out a plan's actions in order; stop at the first error (it propagates).
+
+        ``RequeueAfter`` is left to the caller (it is about scheduling, not the API).
+        """
+        namespace = subject.namespace
+        created: list[str] = []
+        for action in plan.actions:
+            if isinstance(action, CreateJob):
+                if subject.run is None:
+                    raise ValueError("a plan for a run whose spec does not validate cannot create Jobs")
+                if await self._create_job(subject.run, subject.batches[action.batch], action):
+                    created.append(action.job_name)
+            elif isinstance(action, DeleteJob):
+                await self.delete(JOBS, namespace, action.name, action.propagation)
+                await self.delete(CONFIG_MAPS, namespace, action.name)
+            elif isinstance(action, UpdateBatchStatus):
+                await self.patch_status(BATCHES, namespace, action.batch, action.patch)
+            elif isinstance(action, UpdateRunStatus):
+                await self.patch_status(RUNS, namespace, subject.run_meta.name, action.patch)
+            elif isinstance(action, EmitEvent):
+                await self._emit(action, subject, now)
+            else:
+                assert isinstance(action, RequeueAfter)
+        return Executed(tuple(created))
+
+    async def _create_job(self, run: ContinualTrainingRun, batch: TrainingBatch, action: CreateJob) -> bool:
+        """The objects the Job needs, its ConfigMap, then the Job itself; True when the Job is new.
+
+        The per-run objects are ensured here rather than on every reconcile: they are needed only by
+        trainer pods, and this costs four requests per Job instead of four per reconcile.
+        """
+        try:
+            await self.ensure_run_objects(run)
+            await self.create(get_config_map(run, batch, action.attempt, action.abandon_batches))
+            return await self.create(get_job(run, batch, action.attempt))
+        except InvalidObjectError as error:
+            raise RejectedObjectError(error.doing, error.status, error.reason, error.message) from error
+
+    async def _emit(self, action: EmitEvent, subject: Subject, now: dt.datetime) -> None:
+        """Post a plan's Event; a failure is logged, not raised (Events are informational)."""
+        if action.kind == RUN_INFO.kind:
+            meta: ObjectMeta | None = subject.run_meta
+        else:
+            meta = subject.batch_metas.get(action.name)
+        involved: dict[str, Any] = {
+            "apiVersion": API_VERSION,
+            "kind": action.kind,
+            "name": action.name,
+            "namespace": subject.namespace,
+        }
+        if meta is not None and meta.uid is not None:
+            involved["uid"] = meta.uid
+        try:
+            await self.post_event(involved, action.type, action.reason, action.message, now=now)
+        except KubernetesApiError as error:
+            logger.warning(f"Event {action.reason} on {action.kind} {action.name} was not recorded: {error}")
+
+
+def _owned_by(items: list[dict[str, Any]], run: str) -> list[dict[str, Any]]:
+    """Objects whose run label or annotation names ``run`` (a shortened label may be shared by two runs)."""
+    wanted = label_value(run)
+    owned = []
+    for item in items:
+        meta = item.get("metadata") or {}
+        annotation = (meta.get("annotations") or {}).get(ANNOTATION_RUN)
+        label = (meta.get("labels") or {}).get(LABEL_RUN)
+        if annotation == run or (annotation is None and label == wanted):
+            owned.append(item)
+    return owned
