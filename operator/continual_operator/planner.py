@@ -257,10 +257,14 @@ class _Planner:
     def _retry(self, batch: str, job: JobView, outcome: Outcome, failures: int) -> None:
         policy = self.spec.failure_policy
         delay = backoff_seconds(failures, base=policy.backoff_seconds, cap=policy.max_backoff_seconds)
-        retry_at = self.now + dt.timedelta(seconds=delay)
+        # Rounded up to the whole second nextAttemptTime is stored with: rounded down, any reconcile in
+        # that last part of a second (a Job event, another batch) would start the retry early.
+        retry_at = _whole_second_up(self.now + dt.timedelta(seconds=delay))
+        # The retry first: the outcome's message may be a 1 KB log tail (a crash leaves no result record),
+        # and Event messages are cut at 1 KB.
         message = (
-            f"attempt {job.attempt} failed ({outcome.reason}: {outcome.message}); retry {failures} of "
-            f"{policy.max_retries_per_batch} at {rfc3339(retry_at)}"
+            f"attempt {job.attempt} failed ({outcome.reason}); retry {failures} of "
+            f"{policy.max_retries_per_batch} at {rfc3339(retry_at)}: {outcome.message}"
         )
         self._update(
             batch,
@@ -501,7 +505,7 @@ class _Planner:
         suspended: tuple[ConditionStatus, str, str] = (
             ("True", "Suspended", "spec.suspend is true")
             if self.spec.suspend
-            else ("False", "NotSuspended", "")
+            else ("False", "NotSuspended", "spec.suspend is false")  # not "": see _degraded
         )
         for type_, (status, reason, message) in (
             ("Ready", ready),
@@ -534,7 +538,9 @@ class _Planner:
 
     def _degraded(self, halting: str | None) -> tuple[ConditionStatus, str, str]:
         if halting is None:
-            return ("False", "Healthy", "")
+            # Never an empty message: the 1.20 API server (the e2e tier's) reads "" inside a list item of a
+            # status as null and refuses the whole status patch ("must be of type string").
+            return ("False", "Healthy", "no batch has failed permanently and steps are contiguous")
         status = self.statuses[halting]
         if status.reason == STEPS_NOT_CONTIGUOUS:
             fix = (
@@ -561,6 +567,12 @@ class _Planner:
             self._event("ContinualTrainingRun", self.name, "Normal", "Suspended", "spec.suspend is true")
         elif old in {"Suspended", "Halted", "Failed"}:
             self._event("ContinualTrainingRun", self.name, "Normal", "Resumed", f"the run is {new} again")
+
+
+def _whole_second_up(when: dt.datetime) -> dt.datetime:
+    """``when``, rounded up to a whole second (the precision of status timestamps)."""
+    whole = when.replace(microsecond=0)
+    return whole if whole == when else whole + dt.timedelta(seconds=1)
 
 
 def _contiguity_problem(batch: str, outcome: str, start: int, end: int, completed: int | None) -> str | None:

@@ -267,6 +267,31 @@ def test_retry_starts_the_next_attempt_after_the_backoff() -> None:
     assert world.batch("b1").status.failures == 1
 
 
+def test_the_back_off_is_never_cut_short_by_the_whole_second_timestamps() -> None:
+    # nextAttemptTime has whole seconds: a failure recorded at .6 s retries at the next whole second
+    # after the back-off, never at the one before it (which a reconcile in between would act on).
+    world = World(make_run(), [make_batch("b1", status=training(1, job="demo-b1-a1"))], [failed("b1", 1, 75)])
+    world.later(0.6)
+    world.step()
+    assert world.batch("b1").status.next_attempt_time == "2025-03-01T12:00:31Z"
+    world.later(29.9)  # 12:00:30.5: the back-off (30 s) is not over
+    assert world.plan().of(CreateJob) == []
+    world.later(0.5)
+    assert created(world.step()) == [("b1", 2)]
+
+
+def test_the_retry_leads_the_message_however_long_the_failure() -> None:
+    # A crash leaves no result record: the outcome's message is then up to 1 KB of log tail, and Event
+    # messages are cut at 1 KB, so when the retry happens must come first.
+    log_tail = "x" * 5000
+    crashed = failed("b1", 1, 137, termination_message=log_tail)
+    p = World(make_run(), [make_batch("b1", status=training(1, job="demo-b1-a1"))], [crashed]).plan()
+    (retrying,) = [e for e in p.of(EmitEvent) if e.reason == "Retrying"]
+    assert retrying.message[:1024].startswith(
+        "attempt 1 failed (ExitCode137); retry 1 of 3 at 2025-03-01T12:00:30Z:"
+    )
+
+
 @pytest.mark.parametrize(
     "preempted",
     [
@@ -536,6 +561,22 @@ def test_run_status_counts_and_conditions() -> None:
         "Suspended": "False",
     }
     assert all(c["observedGeneration"] == 7 for c in patch["conditions"])
+
+
+@pytest.mark.parametrize(
+    ("spec", "batch_status"),
+    [
+        pytest.param({}, None, id="healthy"),
+        pytest.param({"suspend": True}, None, id="suspended"),
+        pytest.param({}, {"phase": "Failed", "reason": "InvalidData", "message": "bad line 3"}, id="halted"),
+    ],
+)
+def test_every_condition_has_a_message(spec: dict, batch_status: dict | None) -> None:
+    # The 1.20 API server (the e2e tier's) reads "" inside a status list item as null and refuses the
+    # whole status patch ("must be of type string"): no condition may be written with an empty message.
+    patch = run_patch(plan(make_run(**spec), [make_batch("b1", status=batch_status)], [], now=NOW))
+    assert {c["type"] for c in patch["conditions"]} == {"Ready", "Training", "Degraded", "Suspended"}
+    assert all(c["message"] for c in patch["conditions"]), patch["conditions"]
 
 
 def test_condition_transition_time_moves_only_with_its_status() -> None:

@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import signal
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,17 +170,22 @@ class ContinualTrainer(Trainer):
 def failpoint(name: str, step: int) -> None:
     """Fault injection for tests (like etcd's failpoints): ``CONTINUAL_TRAINER_FAILPOINTS=save-mid@7``.
 
-    Kills the process with SIGKILL when the named point is reached at the given global step. Unset in
-    production; documented in docs/trainer.md.
+    When the named point is reached at the given global step the process SIGKILLs itself, or, with
+    ``=stop`` (``step-end@9=stop``), SIGSTOPs itself so that a test can act on a process frozen at a known
+    step (kill it from outside, then let the retry go on with SIGCONT). Unset in production; documented
+    in docs/trainer.md.
     """
     spec = os.environ.get("CONTINUAL_TRAINER_FAILPOINTS")
     if not spec:
         return
     for item in spec.split(","):
-        point, _, at = item.partition("@")
+        point, _, rest = item.partition("@")
+        at, _, action = rest.partition("=")
         if point == name and at.isdigit() and int(at) == step:
-            log.error("failpoint %s@%s: SIGKILL", name, at)
-            os.kill(os.getpid(), signal.SIGKILL)
+            signum = signal.SIGSTOP if action == "stop" else signal.SIGKILL
+            log.error("failpoint %s@%s: %s", name, at, signum.name)
+            sys.stderr.flush()
+            os.kill(os.getpid(), signum)
 
 
 class StepSeedCallback(TrainerCallback):
