@@ -62,7 +62,7 @@ def helm_binary() -> Path:
         raise HelmUnavailableError(str(error)) from error
 
 
-def render_operator_rbac(namespace: str, workdir: Path) -> list[JSON]:
+def render_operator_rbac(namespace: str, workdir: Path, *, peering: bool = False) -> list[JSON]:
     """The chart's ServiceAccount, ClusterRole(Binding), Role and RoleBinding for an operator that
     watches only `namespace` and runs in it. Object names are `<namespace>-operator` so that the
     cluster-scoped ones of different tests never collide."""
@@ -72,7 +72,7 @@ def render_operator_rbac(namespace: str, workdir: Path) -> list[JSON]:
         yaml.safe_dump(
             {
                 "watchNamespaces": [namespace],
-                "peering": {"enabled": False},
+                "peering": {"enabled": peering},
                 "fullnameOverride": f"{namespace}-operator",
             }
         )
@@ -80,7 +80,8 @@ def render_operator_rbac(namespace: str, workdir: Path) -> list[JSON]:
     env = os.environ | {
         f"HELM_{kind}_HOME": str(workdir / f"helm-{kind.lower()}") for kind in ("CACHE", "CONFIG", "DATA")
     }
-    shown = [arg for template in RBAC_TEMPLATES for arg in ("--show-only", template)]
+    templates = (*RBAC_TEMPLATES, "templates/peering.yaml") if peering else RBAC_TEMPLATES
+    shown = [arg for template in templates for arg in ("--show-only", template)]
     result = subprocess.run(
         [
             str(helm_binary()),
@@ -108,10 +109,12 @@ class OperatorRbac:
     """The chart's RBAC for one namespace, applied with kubectl as the admin; `remove()` deletes the
     cluster-scoped objects again (the namespaced ones go with the test's namespace)."""
 
-    def __init__(self, control_plane: ControlPlane, namespace: str, workdir: Path) -> None:
+    def __init__(
+        self, control_plane: ControlPlane, namespace: str, workdir: Path, *, peering: bool = False
+    ) -> None:
         self.control_plane = control_plane
         self.namespace = namespace
-        self.objects = render_operator_rbac(namespace, workdir)
+        self.objects = render_operator_rbac(namespace, workdir, peering=peering)
         accounts = [o for o in self.objects if o["kind"] == "ServiceAccount"]
         if len(accounts) != 1:
             raise RuntimeError(f"the chart rendered {len(accounts)} ServiceAccounts, expected one")
@@ -134,9 +137,11 @@ class OperatorProcess:
     """`continual-training operator --standalone --namespace <ns>` as a child process (see the module
     docstring). Every start appends to the same log file, with a header line per start."""
 
-    def __init__(self, kubeconfig: Path, namespace: str, log_path: Path) -> None:
+    def __init__(self, kubeconfig: Path, namespace: str, log_path: Path, *, standalone: bool = True) -> None:
         self.kubeconfig = kubeconfig
         self.namespace = namespace
+        #: False: join the chart's peering object (`--peering continual-training`) like a replica would.
+        self.standalone = standalone
         self.log_path = log_path
         self.starts = 0
         self._process: subprocess.Popen[bytes] | None = None
@@ -152,7 +157,7 @@ class OperatorProcess:
             "--log-level",
             "INFO",
             "operator",
-            "--standalone",
+            *(["--standalone"] if self.standalone else ["--peering", "continual-training"]),
             "--namespace",
             self.namespace,
         ]
