@@ -128,9 +128,12 @@ class ControlPlane:
         *,
         crd_folders: Sequence[Path] = (),
         startup_timeout: float = 180.0,
+        apiserver_args: Sequence[str] = (),
     ) -> None:
         self.assets = assets
         self.crd_folders = tuple(crd_folders)
+        #: Extra kube-apiserver flags, appended last (so they win), e.g. an audit log for a benchmark.
+        self.apiserver_args = tuple(apiserver_args)
         self.installed_crds = InstalledCrds()
         self.crd_errors: dict[Path, str] = {}
         self._own_workdir = workdir is None
@@ -350,6 +353,7 @@ class ControlPlane:
                 "--endpoint-reconciler-type=none",
                 "--profiling=false",
                 "--v=1",
+                *self.apiserver_args,
             ],
         )
         self._write_kubeconfig(certs)
