@@ -149,48 +149,6 @@ def count_audit(
     return counts
 
 
-def _nullable_strings(node: Any, *, map_key: bool = False) -> None:
-    """Mark every string property ``nullable`` in place, except the keys of map-lists (forbidden there)."""
-    if isinstance(node, list):
-        for item in node:
-            _nullable_strings(item)
-        return
-    if not isinstance(node, dict):
-        return
-    if node.get("type") == "string" and not map_key:
-        node["nullable"] = True
-    keys = set(node.get("x-kubernetes-list-map-keys") or ())
-    for name, value in node.items():
-        if name == "items" and keys and isinstance(value, dict):
-            for prop_name, prop in (value.get("properties") or {}).items():
-                _nullable_strings(prop, map_key=prop_name in keys)
-            rest = {k: v for k, v in value.items() if k != "properties"}
-            _nullable_strings(rest)
-        else:
-            _nullable_strings(value)
-
-
-def crds_accepting_empty_strings(source: Path, out: Path) -> Path:
-    """A copy of the CRDs whose string fields also accept ``""`` on this control plane; returns ``out``.
-
-    The e2e kube-apiserver (1.20.2 built from Debian's sources with Go 1.19) has kubernetes/kubernetes#99804:
-    with Go >= 1.16 its OpenAPI validation takes an empty string for null and answers 422 "in body must be
-    of type string: "null"". The operator writes ``message: ""`` in run conditions (Suspended=False), so
-    every run status patch would fail. Marking string fields ``nullable`` lets such values through; they are
-    stored as ``""``. Real clusters (1.21+, or 1.20 built with Go < 1.16) need none of this.
-    """
-    import yaml
-
-    out.mkdir(parents=True, exist_ok=True)
-    for path in sorted(source.glob("*.yaml")):
-        documents = [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
-        for doc in documents:
-            for version in doc.get("spec", {}).get("versions", []):
-                _nullable_strings(version.get("schema"))
-        (out / path.name).write_text(yaml.safe_dump_all(documents, sort_keys=False))
-    return out
-
-
 def child_processes(names: Iterable[str]) -> dict[str, int]:
     """PIDs of this process's children with these command names (the control plane's components)."""
     wanted = {name[:15] for name in names}  # /proc/<pid>/comm is cut at 15 characters

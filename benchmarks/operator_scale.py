@@ -6,9 +6,11 @@
    namespace's trainer Jobs (label ``continual.dev/run``) delivers the Job's ADDED event.
 2. **Scale**: R runs x B batches (default 200 x 5) created at once, all on one PersistentVolumeClaim
    (``subPath: runs/<run>``, progress reporting off, so trainer pods get no API credentials); wait until
-   every batch is Succeeded. Reports the wall time, the operator's memory (VmRSS sampled every 0.5 s, and
-   the kernel's peak VmHWM) and CPU, and its API requests counted exactly from the kube-apiserver audit log
-   (the operator runs as its own ServiceAccount), by verb and resource, in total and per batch.
+   every batch is Succeeded, every run Idle, and the operator has drained its backlog. Reports the wall
+   time, latencies under load, the operator's memory (VmRSS sampled every 0.5 s, and the kernel's peak
+   VmHWM) and CPU, and its API requests counted exactly from the kube-apiserver audit log (the operator runs
+   as its own ServiceAccount), by verb and resource, in total and per batch. Then ``--idle-seconds`` of the
+   operator with nothing to do but its periodic resync.
 
 Everything runs on this machine: etcd, kube-apiserver and kube-controller-manager (``KUBEBUILDER_ASSETS``),
 the operator as a subprocess (``continual-training operator --standalone --namespace NS --metrics-port P``)
@@ -64,7 +66,6 @@ from kube_bench import (
     child_processes,
     count_audit,
     cpu_seconds,
-    crds_accepting_empty_strings,
     create_claim,
     create_namespace,
     fake_trainer_command_map,
@@ -643,8 +644,7 @@ def main() -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="ct-operator-scale-"))
     flags, audit_log = audit_args(workdir)
-    crds = crds_accepting_empty_strings(REPO / "crds", workdir / "crds")
-    plane = ControlPlane(assets, workdir / "control-plane", crd_folders=[crds], apiserver_args=flags)
+    plane = ControlPlane(assets, workdir / "control-plane", crd_folders=[REPO / "crds"], apiserver_args=flags)
     (workdir / "control-plane").mkdir()
     print(f"starting the control plane (working folder {workdir}) ...", flush=True)
     plane.start()

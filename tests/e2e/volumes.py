@@ -282,7 +282,10 @@ def _chown_tree(path: Path, owner: Owner) -> None:
     for entry in paths:
         if entry.is_symlink():
             continue
-        os.chown(entry, owner.uid, owner.gid)
-        if owner.fs_group:
-            extra = 0o2070 if entry.is_dir() else 0o060
-            entry.chmod(entry.stat().st_mode & 0o7777 | extra)
+        try:
+            os.chown(entry, owner.uid, owner.gid)
+            if owner.fs_group:
+                extra = 0o2070 if entry.is_dir() else 0o060
+                entry.chmod(entry.stat().st_mode & 0o7777 | extra)
+        except FileNotFoundError:
+            continue  # renamed away meanwhile by a pod writing to the shared claim (a temp file, say)
