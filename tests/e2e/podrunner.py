@@ -41,6 +41,10 @@ _WATCH_SECONDS = 5
 _STOP_GRACE = 2.0
 
 
+#: The checkout: an editable install imports the project from here.
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
 class PodRunner:
     """Runs the pods of a control plane as local processes (see the module docstring).
 
@@ -88,7 +92,11 @@ class PodRunner:
                 exposed_paths=tuple(
                     exposed_paths
                     if exposed_paths is not None
-                    else {Path(os.path.realpath(sys.base_prefix)), Path(os.path.realpath(sys.prefix))}
+                    else {
+                        Path(os.path.realpath(sys.base_prefix)),
+                        Path(os.path.realpath(sys.prefix)),
+                        REPO_ROOT,  # an editable install's sources are part of the "image" too
+                    }
                 ),
                 image_uid=image_uid,
             ),

@@ -147,6 +147,33 @@ def _mount_lines(launch: Launch) -> list[str]:
     return lines
 
 
+def _covered_exposed(launch: Launch) -> list[Path]:
+    """Exposed paths that a volume would hide (an emptyDir at /tmp over a checkout or venv under /tmp)."""
+    targets = [Path(m.target) for m in launch.mounts]
+    return [p for p in launch.exposed_paths if any(_covers(t, p) for t in targets)]
+
+
+def _restage_lines(launch: Launch) -> list[str]:
+    """Before the mounts: bind the exposed paths a volume will cover into the staging folder."""
+    lines = []
+    for index, path in enumerate(_covered_exposed(launch)):
+        stage = _q(launch.stage_dir / f"reexpose-{index}")
+        lines += [f"mkdir -p {stage}", f"mount --bind {_q(path)} {stage}"]
+    return lines
+
+
+def _reexpose_lines(launch: Launch) -> list[str]:
+    """After the mounts: put the covered exposed paths back (the interpreter and the project's sources
+    are part of the "image"; a scratch volume over their host folder must not hide them)."""
+    lines = []
+    for index, path in enumerate(_covered_exposed(launch)):
+        lines += [
+            f"mkdir -p {_q(path)}",
+            f"mount --move {_q(launch.stage_dir / f'reexpose-{index}')} {_q(path)}",
+        ]
+    return lines
+
+
 def _q(path: Path | str) -> str:
     return shlex.quote(str(path))
 
@@ -158,8 +185,10 @@ def launch_script(launch: Launch) -> str:
         "umask 022",
         f"mkdir -p {_q(launch.stage_dir)}",
         *_stage_lines(launch),
+        *_restage_lines(launch),
         *_expose_lines(launch),
         *_mount_lines(launch),
+        *_reexpose_lines(launch),
         f"cd {_q(launch.working_dir)}",
     ]
     exec_argv = list(launch.argv)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import signal
 import textwrap
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -464,10 +465,19 @@ def test_config_maps_secrets_and_downward_api_reach_the_container(
     }
     create(raw_api, namespace, pod)
     done = wait_pod_phase(raw_api, pod_runner, namespace, "configured", "Succeeded")
+    # The emptyDir at /tmp holds only what the pod put there, plus the way back to the "image" (the venv
+    # and checkout) when those live under /tmp on the host, as in a CI clone there.
+    image_dirs = sorted(
+        {
+            p.relative_to("/tmp").parts[0]
+            for p in pod_runner.settings.launch.exposed_paths
+            if Path("/tmp") in p.parents
+        }
+    )
     assert json.loads(terminated(done)["message"]) == {
         "config": "lr: 0.001\n",
         "nested": "lr: 0.001\n",
-        "tmp": ["nested"],
+        "tmp": sorted(["nested", *image_dirs]),
         "env": {
             "HF_TOKEN": "s3cr3t",
             "CFG_MODE": "fast",
