@@ -50,6 +50,9 @@ from continual_operator.planner import plan
 from continual_operator.status import describe_validation_error, rfc3339
 from continual_operator.views import JobPhase, JobView
 from continual_trainer.config import TrainerConfig
+from continual_trainer.fsutil import atomic_write_json
+from continual_trainer.progress import read_status, status_patch
+from continual_trainer.records import ProgressEvent
 
 log = logging.getLogger(__name__)
 
@@ -343,52 +346,42 @@ class LocalRun:
         assert self.run is not None
         if not any(j.process is not None for j in self.jobs.values()):
             return
-        config = resources.get_trainer_config(self.run, next(iter(self.batches.values())))
-        status_file = Path(localize(config.run_dir, self.options.volume)) / "status.json"
+        run_dir = Path(localize(resources.run_dir(self.run.spec), self.options.volume))
         try:
-            progress = json.loads(status_file.read_text())
-        except (OSError, ValueError):
+            progress = read_status(run_dir / "status.json")
+            if progress is None:
+                return
+            progress.pop("batchProgress", None)  # derived; status_patch recomputes it
+            event = ProgressEvent.model_validate(progress)
+        except (OSError, ValueError):  # being replaced, or from an older trainer: next time
             return
-        patch = {
-            "globalStep": progress.get("globalStep"),
-            "currentBatch": progress.get("batchId"),
-            "currentBatchProgress": progress.get("batchProgress"),
-            "lastProgressTime": progress.get("time"),
-        }
-        for key, wire in (
-            ("loss", "lastLoss"),
-            ("learningRate", "lastLearningRate"),
-            ("latestCheckpoint", "latestCheckpoint"),
-        ):
-            if progress.get(key) is not None:
-                patch[wire] = progress[key]
+        patch = status_patch(event)["status"]
         self.run = self.run.model_copy(
             update={"status": type(self.run.status).model_validate(_merged(self.run.status, patch))}
         )
         now = time.monotonic()
-        if progress.get("kind") == "progress" and now - self._last_progress > 5:
+        if event.kind == "progress" and now - self._last_progress > 5:
             self._last_progress = now
-            loss = progress.get("loss")
             self.out(
-                f"  {progress.get('batchId')}: step {progress.get('globalStep')}/{progress.get('batchTargetStep')}"
-                + (f" loss {loss:.4f}" if isinstance(loss, float) else "")
+                f"  {event.batch_id}: step {event.global_step}/{event.batch_target_step}"
+                + (f" loss {event.loss:.4f}" if event.loss is not None else "")
             )
 
     def _write_status(self) -> None:
         assert self.run is not None
         state = self.options.state
         state.mkdir(parents=True, exist_ok=True)
-        _atomic_json(
+        atomic_write_json(
             state / "status.json", self.run.status.model_dump(mode="json", by_alias=True, exclude_none=True)
         )
-        _atomic_json(
+        atomic_write_json(
             state / "batches.json",
             {
                 n: b.status.model_dump(mode="json", by_alias=True, exclude_none=True)
                 for n, b in sorted(self.batches.items())
             },
         )
-        _atomic_json(state / "seen.json", self.first_seen)
+        atomic_write_json(state / "seen.json", self.first_seen)
 
     # -- loop ------------------------------------------------------------------------------------------
     def idle(self) -> bool:
@@ -453,12 +446,6 @@ def _merged(model: Any, patch: Any) -> dict[str, Any]:
         else:
             current[key] = value
     return dict(current)
-
-
-def _atomic_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
 
 
 def _now() -> dt.datetime:
