@@ -65,6 +65,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             [sys.executable, "-m", "continual_trainer.tinymodel", str(model), "--inbox", str(args.inbox)],
             check=True,
         )
+        args.settle_seconds = 0  # we wrote these batches ourselves: they are complete
     manifest = volume / "demo-run.yaml"
     manifest.parent.mkdir(parents=True, exist_ok=True)
     if not manifest.exists():

@@ -653,7 +653,7 @@ def _summary(state: LocalRun, out: Callable[[str], None]) -> int:
     if state.inbox is not None:
         records, skipped = state.inbox.records, state.inbox_skipped
         out(
-            f"inbox {options.inbox}: {len(records) + len(skipped)} entries -> {len(records)} batches"
+            f"inbox {_shown(state.inbox.folder)}: {len(records) + len(skipped)} entries -> {len(records)} batches"
             + (f"; not batches: {_listed(skipped)}" if skipped else "")
         )
     if state.manifest_skipped:
@@ -665,17 +665,25 @@ def _summary(state: LocalRun, out: Callable[[str], None]) -> int:
         f"run {state.run.metadata.name}: phase {status.phase}, global step {status.global_step}, "
         f"{sum(p == 'Succeeded' for p in phases.values())}/{len(phases)} batches succeeded"
         + (f", failed: {', '.join(failed)}" if failed else "")
-        + f"; status in {options.state / 'status.json'}"
+        + f"; status in {_shown(options.state / 'status.json')}"
     )
     changed = state.changed_sources()
     if changed:
         out(
-            f"changed after they were taken (not retrained; see {options.state / 'events.jsonl'}): "
+            f"changed after they were taken (not retrained; see {_shown(options.state / 'events.jsonl')}): "
             f"{', '.join(changed)}. Drop new content under a new name; restore or delete these files"
         )
     if failed or status.phase in {"Halted", "Failed"}:
         return EXIT_FAILED
     return EXIT_SOURCE_CHANGED if changed else EXIT_OK
+
+
+def _shown(path: Path) -> str:
+    """A path as the user typed it: relative to the working directory when it is below it."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def _listed(items: Sequence[NotABatch]) -> str:
