@@ -568,7 +568,8 @@ class LocalRun:
                 killed = True
             time.sleep(0.05)
         self.poll_jobs()
-        self._write_status()
+        if self.run is not None:  # None: interrupted before the first look at the manifest
+            self._write_status()
         codes = sorted({p.returncode for p in running})
         if not running:
             return "no trainer was running"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import shutil
@@ -13,6 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+from continual_operator.local import Interrupts, LocalJob, LocalOptions, LocalRun
+from continual_operator.views import JobView
 
 DEMO = Path(__file__).resolve().parents[2] / "operator" / "continual_operator" / "demo" / "run.yaml"
 
@@ -75,3 +79,31 @@ def test_a_second_process_is_refused_and_ctrl_c_twice_waits_for_the_trainer(
     assert not _alive(trainer)
     checkpoints = sorted((volume / "runs" / "demo" / "checkpoints").glob("checkpoint-*"))
     assert checkpoints, "the trainer saved no checkpoint on SIGTERM"
+
+
+def _stubborn(tmp_path: Path) -> subprocess.Popen[bytes]:
+    """A process that ignores SIGTERM, standing in for a trainer stuck in a step."""
+    ready = tmp_path / "ready"
+    code = (
+        "import pathlib, signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "pathlib.Path(sys.argv[1]).touch(); time.sleep(60)"
+    )
+    process = subprocess.Popen([sys.executable, "-c", code, str(ready)])
+    _wait_for(ready.exists, 30, "the stand-in trainer")
+    return process
+
+
+@pytest.mark.parametrize("how", ["third Ctrl-C", "grace period over"])
+def test_a_trainer_that_does_not_stop_is_killed_and_still_waited_for(tmp_path: Path, how: str) -> None:
+    process = _stubborn(tmp_path)
+    state = LocalRun(LocalOptions(manifest=tmp_path / "run.yaml", volume=tmp_path, state=tmp_path / "s"))
+    view = JobView(name="demo-b1-a1", batch="b1", attempt=1, created=dt.datetime.now(dt.UTC))
+    state.jobs["demo-b1-a1"] = LocalJob(view, process, tmp_path / "t.json", tmp_path / "log")
+    interrupts = Interrupts()
+    interrupts.count = 3 if how == "third Ctrl-C" else 1
+    started = time.monotonic()
+    what = state.stop(interrupts, grace=60 if how == "third Ctrl-C" else 0.5)
+    assert time.monotonic() - started < 30
+    assert "the trainer was killed" in what and "retrained next time" in what
+    assert process.returncode == -signal.SIGKILL and not _alive(process.pid)
+    assert state.jobs["demo-b1-a1"].view.exit_code == 128 + signal.SIGKILL

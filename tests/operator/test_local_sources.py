@@ -6,13 +6,21 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from continual_operator.cli import run as cli_run
-from continual_operator.local import EXIT_OK, EXIT_SOURCE_CHANGED, LocalModeError, LocalOptions, run_local
+from continual_operator.local import (
+    EXIT_OK,
+    EXIT_SOURCE_CHANGED,
+    LocalModeError,
+    LocalOptions,
+    LocalRun,
+    run_local,
+)
 
 DEMO = Path(__file__).resolve().parents[2] / "operator" / "continual_operator" / "demo" / "run.yaml"
 
@@ -101,3 +109,33 @@ def test_files_become_distinct_batches_and_a_change_after_training_is_reported(
     assert exited.value.code == 2
     assert _state(options) == before
     assert set(trained) <= set(before)
+
+
+def test_a_file_still_being_written_is_not_a_batch_yet_and_keeps_local_mode_waiting(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (tmp_path / "run.yaml").write_text(DEMO.read_text())
+    options = LocalOptions(
+        manifest=tmp_path / "run.yaml",
+        volume=tmp_path / "v",
+        state=tmp_path / "s",
+        inbox=inbox,
+        settle_seconds=2,
+    )
+    out: list[str] = []
+    state = LocalRun(options, out=out.append)
+    (inbox / "batch-001.jsonl").write_text(_lines("partial", 2))  # 2 of 12 lines copied so far
+    state.refresh()
+    assert state.batches == {} and not state.idle()
+    assert len(out) == 1 and out[0].startswith("inbox: waiting for batch-001.jsonl: still being written (")
+    time.sleep(1)
+    (inbox / "batch-001.jsonl").write_text(_lines("complete", 12))
+    state.refresh()
+    assert state.batches == {}  # the copy went on: the settle time started again
+    time.sleep(2.2)
+    state.refresh()
+    (batch,) = state.batches.values()
+    assert batch.metadata.name == "batch-001"
+    assert json.loads((options.state / "sources.json").read_text())["batch-001.jsonl"]["size"] == len(
+        _lines("complete", 12)
+    )
