@@ -175,7 +175,8 @@ def _main_locked(config: TrainerConfig, layout: RunLayout) -> BatchResult:
 
     tokenizer = modeling.load_tokenizer(config.base_model)
     training = record.training if record is not None else config.training
-    encoded = modeling.encode(loaded.samples, tokenizer, training.max_seq_length)
+    encoding = modeling.encode_batch(loaded.samples, tokenizer, training.max_seq_length)
+    encoded = encoding.samples
 
     if ledger.read_run() is None:
         ledger.write_run(RunRecord(base_model=config.base_model, lora=config.lora, created_at=utcnow()))
@@ -225,6 +226,7 @@ def _main_locked(config: TrainerConfig, layout: RunLayout) -> BatchResult:
         samples=record.samples,
         tokens=meter.tokens,
         mean_loss=meter.mean,
+        truncated=encoding.truncation,
         checkpoint=str(final.relative_to(layout.root)),
         adapter=str(adapter.relative_to(layout.root)),
         duration_seconds=round(time.monotonic() - started, 3),
