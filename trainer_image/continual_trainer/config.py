@@ -248,6 +248,12 @@ class TrainerConfig(Model):
     run_dir: str = Field(
         description="The run's folder on the persistent volume: checkpoints, ledger, adapters, status."
     )
+    data_root: str | None = Field(
+        default=None,
+        description="The folder every data path (the batch's path, each file of a folder batch, with "
+        "symlinks followed) and an on-volume baseModel.path must resolve inside; anything outside is "
+        "refused (exit 64). The operator sets the volume's mount, /data. Default: runDir.",
+    )
     base_model: BaseModelSpec
     lora: LoraSpec = Field(default_factory=LoraSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)

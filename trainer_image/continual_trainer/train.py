@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from continual_trainer import checkpoints as ckpts
+from continual_trainer import sandbox
 from continual_trainer.config import TrainerConfig, TrainingSpec
 from continual_trainer.data import LoadedBatch, LocalSource, load_batch
 from continual_trainer.exitcodes import (
@@ -98,13 +99,14 @@ def make_sinks(config: TrainerConfig, layout: RunLayout) -> Broadcast:
 
 
 def resolve_data_path(config: TrainerConfig) -> Path:
-    """A relative data path is relative to the run's folder (on the volume)."""
-    path = Path(config.batch.data.path)
-    return path if path.is_absolute() else config.root / path
+    """A relative data path is relative to the run's folder (on the volume); reading it confines it."""
+    return sandbox.batch_data_path(config)
 
 
 def main(config: TrainerConfig) -> BatchResult:
     """Train the config's batch; return its result or raise a :class:`TrainerError`."""
+    # An on-volume base model outside the data root is refused before anything is touched.
+    config = config.model_copy(update={"base_model": sandbox.confined_base_model(config)})
     layout = RunLayout(config.root)
     layout.root.mkdir(parents=True, exist_ok=True)
     try:
@@ -160,7 +162,7 @@ def _main_locked(config: TrainerConfig, layout: RunLayout) -> BatchResult:
             reason="BatchFailed",
         )
 
-    loaded = load_batch(LocalSource(data_path), config.batch.data.format)
+    loaded = load_batch(LocalSource(data_path, sandbox.data_root(config)), config.batch.data.format)
     if record is not None and record.data_digest != loaded.digest:
         raise PermanentError(
             f"batch id {batch_id!r} was started with other data ({record.data_digest}, now {loaded.digest}): "
@@ -173,7 +175,8 @@ def _main_locked(config: TrainerConfig, layout: RunLayout) -> BatchResult:
 
     tokenizer = modeling.load_tokenizer(config.base_model)
     training = record.training if record is not None else config.training
-    encoded = modeling.encode(loaded.samples, tokenizer, training.max_seq_length)
+    encoding = modeling.encode_batch(loaded.samples, tokenizer, training.max_seq_length)
+    encoded = encoding.samples
 
     if ledger.read_run() is None:
         ledger.write_run(RunRecord(base_model=config.base_model, lora=config.lora, created_at=utcnow()))
@@ -223,6 +226,7 @@ def _main_locked(config: TrainerConfig, layout: RunLayout) -> BatchResult:
         samples=record.samples,
         tokens=meter.tokens,
         mean_loss=meter.mean,
+        truncated=encoding.truncation,
         checkpoint=str(final.relative_to(layout.root)),
         adapter=str(adapter.relative_to(layout.root)),
         duration_seconds=round(time.monotonic() - started, 3),
@@ -241,7 +245,7 @@ def _check_same_data(record: BatchRecord, data_path: Path, config: TrainerConfig
     """A completed batch re-submitted with other data is an error, not a silent no-op."""
     if not data_path.exists():
         return  # the data may have been cleaned up after training: nothing to compare with
-    digest = load_batch(LocalSource(data_path), config.batch.data.format).digest
+    digest = load_batch(LocalSource(data_path, sandbox.data_root(config)), config.batch.data.format).digest
     if digest != record.data_digest:
         raise PermanentError(
             f"batch id {record.batch_id!r} was already trained with other data ({record.data_digest}, now "
