@@ -177,6 +177,8 @@ def local_trainer_config(config: TrainerConfig, volume: Path, termination: Path)
     return config.model_copy(
         update={
             "run_dir": localize(config.run_dir, volume),
+            "run_namespace": "local",  # one run per volume: the trainer's run record names its owner
+            "run_uid": f"local:{config.run_name}",
             "base_model": base,
             "batch": batch,
             "progress": config.progress.model_copy(update={"kubernetes": None, "stdout": True}),

@@ -70,11 +70,7 @@ def data_root(config: TrainerConfig) -> Path:
 
 def run_identity(config: TrainerConfig) -> RunIdentity:
     """The run a config belongs to."""
-    return RunIdentity(
-        namespace=getattr(config, "run_namespace", None),
-        name=config.run_name,
-        uid=getattr(config, "run_uid", None),
-    )
+    return RunIdentity(namespace=config.run_namespace, name=config.run_name, uid=config.run_uid)
 
 
 def base_model_folder(base: BaseModelSpec, root: Path) -> Path | None:
