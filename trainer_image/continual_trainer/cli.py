@@ -147,7 +147,10 @@ def run(argv: list[str] | None = None) -> None:
         code, result = ExitCode.PREEMPTED, preempted_result(config, exc)
     # The outcome is decided: a late SIGTERM must not turn it into a traceback.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    path = config.termination_message_path if config is not None else DEFAULT_TERMINATION_PATH
+    if config is not None:
+        path = config.termination_message_path
+    else:  # SIGTERM before the config was read: the pod's file, which the kubelet created
+        path = DEFAULT_TERMINATION_PATH if Path(DEFAULT_TERMINATION_PATH).exists() else None
     write_termination_message(path, result)
     summary = result.model_dump_json(by_alias=True, exclude_none=True)
     print(f"continual-trainer: {code.name} {summary}", file=sys.stderr)

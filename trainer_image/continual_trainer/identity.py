@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from continual_trainer.config import BaseModelSpec, LoraSpec, Model, TrainerConfig
@@ -159,28 +160,31 @@ def legacy_identity(base: BaseModelSpec, root: Path) -> ModelIdentity:
     return ModelIdentity(path=_relative_name(folder, root))
 
 
-Difference = tuple[str, object, object]  # (field, recorded, wanted)
+@dataclass(frozen=True)
+class Difference:
+    """A setting that differs from the recorded one; ``content`` when the same place holds another model."""
+
+    field: str
+    recorded: object
+    wanted: object
+    content: str | None = None
 
 
 def model_difference(recorded: ModelIdentity, wanted: ModelIdentity, root: Path) -> Difference | None:
     """How the configured base model differs from the recorded one (None: the same model)."""
     if recorded.id != wanted.id:
-        return ("baseModel.id", recorded.id, wanted.id)
+        return Difference("baseModel.id", recorded.id, wanted.id)
     if recorded.id is not None and recorded.revision != wanted.revision:
-        return ("baseModel.revision", recorded.revision, wanted.revision)
+        return Difference("baseModel.revision", recorded.revision, wanted.revision)
     if recorded.path != wanted.path and not _moved(recorded, wanted, root):
-        return ("baseModel.path", recorded.path, wanted.path)
+        return Difference("baseModel.path", recorded.path, wanted.path)
     for what, old, new in (
         ("config.json", recorded.config_sha256, wanted.config_sha256),
-        ("weight files", recorded.weights_sha256, wanted.weights_sha256),
+        ("weight files (names and sizes)", recorded.weights_sha256, wanted.weights_sha256),
     ):
         if old is not None and new is not None and old != new:
-            where = "baseModel.path" if wanted.path is not None else "baseModel.id"
-            return (
-                where,
-                f"{recorded.describe()} with {what} sha256 {old[:12]}...",
-                f"a model whose {what} differ (sha256 {new[:12]}...)",
-            )
+            field = "baseModel.path" if wanted.path is not None else "baseModel.id"
+            return Difference(field, old, new, content=what)
     return None
 
 
@@ -213,7 +217,7 @@ def lora_difference(recorded: LoraSpec, wanted: LoraSpec) -> Difference | None:
         ("lora.bias", recorded.bias, wanted.bias),
     ):
         if old != new:
-            return (name, old, new)
+            return Difference(name, old, new)
     return None
 
 

@@ -122,10 +122,16 @@ def check(config: TrainerConfig, record: RunRecord | None, root: Path) -> None:
 
 
 def _drift(difference: Difference, record: RunRecord) -> ConfigDriftError:
-    name, recorded, wanted = difference
+    name, recorded, wanted = difference.field, difference.recorded, difference.wanted
     source = "the run's checkpoints were trained with"
     if record.rebuilt_from is not None:
         source = f"{record.rebuilt_from} (ledger/run.json was rebuilt from it) was trained with"
+    if difference.content is not None:
+        return ConfigDriftError(
+            f"{name}: the model there is not the one {source.removesuffix(' with')}: its "
+            f"{difference.content} differ (sha256 {str(recorded)[:12]}... recorded, {str(wanted)[:12]}... "
+            f"now). Put the run's model back at {name}, or start a new run (a new run folder) for this model"
+        )
     return ConfigDriftError(
         f"{name} is {wanted!r} but {source} {recorded!r}: a run's base model and LoRA settings cannot "
         f"change. Set {name} back to {recorded!r}, or start a new run (a new run folder) for the new "

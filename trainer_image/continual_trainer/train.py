@@ -161,11 +161,11 @@ def _main_locked(config: TrainerConfig, layout: RunLayout) -> BatchResult:
             reason="BatchDataChanged",
         )
 
-    # Loading the model is the slow part; do it after every cheap check has passed.
+    # Loading the model is the slow part (even importing its libraries): after every cheap check.
+    require_base_model_folder(config.base_model, root)
+    preemption.phase("model")
     from continual_trainer import model as modeling
 
-    preemption.phase("model")
-    require_base_model_folder(config.base_model, root)
     base = resolved_base_model(config)
     tokenizer = modeling.load_tokenizer(base)
     training = record.training if record is not None else config.training
@@ -186,7 +186,7 @@ def _main_locked(config: TrainerConfig, layout: RunLayout) -> BatchResult:
 
     sinks = make_sinks(config, layout)
     valid = ckpts.scan(layout.checkpoints, config.lora, layout.root)
-    resume = _resume_point(record, valid)
+    resume = _resume_point(record, valid, layout.root)
     window = BatchWindow(record.start_step, record.target_step)
 
     def lr_fn(step: int) -> float:
@@ -315,7 +315,9 @@ def _close_abandoned(config: TrainerConfig, ledger: Ledger) -> list[BatchRecord]
     return records
 
 
-def _resume_point(record: BatchRecord, valid: list[ckpts.Checkpoint]) -> ckpts.Checkpoint | None:
+def _resume_point(
+    record: BatchRecord, valid: list[ckpts.Checkpoint], run_dir: Path
+) -> ckpts.Checkpoint | None:
     """The newest valid checkpoint inside the batch's window (None: a fresh start at step 0)."""
     beyond = [c for c in valid if c.step > record.target_step]
     if beyond:
@@ -328,9 +330,11 @@ def _resume_point(record: BatchRecord, valid: list[ckpts.Checkpoint]) -> ckpts.C
         return inside[-1]
     if record.start_step == 0:
         return None
+    why = ckpts.quarantine_reason(run_dir, record.start_step)
+    found = f"it was quarantined: {why}" if why else "it is neither in checkpoints/ nor in quarantine/"
     raise IntegrityError(
         f"no valid checkpoint at step {record.start_step}, where batch {record.batch_id!r} starts (the end of "
-        "the previous batch); see quarantine/ for why it was rejected, and restore it from a snapshot",
+        f"the previous batch): {found}; restore it from a snapshot",
         reason="MissingBatchStartCheckpoint",
     )
 
