@@ -112,6 +112,7 @@ def run(argv: list[str] | None = None) -> None:
     preemption.install()
     config: TrainerConfig | None = None
     try:
+        preemption.phase("entry")
         preemption.phase("imports")
         import argparse
 

@@ -75,7 +75,6 @@ def _handler(signum: int, frame: FrameType | None) -> None:
 def install() -> None:
     """Make SIGTERM raise :class:`Preempted` (call it first thing: it imports nothing heavy)."""
     signal.signal(signal.SIGTERM, _handler)
-    phase("entry")
 
 
 def phase(name: str) -> None:
