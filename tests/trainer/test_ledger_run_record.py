@@ -186,3 +186,49 @@ def test_a_quarantined_batch_start_checkpoint_names_the_reason(after_b1, tiny_mo
     assert "it was quarantined: invalid checkpoint: adapter config differs from the run's" in message
     assert "lora.r is 4 in the config but 16 in the checkpoint" in message
     assert "(quarantine/checkpoint-6." in message
+
+
+def _fake_model(folder: Path, eps: float = 1e-6) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"rms_norm_eps": eps, "transformers_version": "5.0"}))
+    (folder / "model.safetensors").write_bytes(b"\0" * 64)
+    return folder
+
+
+def test_model_identity_is_relative_to_the_data_root_and_survives_a_move(tmp_path):
+    from continual_trainer.config import BaseModelSpec
+    from continual_trainer.identity import ModelIdentity, model_difference, model_identity
+
+    volume = tmp_path / "volume"
+    _fake_model(volume / "models" / "m")
+    recorded = model_identity(BaseModelSpec(path=str(volume / "models" / "m")), volume)
+    assert recorded.path == "models/m"
+    assert recorded.config_sha256 and recorded.weights_sha256
+
+    moved = tmp_path / "moved"
+    volume.rename(moved)
+    relative = model_identity(BaseModelSpec(path="models/m"), moved)  # relative to the data root
+    assert model_difference(recorded, relative, moved) is None
+    # an absolute path inside the data root, as a record written with another data root holds it
+    host_path = recorded.model_copy(update={"path": str(moved / "models" / "m")})
+    assert model_difference(host_path, relative, moved) is None
+
+    (moved / "models" / "m" / "config.json").write_text(json.dumps({"rms_norm_eps": 1e-5}))
+    other = model_identity(BaseModelSpec(path="models/m"), moved)
+    difference = model_difference(recorded, other, moved)
+    assert difference is not None
+    assert (difference.field, difference.content) == ("baseModel.path", "config.json")
+    resaved = json.dumps({"rms_norm_eps": 1e-6, "transformers_version": "6.1"})  # a re-save is not drift
+    (moved / "models" / "m" / "config.json").write_text(resaved)
+    assert model_difference(recorded, model_identity(BaseModelSpec(path="models/m"), moved), moved) is None
+    assert model_difference(ModelIdentity(id="a/b"), ModelIdentity(id="a/c"), moved) is not None
+
+
+def test_run_owner_rules():
+    from continual_trainer.identity import RunIdentity, owner_conflict
+
+    owner = RunIdentity(namespace="ml", name="a", uid="u-1")
+    assert not owner_conflict(owner, RunIdentity(namespace="ml", name="a", uid="u-2"))  # re-created
+    assert not owner_conflict(owner, RunIdentity(name="a"))  # a hand-written config of the same run
+    assert owner_conflict(owner, RunIdentity(namespace="ml", name="b", uid="u-1"))
+    assert owner_conflict(owner, RunIdentity(namespace="local", name="a", uid="local:a"))

@@ -176,7 +176,7 @@ def model_difference(recorded: ModelIdentity, wanted: ModelIdentity, root: Path)
         return Difference("baseModel.id", recorded.id, wanted.id)
     if recorded.id is not None and recorded.revision != wanted.revision:
         return Difference("baseModel.revision", recorded.revision, wanted.revision)
-    if recorded.path != wanted.path and not _moved(recorded, wanted, root):
+    if _place(recorded.path, root) != _place(wanted.path, root) and not _moved(recorded, wanted, root):
         return Difference("baseModel.path", recorded.path, wanted.path)
     for what, old, new in (
         ("config.json", recorded.config_sha256, wanted.config_sha256),
@@ -186,6 +186,17 @@ def model_difference(recorded: ModelIdentity, wanted: ModelIdentity, root: Path)
             field = "baseModel.path" if wanted.path is not None else "baseModel.id"
             return Difference(field, old, new, content=what)
     return None
+
+
+def _place(path: str | None, root: Path) -> str | None:
+    """A recorded path in today's terms: an absolute one inside the data root becomes relative to it.
+
+    So a record is read the same whether it was written with the data root that is used now or before
+    (e.g. by a trainer that recorded host paths, or took the run folder as its data root).
+    """
+    if path is None or not Path(path).is_absolute():
+        return path
+    return _relative_name(Path(path), root)
 
 
 def _moved(recorded: ModelIdentity, wanted: ModelIdentity, root: Path) -> bool:
