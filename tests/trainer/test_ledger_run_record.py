@@ -59,13 +59,17 @@ def test_a_failed_build_writes_no_run_record_and_the_fixed_config_trains(tiny_mo
     assert "baseModel.path" in (result.message or "")
     assert not (run_dir / "ledger").exists()
 
-    fixed = run_trainer(make_config(run_dir, tiny_model, B1, P1))  # a separate process, as a Job
+    config = make_config(run_dir, tiny_model, B1, P1)
+    fixed = run_trainer(config)  # a separate process, as a Job
     assert fixed.code == 0, fixed.stderr[-3000:]
     assert fixed.result is not None
     assert (fixed.result["startStep"], fixed.result["endStep"]) == (0, 6)
     record = run_record(run_dir)
     assert record["lora"]["targetModules"] == ["q_proj", "v_proj"]
-    assert record["model"]["path"] == str(tiny_model.resolve())  # outside the data root: absolute
+    # Recorded relative to the data root when inside it (here the root holding run, data and model).
+    root = Path(config.data_root or config.run_dir).resolve()
+    model = tiny_model.resolve()
+    assert record["model"]["path"] == (model.relative_to(root).as_posix() if model.is_relative_to(root) else str(model))
     assert record["model"]["configSha256"] and record["model"]["weightsSha256"]
     assert record["run"] == {"namespace": None, "name": "test", "uid": None}
 
