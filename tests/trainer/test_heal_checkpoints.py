@@ -26,6 +26,7 @@ from tests.trainer.helpers import (
     signal_at_step_end,
 )
 
+from continual_trainer import checkpoints as ckpts
 from continual_trainer.cli import execute
 from continual_trainer.config import TrainerConfig
 from continual_trainer.exitcodes import ExitCode
@@ -158,13 +159,33 @@ def test_damaged_batch_end_is_rebuilt_in_separate_processes(after_b1, reference,
     assert (moved / "QUARANTINE_REASON.txt").read_text().startswith("invalid checkpoint")
 
 
-@pytest.mark.parametrize("how", [remove_adapter, wrong_step, bad_hash], ids=lambda f: f.__name__)
-def test_damaged_batch_end_is_rebuilt_in_process(after_b1, reference, tiny_model, tmp_path, how):
+def test_damaged_batch_end_is_rebuilt_in_process(after_b1, reference, tiny_model, tmp_path):
     run_dir = copy_run(after_b1, tmp_path)
-    original = damage(run_dir, tmp_path, how)
+    original = damage(run_dir, tmp_path, remove_adapter)
     code, result = execute(config(run_dir, tiny_model, B2, **KEEP_ALL))
     assert code == ExitCode.SUCCESS, result
     assert_rebuilt_exactly(run_dir, original, reference, from_step=4)
+
+
+KINDS = [
+    (truncate_state, "trainer_state.json has 40 bytes"),
+    (remove_optimizer, "missing files: optimizer.pt"),
+    (remove_adapter, "missing files: adapter_model.safetensors"),
+    (wrong_step, "trainer_state.json says global_step=5, the folder says 6"),
+    (bad_hash, "rng_state.pth does not match its sha256"),
+]
+
+
+@pytest.mark.parametrize(("how", "reason"), KINDS, ids=[k[0].__name__ for k in KINDS])
+def test_every_kind_of_damage_is_rejected_and_rebuilt_from_the_same_path(after_b1, tmp_path, how, reason):
+    # the rebuild after a rejection is one code path whatever the reason: the tests above train it for
+    # three kinds; here each kind is shown to be rejected with its reason (which the rebuild records)
+    run_dir = copy_run(after_b1, tmp_path)
+    ckpt = run_dir / "checkpoints" / "checkpoint-6"
+    how(ckpt)
+    assert reason in (ckpts.validate(ckpt, config(run_dir, Path("m"), B2).lora) or "")
+    ckpts.scan(run_dir / "checkpoints", config(run_dir, Path("m"), B2).lora, run_dir)
+    assert reason in (ckpts.quarantine_reason(run_dir, 6) or "")
 
 
 def test_with_no_checkpoint_left_the_first_batch_is_rebuilt_from_the_base_model(
@@ -183,16 +204,15 @@ def test_sigterm_during_a_rebuild_is_preempted_and_the_retry_finishes_it(
     after_b1, reference, tiny_model, tmp_path
 ):
     run_dir = copy_run(after_b1, tmp_path)
-    shutil.rmtree(run_dir / "checkpoints" / "checkpoint-4")
     original = damage(run_dir, tmp_path, remove_optimizer)
-    # frozen at step 3 while rebuilding b1 from step 0, then SIGTERM
-    out = signal_at_step_end(config(run_dir, tiny_model, B2, **KEEP_ALL), 3, signal.SIGTERM)
+    # frozen at step 5 while rebuilding b1's steps 5..6 from checkpoint-4, then SIGTERM
+    out = signal_at_step_end(config(run_dir, tiny_model, B2, **KEEP_ALL), 5, signal.SIGTERM)
     assert out.code == 85, out.stderr[-3000:]
-    assert (out.result["outcome"], out.result["batchId"], out.result["endStep"]) == ("Preempted", B2, 3)
+    assert (out.result["outcome"], out.result["batchId"], out.result["endStep"]) == ("Preempted", B2, 5)
     assert "rebuilding checkpoint-6 of batch 'b1'" in out.result["message"]
     retry = run_trainer(config(run_dir, tiny_model, B2, **KEEP_ALL))
     assert retry.code == 0, retry.stderr[-3000:]
-    assert_rebuilt_exactly(run_dir, original, reference, from_step=3)
+    assert_rebuilt_exactly(run_dir, original, reference, from_step=5)
 
 
 def test_data_gone_halts_naming_what_exists_and_the_advised_recovery_works(
@@ -209,7 +229,7 @@ def test_data_gone_halts_naming_what_exists_and_the_advised_recovery_works(
     message = result.message or ""
     for part in (
         "no valid checkpoint at step 6, where batch 'b2' starts (the end of batch 'b1')",
-        "unreadable metadata",  # the quarantine reason
+        "trainer_state.json has 40 bytes, the manifest says",  # the quarantine reason
         "batch 'b1''s data cannot be read again",
         "does not exist",
         "Valid checkpoints: checkpoint-4",
@@ -250,12 +270,24 @@ def test_changed_data_halts_and_the_data_can_go_under_a_new_batch_id(after_b1, t
     assert (result.start_step, result.end_step) == (6, 12)
 
 
-def test_a_batch_in_progress_message_names_both_ways_on(after_b1, tiny_model, tmp_path):
+def test_no_checkpoint_left_inside_the_previous_batch_halts_naming_the_fix(after_b1, tiny_model, tmp_path):
     run_dir = copy_run(after_b1, tmp_path)
-    killed = run_trainer(config(run_dir, tiny_model, B2), env={"CONTINUAL_TRAINER_FAILPOINTS": "step-end@7"})
-    assert killed.code == -signal.SIGKILL
-    code, result = execute(make_config(run_dir, tiny_model, "b3", data_of(B2)))
+    code, result = execute(config(run_dir, tiny_model, B2, checkpointsKept=1))
+    assert code == ExitCode.SUCCESS, result
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("checkpoint-*")) == ["checkpoint-12"]
+    remove_optimizer(run_dir / "checkpoints" / "checkpoint-12")
+    b3 = run_dir / "inbox" / "b3.txt"
+    shutil.copy(DEMO_BATCHES[2][1], b3)
+
+    code, result = execute(make_config(run_dir, tiny_model, "b3", Path("inbox/b3.txt")))
     assert code == ExitCode.PERMANENT
-    assert result.reason == "BatchInProgress"
-    assert "run 'b2' again" in (result.message or "")
-    assert "abandonBatches" in (result.message or "")  # that way is tested in test_volume_safety.py
+    assert result.reason == "MissingBatchStartCheckpoint"
+    message = result.message or ""
+    assert "no valid checkpoint is left inside batch 'b2' (steps 6..12)" in message
+    assert "missing files: optimizer.pt" in message
+    assert "Valid checkpoints: none" in message
+    assert (
+        f"copy a valid checkpoint-<N> with 6 <= N <= 12 from a backup of the volume into {run_dir}" in message
+    )
+    assert "put batch" not in message  # its data is there: only the checkpoint is missing
+    assert not (run_dir / "ledger" / "batches" / "b3.json").exists()

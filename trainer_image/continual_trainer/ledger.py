@@ -75,7 +75,8 @@ class BatchRecord(Model):
     completed_at: str | None = None
     result: BatchResult | None = None
     rebuilds: list[Rebuild] = Field(
-        default_factory=list, description="Batch-end checkpoints of this batch that were rebuilt, oldest first."
+        default_factory=list,
+        description="Batch-end checkpoints of this batch that were rebuilt, oldest first.",
     )
 
 

@@ -62,7 +62,9 @@ class ProgressEvent(Model):
     learning_rate: float | None = None
     samples_per_second: float | None = None
     latest_checkpoint: str | None = None
-    message: str | None = Field(default=None, description="checkpoint-rebuilt only: what happened, for an Event.")
+    message: str | None = Field(
+        default=None, description="checkpoint-rebuilt only: what happened, for an Event."
+    )
     time: str = Field(description="RFC 3339 UTC timestamp.")
 
     @property

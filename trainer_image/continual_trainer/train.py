@@ -211,7 +211,11 @@ def _main_locked(config: TrainerConfig, layout: RunLayout) -> BatchResult:
         # that would block the advised recovery (retry it, or submit its data under another batch id).
         ledger.write_batch(record)
         log.info(
-            "batch %s: steps %s..%s (%s samples)", batch_id, record.start_step, record.target_step, record.samples
+            "batch %s: steps %s..%s (%s samples)",
+            batch_id,
+            record.start_step,
+            record.target_step,
+            record.samples,
         )
     window = BatchWindow(record.start_step, record.target_step)
 
@@ -273,9 +277,7 @@ def _check_same_data(record: BatchRecord, data_path: Path, config: TrainerConfig
         )
 
 
-def _plan_batch(
-    config: TrainerConfig, ledger: Ledger, layout: RunLayout, loaded: LoadedBatch
-) -> BatchRecord:
+def _plan_batch(config: TrainerConfig, ledger: Ledger, layout: RunLayout, loaded: LoadedBatch) -> BatchRecord:
     """First attempt of a batch: fix its start and target steps (written once the resume point is known)."""
     records = _close_abandoned(config, ledger)
     unfinished = [r for r in records if r.state == "started"]
@@ -397,7 +399,7 @@ def rebuild_phase(session: Session, record: BatchRecord, valid: list[ckpts.Check
     previous = next((r for r in ledger.batches() if r.state == "completed" and r.target_step == step), None)
     if previous is None:
         problems = [f"no completed batch in the ledger ends at step {step}"]
-        raise _cannot_rebuild(session, record, valid, why, problems, previous)
+        raise _cannot_rebuild(session, record, valid, why, problems, previous, data_problem=False)
     base = next((c for c in reversed(valid) if previous.start_step <= c.step < step), None)
     problems = []
     if base is None and previous.start_step > 0:
@@ -418,7 +420,8 @@ def rebuild_phase(session: Session, record: BatchRecord, valid: list[ckpts.Check
                 f"(recorded {previous.data_digest}, now {loaded.digest})"
             )
     if problems or loaded is None:
-        raise _cannot_rebuild(session, record, valid, why, problems, previous)
+        data_problem = loaded is None or loaded.digest != previous.data_digest
+        raise _cannot_rebuild(session, record, valid, why, problems, previous, data_problem=data_problem)
 
     from continual_trainer import model as modeling
 
@@ -473,13 +476,15 @@ def _cannot_rebuild(
     why: str,
     problems: list[str],
     previous: BatchRecord | None,
+    *,
+    data_problem: bool,
 ) -> IntegrityError:
     """The halt when a batch-start checkpoint can be neither found nor rebuilt: what exists, what to do."""
     layout, step = session.layout, record.start_step
     have = ", ".join(c.path.name for c in valid) or "none"
     moved = ", ".join(p.name for p in ckpts.quarantined(layout.root, step)) or "none"
     fixes = []
-    if previous is not None and any("data" in p for p in problems):
+    if previous is not None and data_problem:
         data = resolve_data_path(recorded_config(session.config, previous))
         fixes.append(
             f"put batch {previous.batch_id!r}'s data back at {data} exactly as it trained ({previous.data_digest}): "
