@@ -6,9 +6,12 @@ The order of work is chosen so that nothing is lost and nothing is trained twice
 2. check the config against the run record (configuration drift is refused before anything loads);
 3. a batch already completed returns at once (a re-run is a no-op);
 4. read and check *all* of the batch's data (bad data trains nothing and touches no checkpoint);
-5. on the first attempt, write the batch's ledger record: data digest, start step (the step the previous
-   batch ended on), target step and the training settings; a retry reuses the record;
-6. validate the checkpoints (quarantine the broken ones) and pick the newest valid one inside the batch;
+5. on the first attempt, plan the batch's ledger record: data spec and digest, start step (the step the
+   previous batch ended on), target step and the training settings; a retry reuses the record;
+6. phase "resume": validate the checkpoints (quarantine the broken ones) and pick the newest valid one
+   inside the batch; without one, phase "rebuild" re-creates the checkpoint the batch starts from (the
+   previous batch's end) by re-training the previous batch's last steps, bit for bit; only then is a first
+   attempt's record written, so a halt here leaves nothing that blocks a retry;
 7. train the remaining steps, publishing checkpoints atomically; on SIGTERM checkpoint and exit "preempted";
 8. verify ``global_step == target`` and the final checkpoint, export the adapter, complete the record,
    apply retention.
@@ -268,7 +271,7 @@ def _check_same_data(record: BatchRecord, data_path: Path, config: TrainerConfig
     """A completed batch re-submitted with other data is an error, not a silent no-op."""
     if not data_path.exists():
         return  # the data may have been cleaned up after training: nothing to compare with
-    digest = load_batch(LocalSource(data_path), config.batch.data.format).digest
+    digest = load_data(config).digest
     if digest != record.data_digest:
         raise PermanentError(
             f"batch id {record.batch_id!r} was already trained with other data ({record.data_digest}, now "
