@@ -23,7 +23,7 @@ from typing import Literal, TypeVar
 
 from pydantic import Field, ValidationError
 
-from continual_trainer.config import BaseModelSpec, LoraSpec, Model, TrainingSpec
+from continual_trainer.config import BaseModelSpec, DataSpec, LoraSpec, Model, TrainingSpec
 from continual_trainer.exitcodes import IntegrityError
 from continual_trainer.fsutil import atomic_write_json
 from continual_trainer.identity import ModelIdentity, RunIdentity
@@ -62,12 +62,26 @@ class RunRecord(Model):
     )
 
 
+class Rebuild(Model):
+    """A batch-end checkpoint that was found damaged and re-trained bit for bit (see train.py, "rebuild")."""
+
+    step: int = Field(description="The batch-end step whose checkpoint was rebuilt.")
+    from_step: int = Field(description="The checkpoint it was re-trained from (0: from the base model).")
+    at: str = Field(description="When (RFC 3339 UTC).")
+    reason: str = Field(description="Why the checkpoint was rejected (its quarantine reason).")
+
+
 class BatchRecord(Model):
     """Everything needed to (re)train one batch exactly."""
 
     batch_id: str
     sequence: int = Field(description="1 for the run's first batch, then 2, 3, ...")
     data_path: str
+    data: DataSpec | None = Field(
+        default=None,
+        description="The batch's data spec as given (records written before it existed have data_path only); "
+        "a damaged batch-end checkpoint is rebuilt from it.",
+    )
     data_digest: str
     samples: int
     start_step: int
@@ -78,6 +92,10 @@ class BatchRecord(Model):
     created_at: str
     completed_at: str | None = None
     result: BatchResult | None = None
+    rebuilds: list[Rebuild] = Field(
+        default_factory=list,
+        description="Batch-end checkpoints of this batch that were rebuilt, oldest first.",
+    )
 
 
 class Ledger:
