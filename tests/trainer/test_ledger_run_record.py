@@ -69,7 +69,9 @@ def test_a_failed_build_writes_no_run_record_and_the_fixed_config_trains(tiny_mo
     # Recorded relative to the data root when inside it (here the root holding run, data and model).
     root = Path(config.data_root or config.run_dir).resolve()
     model = tiny_model.resolve()
-    assert record["model"]["path"] == (model.relative_to(root).as_posix() if model.is_relative_to(root) else str(model))
+    assert record["model"]["path"] == (
+        model.relative_to(root).as_posix() if model.is_relative_to(root) else str(model)
+    )
     assert record["model"]["configSha256"] and record["model"]["weightsSha256"]
     assert record["run"] == {"namespace": None, "name": "test", "uid": None}
 

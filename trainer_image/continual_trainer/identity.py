@@ -60,15 +60,6 @@ class ModelIdentity(Model):
         return f"id {self.id!r}" + (f" at revision {self.revision!r}" if self.revision else "")
 
 
-def data_root(config: TrainerConfig) -> Path:
-    """The folder relative paths are taken from: ``dataRoot`` where the config has it, else ``runDir``.
-
-    One place to switch once ``TrainerConfig.data_root`` exists everywhere (it may not, yet).
-    """
-    root = getattr(config, "data_root", None)
-    return Path(root) if root else config.root
-
-
 def run_identity(config: TrainerConfig) -> RunIdentity:
     """The run a config belongs to."""
     return RunIdentity(namespace=config.run_namespace, name=config.run_name, uid=config.run_uid)

@@ -27,10 +27,9 @@ from continual_trainer import checkpoints as ckpts
 from continual_trainer import engine, sandbox
 from continual_trainer import model as modeling
 from continual_trainer.config import TrainerConfig, TrainingSpec
-from continual_trainer.data import LocalSource, load_batch
 from continual_trainer.plan import build_plan
 from continual_trainer.schedules import BatchWindow, lr_at
-from continual_trainer.train import RunLayout, resolve_data_path
+from continual_trainer.train import RunLayout, load_data
 
 
 @dataclass
@@ -49,8 +48,9 @@ def run_uninterrupted(
 ) -> UninterruptedResult:
     """Train ``configs``' batches back to back in this process; checkpoints go to ``run_dir/checkpoints``."""
     first = configs[0]
+    base = sandbox.confined_base_model(first)  # as main() loads it: a relative path is on the data root
     layout = RunLayout(run_dir)
-    tokenizer = modeling.load_tokenizer(first.base_model)
+    tokenizer = modeling.load_tokenizer(base)
     start = 0
     if resume_from is not None:
         start = int(json.loads((resume_from / "trainer_state.json").read_text())["global_step"])
@@ -58,9 +58,7 @@ def run_uninterrupted(
     windows: list[BatchWindow] = []
     for config in configs:
         training = config.training
-        samples = load_batch(
-            LocalSource(resolve_data_path(config), sandbox.data_root(config)), config.batch.data.format
-        ).samples
+        samples = load_data(config).samples
         encoded = modeling.encode(samples, tokenizer, training.max_seq_length)
         plan = build_plan(
             len(samples),
@@ -107,7 +105,7 @@ def run_uninterrupted(
     args = engine.training_arguments(
         first.training, output_dir=layout.staging, max_steps=result.final_step, logging_steps=logging_steps
     )
-    model = modeling.load_model(first.base_model, first.lora, first.training)
+    model = modeling.load_model(base, first.lora, first.training)
     trainer = engine.make_trainer(
         model,
         engine.StepDataset(items, int(tokenizer.pad_token_id)),

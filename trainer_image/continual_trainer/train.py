@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from continual_trainer import checkpoints as ckpts
 from continual_trainer import preemption, runrecord, sandbox
-from continual_trainer.config import BaseModelSpec, BatchSpec, DataSpec, TrainerConfig, TrainingSpec
+from continual_trainer.config import BatchSpec, DataSpec, TrainerConfig, TrainingSpec
 from continual_trainer.data import LoadedBatch, LocalSource, load_batch
 from continual_trainer.exitcodes import (
     ExitCode,
@@ -40,7 +40,7 @@ from continual_trainer.exitcodes import (
     TransientError,
 )
 from continual_trainer.fsutil import atomic_symlink, exclusive_lock, fsync_tree
-from continual_trainer.identity import base_model_folder, data_root, require_base_model_folder
+from continual_trainer.identity import require_base_model_folder
 from continual_trainer.ledger import BatchRecord, Ledger, Rebuild, utcnow
 from continual_trainer.plan import build_plan, total_steps
 from continual_trainer.progress import (
@@ -140,19 +140,11 @@ def main(config: TrainerConfig) -> BatchResult:
         ) from exc
 
 
-def resolved_base_model(config: TrainerConfig) -> BaseModelSpec:
-    """``baseModel`` with a relative path made relative to the data root (what is loaded and recorded)."""
-    folder = base_model_folder(config.base_model, data_root(config))
-    if folder is None:
-        return config.base_model
-    return config.base_model.model_copy(update={"path": str(folder)})
-
-
 def _main_locked(config: TrainerConfig, layout: RunLayout) -> BatchResult:
     started = time.monotonic()
     preemption.phase("checks")
     ledger = Ledger(layout.root)
-    root = data_root(config)
+    root = sandbox.data_root(config)
     run_record = runrecord.read_or_rebuild(ledger, layout.root)
     runrecord.check(config, run_record, root)
     batch_id = config.batch.id
@@ -184,7 +176,7 @@ def _main_locked(config: TrainerConfig, layout: RunLayout) -> BatchResult:
     preemption.phase("model")
     from continual_trainer import model as modeling
 
-    base = resolved_base_model(config)
+    base = config.base_model  # main() made an on-volume path absolute (sandbox.confined_base_model)
     tokenizer = modeling.load_tokenizer(base)
     training = record.training if record is not None else config.training
     encoding = modeling.encode_batch(loaded.samples, tokenizer, training.max_seq_length)
