@@ -122,9 +122,12 @@ async def on_run_change(*, namespace: str | None, name: str, memo: kopf.Memo, **
 async def on_run_event(
     *, event: Mapping[str, Any], namespace: str | None, name: str, memo: kopf.Memo, **_: Any
 ) -> None:
-    """A deleted run is forgotten (its Jobs go with it through their owner references)."""
+    """A deleted run is forgotten (its Jobs go with it through their owner references), and its unfinished
+    batches say that they wait for it."""
     if event.get("type") == "DELETED":
-        reconciler_of(memo).forget(run_key(namespace, name))
+        reconciler = reconciler_of(memo)
+        reconciler.forget(run_key(namespace, name))
+        await reconciler.reconcile_or_retry(run_key(namespace, name))
 
 
 # -- batches and Jobs ---------------------------------------------------------------------------------

@@ -52,8 +52,14 @@ from continual_operator.api import (
 from continual_operator.errors import KubernetesApiError, RejectedObjectError
 from continual_operator.k8s import KubernetesStorage, Subject
 from continual_operator.metrics import Metrics
+from continual_operator.planner import PlanContext
 from continual_operator.planner import plan as make_plan
-from continual_operator.status import describe_validation_error, plan_invalid_batch, plan_invalid_spec
+from continual_operator.status import (
+    describe_validation_error,
+    plan_batches_without_run,
+    plan_invalid_batch,
+    plan_invalid_spec,
+)
 from continual_operator.views import job_views
 
 logger = logging.getLogger(__name__)
@@ -84,6 +90,22 @@ def _status(model: type[BaseModel], raw: Mapping[str, Any], what: str) -> Any:
             f"the status of {what} is unreadable, recomputing it: {describe_validation_error(error)}"
         )
         return model()
+
+
+def _other_runs(raw_runs: list[dict[str, Any]], name: str) -> list[ContinualTrainingRun]:
+    """The namespace's other runs that parse (one that does not cannot start Jobs, so it holds no folder)."""
+    runs = []
+    for raw in raw_runs:
+        meta = ObjectMeta.model_validate(raw.get("metadata") or {})
+        if meta.name == name:
+            continue
+        try:
+            spec = ContinualTrainingRunSpec.model_validate(raw.get("spec") or {})
+        except ValidationError:
+            continue
+        status = _status(ContinualTrainingRunStatus, raw, f"run {meta.namespace}/{meta.name}")
+        runs.append(ContinualTrainingRun(metadata=meta, spec=spec, status=status))
+    return runs
 
 
 def _refused_at_this_generation(run: ContinualTrainingRun) -> bool:
@@ -230,7 +252,7 @@ class Reconciler:
         raw = await self.storage.get_run(namespace, name)
         if raw is None:
             self.forget(key)
-            return Plan()
+            return await self._without_run(namespace, name, now)
         meta = ObjectMeta.model_validate(raw.get("metadata") or {})
         status: ContinualTrainingRunStatus = _status(
             ContinualTrainingRunStatus, raw, f"run {namespace}/{name}"
@@ -244,13 +266,15 @@ class Reconciler:
             self.metrics.run_phase(key, status.phase)
             return Plan()
 
-        raw_batches, raw_jobs, raw_pods = await asyncio.gather(
+        raw_batches, raw_jobs, raw_pods, raw_runs = await asyncio.gather(
             self.storage.list_batches(namespace, name),
             self.storage.list_jobs(namespace, name),
             self.storage.list_pods(namespace, name),
+            self.storage.list_runs(namespace),
         )
         batches, batch_metas, invalid = self._parse_batches(raw_batches, now)
-        the_plan = make_plan(run, batches, job_views(raw_jobs, raw_pods), now=now)
+        context = PlanContext(other_runs=_other_runs(raw_runs, name), check_paths=True)
+        the_plan = make_plan(run, batches, job_views(raw_jobs, raw_pods), now=now, context=context)
         the_plan = Plan(invalid.actions + the_plan.actions)
         subject = Subject(meta, run, {b.metadata.name: b for b in batches}, batch_metas)
         try:
@@ -266,6 +290,20 @@ class Reconciler:
         delays = [d for d in (the_plan.requeue_after, resync) if d is not None]
         if delays:
             self.requeue(key, min(delays))
+        return the_plan
+
+    async def _without_run(self, namespace: str, name: str, now: dt.datetime) -> Plan:
+        """Batches naming a run that does not exist say that they wait for it."""
+        metas: dict[str, ObjectMeta] = {}
+        statuses = []
+        for raw in await self.storage.list_batches(namespace, name):
+            meta = ObjectMeta.model_validate(raw.get("metadata") or {})
+            metas[meta.name] = meta
+            statuses.append((meta, _status(TrainingBatchStatus, raw, f"batch {namespace}/{meta.name}")))
+        the_plan = plan_batches_without_run(namespace, name, statuses, now=now)
+        if the_plan:
+            run_meta = ObjectMeta(name=name, namespace=namespace)
+            await self.storage.execute(the_plan, Subject(run_meta, batch_metas=metas), now=now)
         return the_plan
 
     async def _invalid(
