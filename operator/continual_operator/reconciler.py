@@ -20,6 +20,10 @@ spec that passed (:class:`~continual_operator.errors.RejectedObjectError`), afte
 new generation of its spec instead of being retried in a loop. An invalid batch is marked Failed on its
 own and left out of the plan.
 
+**One folder, one decision at a time.** Reconciles of runs whose spec points at the same folder (namespace,
+claim, subPath) are serialised too, so that of two runs created together one holds the folder and the
+other is refused (VolumeInUse), instead of both reading the other as not yet started.
+
 **Requeues.** A plan's ``RequeueAfter`` (a retry's back-off ends) and a failed API call schedule the next
 reconcile of that run in this process, and so does a slow periodic resync (``resync_seconds``), the safety
 net against missed watch events. It is kept here rather than in a kopf timer because kopf puts a finalizer
@@ -30,11 +34,12 @@ Jobs and checkpoints are meant to be cleaned up (or kept) by the garbage collect
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, NoReturn
 
 from pydantic import BaseModel, ValidationError
@@ -54,6 +59,7 @@ from continual_operator.k8s import KubernetesStorage, Subject
 from continual_operator.metrics import Metrics
 from continual_operator.planner import PlanContext
 from continual_operator.planner import plan as make_plan
+from continual_operator.refusals import volume_key
 from continual_operator.status import (
     describe_validation_error,
     plan_batches_without_run,
@@ -157,6 +163,9 @@ class Reconciler:
         self._waiting: set[RunKey] = set()
         self._timers: dict[RunKey, tuple[float, asyncio.TimerHandle]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        #: One lock per run folder (namespace, claim, subPath), kept while in use like the run locks.
+        self._folder_locks: dict[tuple[str, str, str], asyncio.Lock] = {}
+        self._folder_users: dict[tuple[str, str, str], int] = {}
 
     # -- entry points -----------------------------------------------------------------------------------
     async def reconcile(self, key: RunKey) -> Plan | None:
@@ -265,7 +274,32 @@ class Reconciler:
         if _refused_at_this_generation(run):
             self.metrics.run_phase(key, status.phase)
             return Plan()
+        # Runs on one folder are reconciled one at a time: the second reads the first one's trainedWith
+        # (patched with its first Job) before it decides who holds the folder.
+        async with self._folder_lock((namespace, *volume_key(run))):
+            the_plan = await self._plan_and_execute(key, run, now)
+        # The resync is spread over +-10 %: runs found together at startup do not come back together.
+        resync = self.resync_seconds * random.uniform(0.9, 1.1) if self.resync_seconds else None  # noqa: S311
+        delays = [d for d in (the_plan.requeue_after, resync) if d is not None]
+        if delays:
+            self.requeue(key, min(delays))
+        return the_plan
 
+    @contextlib.asynccontextmanager
+    async def _folder_lock(self, folder: tuple[str, str, str]) -> AsyncIterator[None]:
+        lock = self._folder_locks.setdefault(folder, asyncio.Lock())
+        self._folder_users[folder] = self._folder_users.get(folder, 0) + 1
+        try:
+            async with lock:
+                yield
+        finally:
+            self._folder_users[folder] -= 1
+            if not self._folder_users[folder]:
+                del self._folder_users[folder], self._folder_locks[folder]
+
+    async def _plan_and_execute(self, key: RunKey, run: ContinualTrainingRun, now: dt.datetime) -> Plan:
+        namespace, name = key
+        meta, status = run.metadata, run.status
         raw_batches, raw_jobs, raw_pods, raw_runs = await asyncio.gather(
             self.storage.list_batches(namespace, name),
             self.storage.list_jobs(namespace, name),
@@ -285,11 +319,6 @@ class Reconciler:
         self._record(key, run, batches, the_plan, len(executed.jobs_created))
         if executed.jobs_created:
             logger.info(f"run {namespace}/{name}: created Job {', '.join(executed.jobs_created)}")
-        # The resync is spread over +-10 %: runs found together at startup do not come back together.
-        resync = self.resync_seconds * random.uniform(0.9, 1.1) if self.resync_seconds else None  # noqa: S311
-        delays = [d for d in (the_plan.requeue_after, resync) if d is not None]
-        if delays:
-            self.requeue(key, min(delays))
         return the_plan
 
     async def _without_run(self, namespace: str, name: str, now: dt.datetime) -> Plan:

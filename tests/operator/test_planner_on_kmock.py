@@ -198,3 +198,18 @@ async def test_a_pod_waiting_for_a_missing_secret_is_shown_then_stopped(
     assert (batch["phase"], batch["reason"], batch["failures"]) == ("Queued", "StartDeadlineExceeded", 1)
     assert batch["nextAttemptTime"] == "2025-03-01T12:01:31Z"
     assert events(world, "Retrying")
+
+
+def test_trainer_progress_patches_reach_no_handler() -> None:
+    # kopf logs every handler call at INFO: the trainer's status patch (one per progress update) and the
+    # operator's own batch status patches are filtered out before a handler is called.
+    progress = {"type": "MODIFIED", "object": run_body(status={"globalStep": 3})}
+    assert not handlers.run_deleted(event=progress)
+    assert handlers.run_deleted(event={"type": "DELETED"})
+    own_patch = batch_body("b1", status={"phase": "Training", "observedGeneration": 1})
+    assert not handlers.batch_event_matters(event={"type": "MODIFIED"}, body=own_patch)
+    assert handlers.batch_event_matters(event={"type": "ADDED"}, body=own_patch)
+    registry = handlers.build_registry(handlers.OperatorOptions())
+    filters = {h.id: h.when for h in registry._watching.get_all_handlers()}
+    assert filters["run-event"] is handlers.run_deleted
+    assert filters["batch-event"] is handlers.batch_event_matters
