@@ -122,12 +122,13 @@ async def on_run_change(*, namespace: str | None, name: str, memo: kopf.Memo, **
 async def on_run_event(
     *, event: Mapping[str, Any], namespace: str | None, name: str, memo: kopf.Memo, **_: Any
 ) -> None:
-    """A deleted run is forgotten (its Jobs go with it through their owner references), and its unfinished
-    batches say that they wait for it."""
+    """A deleted run is forgotten (its Jobs go with it through their owner references), its unfinished
+    batches say that they wait for it, and runs refused its folder are looked at again."""
     if event.get("type") == "DELETED":
-        reconciler = reconciler_of(memo)
-        reconciler.forget(run_key(namespace, name))
-        await reconciler.reconcile_or_retry(run_key(namespace, name))
+        body = event.get("object")
+        await reconciler_of(memo).run_deleted(
+            run_key(namespace, name), body if isinstance(body, Mapping) else {}
+        )
 
 
 # -- batches and Jobs ---------------------------------------------------------------------------------

@@ -207,6 +207,21 @@ class Reconciler:
             logger.exception(f"reconcile of run {key[0]}/{key[1]} failed unexpectedly")
             self.requeue(key, UNEXPECTED_ERROR_RETRY_SECONDS)
 
+    async def run_deleted(self, key: RunKey, body: Mapping[str, Any]) -> None:
+        """A run is gone: forget it, let its batches say they wait for it, and reconcile the runs that
+        were refused its folder (VolumeInUse), so that the next one takes it over now, not at the resync."""
+        self.forget(key)
+        await self.reconcile_or_retry(key)
+        try:
+            (gone,) = _other_runs([dict(body)], name="")  # the run as it was (a status of its own)
+            raw_runs = await self.storage.list_runs(key[0])
+        except (ValueError, KubernetesApiError):
+            return  # unparseable or unreadable: the periodic resync reconciles them anyway
+        folder = volume_key(gone)
+        for run in _other_runs(raw_runs, key[1]):
+            if volume_key(run) == folder:
+                await self.reconcile_or_retry((key[0], run.metadata.name))
+
     def requeue(self, key: RunKey, delay: float) -> None:
         """Reconcile ``key`` again in ``delay`` seconds (the earliest pending requeue of a run wins)."""
         loop = asyncio.get_running_loop()

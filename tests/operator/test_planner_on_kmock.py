@@ -104,6 +104,13 @@ async def test_a_second_run_on_the_same_folder_is_refused_naming_the_first(
     assert status_of(world, RUNS, "second")["phase"] == "Halted"
     assert [e["involvedObject"]["name"] for e in events(world, "VolumeInUse")] == ["second"]
 
+    # The holder is deleted (as the message offers): the second run takes the folder over at once.
+    gone = world.get(RUNS, RUN)
+    world.unstore(RUNS, RUN)
+    await handlers.on_run_event(event={"type": "DELETED", "object": gone}, namespace=NS, name=RUN, memo=memo)
+    assert job_name("second", "s1", 1) in world.names(JOBS)
+    assert condition(status_of(world, RUNS, "second"), "Degraded")["status"] == "False"
+
 
 async def test_a_batch_outside_the_volume_fails_with_an_event_and_no_job(
     world: KubeWorld, memo: kopf.Memo

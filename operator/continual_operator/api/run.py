@@ -4,7 +4,9 @@ The spec embeds the trainer's own contract (:mod:`continual_trainer.config`: ``b
 ``training``) unchanged, so that what a user writes is exactly what the trainer validates; the rest says
 where the run lives (storage), how its Jobs look (resources, scheduling, image, env) and how failures are
 handled. ``baseModel``, ``lora`` and ``storage`` are immutable (CEL rules in the CRD): the checkpoints on the
-volume were trained with them, and the trainer refuses a change anyway (configuration drift).
+volume were trained with them. Where the API server does not enforce CEL, the operator refuses a change
+itself against ``status.trainedWith`` (:mod:`continual_operator.refusals`), and the trainer refuses one
+anyway (configuration drift).
 
 The status has two writers. The operator owns phase, counters, conditions, ``currentJob`` and
 ``completedStep``; the trainer pod, while it trains, merge-patches ``globalStep``, ``latestCheckpoint``,
