@@ -451,9 +451,8 @@ class _Planner:
     def _watch_starting_jobs(self) -> None:
         deadline_seconds = self.spec.failure_policy.start_deadline_seconds
         for job in self.jobs:
-            if job.finished or job.deleting or job.pending_since is None:
+            if job.finished or job.deleting:
                 continue
-            deadline = job.pending_since + dt.timedelta(seconds=deadline_seconds)
             status = self.statuses.get(job.batch)
             current = (
                 status is not None
@@ -461,6 +460,13 @@ class _Planner:
                 and (status.attempts or 0) == job.attempt
                 and self.by_name[job.batch].metadata.deletion_timestamp is None
             )
+            if job.pending_since is None:
+                if current and status is not None and status.reason in STARTUP_PROBLEMS and not job.suspended:
+                    # It started after all (the Secret was created): the problem is no longer the story.
+                    message = f"attempt {job.attempt}: Job {job.name} (its pod started)"
+                    self._update(job.batch, reason="Started", message=message)
+                continue
+            deadline = job.pending_since + dt.timedelta(seconds=deadline_seconds)
             if self.now >= deadline:
                 # Foreground: should the container start after all, the Job is a writer until its pod is gone.
                 self.deletes.append(

@@ -23,7 +23,7 @@ from continual_operator.actions import (
 )
 from continual_operator.api import ContinualTrainingRun
 from continual_operator.planner import PlanContext, plan, round_loss
-from continual_operator.views import JobView
+from continual_operator.views import JobView, job_views
 from continual_trainer.records import BatchResult
 
 CLUSTER = PlanContext(check_paths=True)
@@ -546,3 +546,105 @@ def test_a_batch_of_a_suspended_run_does_not_show_training() -> None:
     p = world.step()
     assert [(a.batch, a.attempt) for a in p.of(CreateJob)] == [("b1", 1)]  # the same attempt resumes
     assert world.batch("b1").status.phase == "Training"
+
+
+def test_a_pod_that_starts_after_all_no_longer_shows_the_problem() -> None:
+    status = training(1, job="demo-b1-a1", reason="CreateContainerConfigError", message="secret missing")
+    world = World(make_run(), [make_batch("b1", status=status)], [job("b1")])  # its container runs now
+    patch = batch_patch(cluster_step(world), "b1")
+    assert patch["reason"] == "Started" and "its pod started" in patch["message"]
+    assert world.run.status.phase == "Training"
+
+
+# -- what the views read from a Job's pod ------------------------------------------------------------------
+def raw_job(**status: Any) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": "demo-b1-a1",
+            "uid": "job-uid",
+            "labels": {"continual.dev/batch": "b1", "continual.dev/attempt": "1"},
+            "creationTimestamp": "2025-03-01T11:00:00Z",
+        },
+        "spec": {},
+        "status": status,
+    }
+
+
+def raw_pod(*, trainer: dict[str, Any] | None = None, conditions: list[dict[str, Any]] | None = None) -> dict:
+    return {
+        "metadata": {
+            "name": "demo-b1-a1-x",
+            "creationTimestamp": "2025-03-01T11:00:05Z",
+            "ownerReferences": [{"kind": "Job", "uid": "job-uid"}],
+        },
+        "status": {
+            "phase": "Pending",
+            "conditions": conditions or [],
+            "containerStatuses": [{"name": "trainer", **trainer}] if trainer else [],
+        },
+    }
+
+
+SINCE_POD = dt.datetime(2025, 3, 1, 11, 0, 5, tzinfo=dt.UTC)
+
+
+@pytest.mark.parametrize(
+    ("pods", "reason", "message", "since"),
+    [
+        pytest.param(
+            [
+                raw_pod(
+                    trainer={
+                        "state": {
+                            "waiting": {
+                                "reason": "CreateContainerConfigError",
+                                "message": 'secret "t" not found',
+                            }
+                        }
+                    }
+                )
+            ],
+            "CreateContainerConfigError",
+            'secret "t" not found',
+            SINCE_POD,
+            id="missing-secret",
+        ),
+        pytest.param(
+            [
+                raw_pod(
+                    conditions=[
+                        {
+                            "type": "PodScheduled",
+                            "status": "False",
+                            "reason": "Unschedulable",
+                            "message": "0/2 nodes are available: 2 Insufficient nvidia.com/gpu.",
+                        }
+                    ]
+                )
+            ],
+            "Unschedulable",
+            "0/2 nodes are available: 2 Insufficient nvidia.com/gpu.",
+            SINCE_POD,
+            id="unschedulable",
+        ),
+        pytest.param(
+            [raw_pod(trainer={"state": {"waiting": {"reason": "ContainerCreating"}}})],
+            "ContainerCreating",
+            None,
+            SINCE_POD,
+            id="normal-start",
+        ),
+        pytest.param(
+            [raw_pod(trainer={"state": {"running": {"startedAt": "2025-03-01T11:00:09Z"}}})],
+            None,
+            None,
+            None,
+            id="started",
+        ),
+        pytest.param([], None, None, dt.datetime(2025, 3, 1, 11, 0, 0, tzinfo=dt.UTC), id="no-pod-yet"),
+    ],
+)
+def test_the_view_says_why_a_pod_waits_and_since_when(pods, reason, message, since) -> None:
+    (view,) = job_views([raw_job()], pods)
+    assert (view.waiting_reason, view.waiting_message, view.pending_since) == (reason, message, since)
+    assert view.cannot_start == (reason in {"CreateContainerConfigError", "Unschedulable"})
