@@ -449,6 +449,8 @@ class _Planner:
 
     # -- decision 13: Jobs that do not start -----------------------------------------------------------
     def _watch_starting_jobs(self) -> None:
+        if self.spec.suspend:
+            return  # every Job is being stopped anyway; a suspend is nobody's failure
         deadline_seconds = self.spec.failure_policy.start_deadline_seconds
         for job in self.jobs:
             if job.finished or job.deleting:

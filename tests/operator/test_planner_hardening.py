@@ -648,3 +648,17 @@ def test_the_view_says_why_a_pod_waits_and_since_when(pods, reason, message, sin
     (view,) = job_views([raw_job()], pods)
     assert (view.waiting_reason, view.waiting_message, view.pending_since) == (reason, message, since)
     assert view.cannot_start == (reason in {"CreateContainerConfigError", "Unschedulable"})
+
+
+def test_a_stuck_job_of_a_deleted_batch_is_stopped_at_the_deadline_and_a_suspend_counts_no_failure() -> None:
+    stuck = starting("gone", since=NOW - dt.timedelta(seconds=700), **SECRET_MISSING)
+    p = cluster_step(World(make_run(), [make_batch("b2")], [stuck]))
+    assert [(d.name, d.reason) for d in p.of(DeleteJob)] == [("demo-gone-a1", "StartDeadlineExceeded")]
+    world = World(
+        make_run(suspend=True),
+        [make_batch("b1", status=training(1, job="demo-b1-a1"))],
+        [starting(since=NOW - dt.timedelta(seconds=700), **SECRET_MISSING)],
+    )
+    p = cluster_step(world)
+    assert [(d.name, d.reason) for d in p.of(DeleteJob)] == [("demo-b1-a1", "Suspended")]
+    assert world.batch("b1").status.failures is None
