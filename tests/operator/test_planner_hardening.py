@@ -24,7 +24,8 @@ from continual_operator.actions import (
 from continual_operator.api import ContinualTrainingRun
 from continual_operator.planner import PlanContext, plan, round_loss
 from continual_operator.views import JobView, job_views
-from continual_trainer.records import BatchResult
+from continual_trainer.progress import status_patch
+from continual_trainer.records import BatchResult, ProgressEvent
 
 CLUSTER = PlanContext(check_paths=True)
 
@@ -662,3 +663,17 @@ def test_a_stuck_job_of_a_deleted_batch_is_stopped_at_the_deadline_and_a_suspend
     p = cluster_step(world)
     assert [(d.name, d.reason) for d in p.of(DeleteJob)] == [("demo-b1-a1", "Suspended")]
     assert world.batch("b1").status.failures is None
+
+
+def test_the_trainers_progress_patch_rounds_its_loss_like_the_operator() -> None:
+    event = ProgressEvent(
+        kind="progress",
+        run="r",
+        batch_id="b1",
+        global_step=9,
+        batch_start_step=6,
+        batch_target_step=12,
+        loss=2.3456789012,
+        time="2026-01-01T00:00:00Z",
+    )
+    assert status_patch(event)["status"]["lastLoss"] == round_loss(2.3456789012) == 2.346
