@@ -5,12 +5,13 @@ here: the pod runner reports what a kubelet would for a pod whose Secret is miss
 (``CreateContainerConfigError``) or whose image cannot be pulled (``ErrImagePull``, for registries under
 ``.invalid``). The operator runs with its chart's RBAC, as in ``test_operator.py``.
 
-Cost: one trainer process (the trained run of the second test); the first test starts none.
+Cost: three trainer processes (one per batch of the last two tests); the first test starts none.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +20,14 @@ import pytest
 from .controlplane import ControlPlane
 from .kubeapi import JSON
 from .operator_process import HelmUnavailableError, helm_binary, running_operator
-from .operator_world import DEMO_BATCHES, World, batch_manifest, prepare_volume, run_manifest
+from .operator_world import (
+    DEMO_BATCHES,
+    TRAINER_UID,
+    World,
+    batch_manifest,
+    prepare_volume,
+    run_manifest,
+)
 from .podrunner import PodRunner
 
 pytestmark = pytest.mark.e2e
@@ -176,3 +184,28 @@ def test_a_spec_change_after_training_is_refused_at_once(world: World, tiny_mode
         # The trainer patched its progress into the run's status all along: kopf logged no handler call
         # for those patches (one INFO line per progress update, before).
         assert "Handler 'run-event' succeeded" not in world.operator.log()
+
+
+def test_a_failed_batch_deleted_as_advised_lets_the_run_go_on(world: World, tiny_model: Path) -> None:
+    run, claim = "recovers", "volume"
+    world.create(pvc_manifest(claim))
+    folder = prepare_volume(world.pod_runner.claim_path(claim), tiny_model, f"runs/{run}")
+    (folder / "inbox" / "broken.jsonl").write_text('{"text": "fine"}\n{"text": \n')
+    os.chown(folder / "inbox" / "broken.jsonl", TRAINER_UID, TRAINER_UID)
+    good, data = DEMO_BATCHES[0]
+    with world.explained():
+        world.create(run_manifest(run, {"existingClaim": claim, "subPath": f"runs/{run}"}))
+        world.create(batch_manifest("broken", run, "broken.jsonl"))
+        world.wait_batch_phase("broken", "Failed", timeout=TRAINING_TIMEOUT)
+        world.create(batch_manifest(good, run, data))
+        halted = world.wait_run(run, lambda r: status(r).get("phase") == "Halted", "Halted")
+        assert "delete TrainingBatch broken" in condition(halted, "Degraded")["message"]
+
+        # As the Degraded message advises: delete the failed batch. The run says so and goes on.
+        world.api.delete(f"{world.batches_path}/broken")
+        world.wait_batch_phase(good, "Succeeded", timeout=TRAINING_TIMEOUT)
+        (removed,) = world.wait(lambda: events_of(world, run, "FailedBatchRemoved"), "FailedBatchRemoved")
+        assert removed["type"] == "Normal" and "broken" in removed["message"]
+        assert events_of(world, run, "DeletedBatchNotCompleted") == []
+        assert (status(world.batch(good))["startStep"], status(world.batch(good))["attempts"]) == (0, 1)
+        assert condition(world.run(run), "Degraded")["status"] == "False"
