@@ -57,6 +57,7 @@ from continual_operator.api import (
 from continual_operator.errors import KubernetesApiError, RejectedObjectError
 from continual_operator.k8s import KubernetesStorage, Subject
 from continual_operator.metrics import Metrics
+from continual_operator.naming import claim_name
 from continual_operator.planner import PlanContext
 from continual_operator.planner import plan as make_plan
 from continual_operator.refusals import volume_key
@@ -98,12 +99,24 @@ def _status(model: type[BaseModel], raw: Mapping[str, Any], what: str) -> Any:
         return model()
 
 
-def _other_runs(raw_runs: list[dict[str, Any]], name: str) -> list[ContinualTrainingRun]:
-    """The namespace's other runs that parse (one that does not cannot start Jobs, so it holds no folder)."""
+def _may_use(raw: Mapping[str, Any], claim: str) -> bool:
+    """Whether a stored run may write on ``claim`` (a cheap test before parsing it: a namespace may hold
+    hundreds of runs, and every reconcile reads them all). A claim from a template is the run's own."""
+    storage = (raw.get("spec") or {}).get("storage") or {}
+    recorded = (((raw.get("status") or {}).get("trainedWith") or {}).get("storage") or {}).get("claim")
+    own = claim_name(str((raw.get("metadata") or {}).get("name"))) if "claimTemplate" in storage else None
+    return claim in {storage.get("existingClaim"), recorded, own}
+
+
+def _other_runs(
+    raw_runs: list[dict[str, Any]], name: str, claim: str | None = None
+) -> list[ContinualTrainingRun]:
+    """The namespace's other runs that parse (one that does not cannot start Jobs, so it holds no folder);
+    with ``claim``, only those that may write on it."""
     runs = []
     for raw in raw_runs:
         meta = ObjectMeta.model_validate(raw.get("metadata") or {})
-        if meta.name == name:
+        if meta.name == name or (claim is not None and not _may_use(raw, claim)):
             continue
         try:
             spec = ContinualTrainingRunSpec.model_validate(raw.get("spec") or {})
@@ -218,7 +231,7 @@ class Reconciler:
         except (ValueError, KubernetesApiError):
             return  # unparseable or unreadable: the periodic resync reconciles them anyway
         folder = volume_key(gone)
-        for run in _other_runs(raw_runs, key[1]):
+        for run in _other_runs(raw_runs, key[1], folder[0]):
             if volume_key(run) == folder:
                 await self.reconcile_or_retry((key[0], run.metadata.name))
 
@@ -322,7 +335,8 @@ class Reconciler:
             self.storage.list_runs(namespace),
         )
         batches, batch_metas, invalid = self._parse_batches(raw_batches, now)
-        context = PlanContext(other_runs=_other_runs(raw_runs, name), check_paths=True)
+        others = _other_runs(raw_runs, name, volume_key(run)[0])
+        context = PlanContext(other_runs=others, check_paths=True)
         the_plan = make_plan(run, batches, job_views(raw_jobs, raw_pods), now=now, context=context)
         the_plan = Plan(invalid.actions + the_plan.actions)
         subject = Subject(meta, run, {b.metadata.name: b for b in batches}, batch_metas)
