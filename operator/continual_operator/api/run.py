@@ -4,7 +4,9 @@ The spec embeds the trainer's own contract (:mod:`continual_trainer.config`: ``b
 ``training``) unchanged, so that what a user writes is exactly what the trainer validates; the rest says
 where the run lives (storage), how its Jobs look (resources, scheduling, image, env) and how failures are
 handled. ``baseModel``, ``lora`` and ``storage`` are immutable (CEL rules in the CRD): the checkpoints on the
-volume were trained with them, and the trainer refuses a change anyway (configuration drift).
+volume were trained with them. Where the API server does not enforce CEL, the operator refuses a change
+itself against ``status.trainedWith`` (:mod:`continual_operator.refusals`), and the trainer refuses one
+anyway (configuration drift).
 
 The status has two writers. The operator owns phase, counters, conditions, ``currentJob`` and
 ``completedStep``; the trainer pod, while it trains, merge-patches ``globalStep``, ``latestCheckpoint``,
@@ -193,6 +195,14 @@ class FailurePolicy(Model):
         description="Delay before the first retry; it doubles with every further failure.",
     )
     max_backoff_seconds: int = Field(default=900, ge=1, description="Upper bound of the retry delay.")
+    start_deadline_seconds: int = Field(
+        default=600,
+        ge=1,
+        description="Time a trainer pod may take to start its container (scheduling, image pull, Secrets and "
+        "ConfigMaps named in env/envFrom, volume mounts). Past it the Job is stopped and the attempt counts as "
+        "a transient failure (retried with back-off). While it waits, the batch's reason and message say why "
+        "(e.g. CreateContainerConfigError naming the missing Secret). Not counted while Kueue holds the Job.",
+    )
 
 
 class ProgressReporting(Model):
@@ -253,14 +263,34 @@ class ContinualTrainingRunSpec(Model):
     progress: ProgressReporting = Field(default_factory=ProgressReporting, description="Progress reporting.")
 
 
+class TrainedStorage(StatusModel):
+    """The folder the run trained in."""
+
+    claim: str = Field(description="The PersistentVolumeClaim (spec.storage.existingClaim, or <run>-data).")
+    sub_path: str | None = Field(default=None, description="spec.storage.subPath (empty: the volume's root).")
+
+
+class TrainedWith(StatusModel):
+    """What the run's checkpoints were trained with, recorded when its first Job is created and never changed.
+
+    The operator refuses a spec that differs here (Degraded, reason SpecChangeRefused) whatever the API
+    server enforces: these values cannot change under a run that has trained.
+    """
+
+    base_model: FreeForm = Field(description="spec.baseModel (path, or id and revision).")
+    lora: FreeForm = Field(description="spec.lora.")
+    storage: TrainedStorage = Field(description="The claim and subPath of spec.storage.")
+
+
 class ContinualTrainingRunStatus(StatusModel):
     """Where the run stands. Written by the operator, and by the trainer pod while it trains."""
 
     phase: RunPhase | None = Field(
         default=None,
-        description="Pending (work waits: a Job awaits admission, or a retry its back-off), Training, Idle "
-        "(no batch to train), Suspended, Halted (a batch failed permanently or steps were inconsistent: see "
-        "the Degraded condition), Failed (the spec is invalid).",
+        description="Pending (work waits: a Job awaits admission or cannot start its pod, or a retry waits for "
+        "its back-off), Training, Idle (no batch to train), Suspended, Halted (a batch failed permanently, steps "
+        "were inconsistent, the spec changed in a way the run cannot follow, or another run holds its folder: "
+        "see the Degraded condition), Failed (the spec is invalid).",
     )
     observed_generation: int | None = Field(
         default=None, description="The metadata.generation the operator last acted on."
@@ -287,6 +317,11 @@ class ContinualTrainingRunStatus(StatusModel):
     batches_completed: int | None = Field(default=None, description="Batches trained successfully.")
     batches_queued: int | None = Field(default=None, description="Batches waiting to be trained.")
     batches_failed: int | None = Field(default=None, description="Batches that failed permanently.")
+    trained_with: TrainedWith | None = Field(
+        default=None,
+        description="What the run trained with (baseModel, lora, the storage folder), recorded when its first "
+        "Job was created; a spec that differs there is refused.",
+    )
     conditions: list[Condition] = Field(
         default_factory=list,
         description="Ready, Training, Degraded and Suspended.",
