@@ -83,7 +83,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1  # a batch failed, or the run halted
 EXIT_INVALID = 2  # a bad manifest or folder, another run's state, another local mode on the volume
 EXIT_SOURCE_CHANGED = 3  # an inbox entry changed after its batch started (it is not retrained)
-#: Interrupted: 128 + the signal (130 for Ctrl-C, 143 for SIGTERM), after the trainer stopped.
+#: Interrupted: 128 + the signal (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP), after the trainer stopped.
 EXIT_SIGNAL_BASE = 128
 
 
@@ -603,7 +603,7 @@ class LocalRun:
 
 
 class Interrupts:
-    """SIGINT and SIGTERM while local mode runs: counted, never raised in the middle of a state write.
+    """SIGINT, SIGTERM, SIGHUP while local mode runs: counted, never raised in the middle of a state write.
 
     The first asks the loop to stop the trainers at a checkpoint; the second is answered with what local
     mode waits for; the third kills the trainers (and still waits for them to exit). The handler only
@@ -628,7 +628,8 @@ class Interrupts:
 
     @contextmanager
     def installed(self) -> Iterator[Interrupts]:
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        # SIGHUP too: a closed terminal must not leave the trainer (in its own session) unrecorded
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             self._previous[signum] = signal.signal(signum, self._handle)
         try:
             yield self
