@@ -233,19 +233,27 @@ def localize(pod_path: str, volume: Path) -> str:
     return pod_path
 
 
-def local_trainer_config(config: TrainerConfig, volume: Path, termination: Path) -> TrainerConfig:
-    """The pod's trainer config with local paths, no Kubernetes progress sink, and a local message file."""
+def local_trainer_config(
+    config: TrainerConfig, volume: Path, termination: Path, inbox: Path | None = None
+) -> TrainerConfig:
+    """The pod's trainer config with local paths, no Kubernetes progress sink, and a local message file.
+
+    The data root (what the trainer confines data paths to) is the volume's folder, as ``/data`` is in a
+    pod; a batch found in ``--inbox`` (a folder the user named, often beside the volume) is confined to
+    the inbox instead.
+    """
     base = config.base_model
     if base.path is not None:
         base = base.model_copy(update={"path": localize(base.path, volume)})
-    batch = config.batch.model_copy(
-        update={
-            "data": config.batch.data.model_copy(update={"path": localize(config.batch.data.path, volume)})
-        }
-    )
+    data_path = localize(config.batch.data.path, volume)
+    batch = config.batch.model_copy(update={"data": config.batch.data.model_copy(update={"path": data_path})})
+    in_inbox = inbox is not None and Path(data_path).is_relative_to(inbox.resolve())
     return config.model_copy(
         update={
             "run_dir": localize(config.run_dir, volume),
+            "data_root": str(inbox.resolve() if inbox is not None and in_inbox else volume),
+            "run_namespace": "local",  # one run per volume: the trainer's run record names its owner
+            "run_uid": f"local:{config.run_name}",
             "base_model": base,
             "batch": batch,
             "progress": config.progress.model_copy(update={"kubernetes": None, "stdout": True}),
@@ -466,7 +474,7 @@ class LocalRun:
         jobs_dir.mkdir(parents=True, exist_ok=True)
         termination = jobs_dir / f"{action.job_name}.termination.json"
         termination.unlink(missing_ok=True)
-        config = local_trainer_config(pod_config, self.options.volume, termination)
+        config = local_trainer_config(pod_config, self.options.volume, termination, self.options.inbox)
         config_path = jobs_dir / f"{action.job_name}.yaml"
         config_path.write_text(resources.render_trainer_config(config))
         log_path = jobs_dir / f"{action.job_name}.log"

@@ -250,6 +250,7 @@ def on_this_machine(config: TrainerConfig, *, volume: Path, run_dir: Path) -> Tr
         return str(volume / Path(pod_path).relative_to(DATA_MOUNT))
 
     data["runDir"] = str(run_dir)
+    data["dataRoot"] = host(data["dataRoot"])
     data["baseModel"]["path"] = host(data["baseModel"]["path"])
     data["batch"]["data"]["path"] = host(data["batch"]["data"]["path"])
     data["progress"]["kubernetes"] = None

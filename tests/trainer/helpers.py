@@ -44,11 +44,16 @@ def make_config(
     training: dict[str, Any] | None = None,
     lora: dict[str, Any] | None = None,
     trace: bool = True,
+    data_root: Path | None = None,
 ) -> TrainerConfig:
+    # The tests read the demo batches from the checkout and their own files from tmp folders: by default
+    # the data root is the folder holding both run and data (the sandbox itself: test_data_sandbox.py).
+    root = data_root if data_root is not None else Path(os.path.commonpath([run_dir, data]))
     return TrainerConfig.model_validate(
         {
             "runName": "test",
             "runDir": str(run_dir),
+            "dataRoot": str(root),
             "baseModel": {"path": str(model)},
             "lora": {
                 "r": 4,

@@ -157,6 +157,21 @@ def quarantine(folder: Path, reason: str, run_dir: Path) -> Path:
     return dest
 
 
+def quarantine_reason(run_dir: Path, step: int) -> str | None:
+    """Why the checkpoint of ``step`` was last quarantined (``quarantine/checkpoint-N.*/QUARANTINE_REASON.txt``).
+
+    For the messages users see: "missing" alone hides the real cause (a foreign LoRA, a torn file).
+    """
+    qdir = run_dir / "quarantine"
+    if not qdir.is_dir():
+        return None
+    moved = sorted(p for p in qdir.glob(f"checkpoint-{step}.*") if (p / "QUARANTINE_REASON.txt").is_file())
+    if not moved:
+        return None
+    reason = (moved[-1] / "QUARANTINE_REASON.txt").read_text(errors="replace").strip()
+    return f"{reason} (quarantine/{moved[-1].name})"
+
+
 def scan(checkpoints_dir: Path, lora: LoraSpec, run_dir: Path) -> list[Checkpoint]:
     """Validate every ``checkpoint-<int>``; quarantine the invalid ones; return the valid ones by step."""
     valid = []

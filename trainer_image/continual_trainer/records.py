@@ -19,6 +19,19 @@ TERMINATION_MESSAGE_LIMIT = 4096
 EventKind = Literal["progress", "checkpoint", "batch-started", "batch-finished"]
 
 
+class TruncationSummary(Model):
+    """Samples cut to ``training.maxSeqLength`` tokens: the model never saw their tail."""
+
+    samples: int = Field(description="Samples truncated (each counted once, not per epoch).")
+    tokens_dropped: int = Field(
+        description="Tokens cut off (of very long samples: of the part that was tokenized)."
+    )
+    characters_not_tokenized: int = Field(
+        default=0, description="Characters of very long samples cut off before tokenizing."
+    )
+    first: str = Field(description="The first truncated sample, as file:line.")
+
+
 class BatchResult(Model):
     """The outcome of one trainer invocation, written to the ledger and to the termination-message file."""
 
@@ -30,6 +43,9 @@ class BatchResult(Model):
     samples: int | None = Field(default=None, description="Samples in the batch (each trained epochs times).")
     tokens: int | None = Field(default=None, description="Trained (label) tokens over the whole batch.")
     mean_loss: float | None = Field(default=None, description="Token-weighted mean loss over the batch.")
+    truncated: TruncationSummary | None = Field(
+        default=None, description="What truncation to maxSeqLength cut off (absent: nothing)."
+    )
     checkpoint: str | None = Field(default=None, description="The checkpoint folder the invocation ended on.")
     adapter: str | None = Field(default=None, description="The exported adapter folder (success only).")
     duration_seconds: float | None = None

@@ -3,14 +3,16 @@
 The order of work is chosen so that nothing is lost and nothing is trained twice:
 
 1. take the volume's lock (one writer per run, ever);
-2. check the config against the run record (configuration drift is refused before anything loads);
+2. check the config against the run record (rebuilt from the checkpoints if it went missing): another run's
+   config and configuration drift are refused before anything loads;
 3. a batch already completed returns at once (a re-run is a no-op);
 4. read and check *all* of the batch's data (bad data trains nothing and touches no checkpoint);
-5. on the first attempt, write the batch's ledger record: data digest, start step (the step the previous
+5. build the model and its adapter; only then write (or complete) the run record;
+6. on the first attempt, write the batch's ledger record: data digest, start step (the step the previous
    batch ended on), target step and the training settings; a retry reuses the record;
-6. validate the checkpoints (quarantine the broken ones) and pick the newest valid one inside the batch;
-7. train the remaining steps, publishing checkpoints atomically; on SIGTERM checkpoint and exit "preempted";
-8. verify ``global_step == target`` and the final checkpoint, export the adapter, complete the record,
+7. validate the checkpoints (quarantine the broken ones) and pick the newest valid one inside the batch;
+8. train the remaining steps, publishing checkpoints atomically; on SIGTERM checkpoint and exit "preempted";
+9. verify ``global_step == target`` and the final checkpoint, export the adapter, complete the record,
    apply retention.
 """
 
@@ -25,17 +27,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from continual_trainer import checkpoints as ckpts
-from continual_trainer.config import TrainerConfig, TrainingSpec
+from continual_trainer import preemption, runrecord, sandbox
+from continual_trainer.config import BaseModelSpec, TrainerConfig, TrainingSpec
 from continual_trainer.data import LoadedBatch, LocalSource, load_batch
 from continual_trainer.exitcodes import (
-    ConfigDriftError,
     ExitCode,
     IntegrityError,
     PermanentError,
     TransientError,
 )
 from continual_trainer.fsutil import atomic_symlink, exclusive_lock, fsync_tree
-from continual_trainer.ledger import BatchRecord, Ledger, RunRecord, utcnow
+from continual_trainer.identity import base_model_folder, data_root, require_base_model_folder
+from continual_trainer.ledger import BatchRecord, Ledger, utcnow
 from continual_trainer.plan import build_plan, total_steps
 from continual_trainer.progress import (
     Broadcast,
@@ -48,6 +51,8 @@ from continual_trainer.records import BatchResult, EventKind, ProgressEvent
 from continual_trainer.schedules import BatchWindow, lr_at
 
 if TYPE_CHECKING:
+    from peft import PeftModel
+
     from continual_trainer.model import Encoded
 
 log = logging.getLogger(__name__)
@@ -98,14 +103,16 @@ def make_sinks(config: TrainerConfig, layout: RunLayout) -> Broadcast:
 
 
 def resolve_data_path(config: TrainerConfig) -> Path:
-    """A relative data path is relative to the run's folder (on the volume)."""
-    path = Path(config.batch.data.path)
-    return path if path.is_absolute() else config.root / path
+    """A relative data path is relative to the run's folder (on the volume); reading it confines it."""
+    return sandbox.batch_data_path(config)
 
 
 def main(config: TrainerConfig) -> BatchResult:
     """Train the config's batch; return its result or raise a :class:`TrainerError`."""
+    # An on-volume base model outside the data root is refused before anything is touched.
+    config = config.model_copy(update={"base_model": sandbox.confined_base_model(config)})
     layout = RunLayout(config.root)
+    preemption.phase("lock")
     layout.root.mkdir(parents=True, exist_ok=True)
     try:
         with exclusive_lock(layout.lock):
@@ -116,34 +123,21 @@ def main(config: TrainerConfig) -> BatchResult:
         ) from exc
 
 
-def check_drift(config: TrainerConfig, ledger: Ledger) -> None:
-    """Refuse a config whose base model or LoRA settings differ from the run's (before loading anything)."""
-    run = ledger.read_run()
-    if run is None:
-        return
-    pairs: list[tuple[str, object, object]] = [
-        ("baseModel.path", run.base_model.path, config.base_model.path),
-        ("baseModel.id", run.base_model.id, config.base_model.id),
-        ("baseModel.revision", run.base_model.revision, config.base_model.revision),
-        ("lora.r", run.lora.r, config.lora.r),
-        ("lora.alpha", run.lora.alpha, config.lora.alpha),
-        ("lora.dropout", run.lora.dropout, config.lora.dropout),
-        ("lora.targetModules", run.lora.target_modules, config.lora.target_modules),
-        ("lora.bias", run.lora.bias, config.lora.bias),
-    ]
-    for name, recorded, wanted in pairs:
-        if recorded != wanted:
-            raise ConfigDriftError(
-                f"{name} is {wanted!r} but the run's checkpoints were trained with {recorded!r}: a run's base "
-                f"model and LoRA settings cannot change. Set {name} back to {recorded!r}, or start a new run "
-                "(a new run folder) for the new settings"
-            )
+def resolved_base_model(config: TrainerConfig) -> BaseModelSpec:
+    """``baseModel`` with a relative path made relative to the data root (what is loaded and recorded)."""
+    folder = base_model_folder(config.base_model, data_root(config))
+    if folder is None:
+        return config.base_model
+    return config.base_model.model_copy(update={"path": str(folder)})
 
 
 def _main_locked(config: TrainerConfig, layout: RunLayout) -> BatchResult:
     started = time.monotonic()
+    preemption.phase("checks")
     ledger = Ledger(layout.root)
-    check_drift(config, ledger)
+    root = data_root(config)
+    run_record = runrecord.read_or_rebuild(ledger, layout.root)
+    runrecord.check(config, run_record, root)
     batch_id = config.batch.id
     record = ledger.read_batch(batch_id)
     data_path = resolve_data_path(config)
@@ -160,7 +154,7 @@ def _main_locked(config: TrainerConfig, layout: RunLayout) -> BatchResult:
             reason="BatchFailed",
         )
 
-    loaded = load_batch(LocalSource(data_path), config.batch.data.format)
+    loaded = load_batch(LocalSource(data_path, sandbox.data_root(config)), config.batch.data.format)
     if record is not None and record.data_digest != loaded.digest:
         raise PermanentError(
             f"batch id {batch_id!r} was started with other data ({record.data_digest}, now {loaded.digest}): "
@@ -168,15 +162,20 @@ def _main_locked(config: TrainerConfig, layout: RunLayout) -> BatchResult:
             reason="BatchDataChanged",
         )
 
-    # Loading the model is the slow part; do it after every cheap check has passed.
+    # Loading the model is the slow part (even importing its libraries): after every cheap check.
+    require_base_model_folder(config.base_model, root)
+    preemption.phase("model")
     from continual_trainer import model as modeling
 
-    tokenizer = modeling.load_tokenizer(config.base_model)
+    base = resolved_base_model(config)
+    tokenizer = modeling.load_tokenizer(base)
     training = record.training if record is not None else config.training
-    encoded = modeling.encode(loaded.samples, tokenizer, training.max_seq_length)
-
-    if ledger.read_run() is None:
-        ledger.write_run(RunRecord(base_model=config.base_model, lora=config.lora, created_at=utcnow()))
+    encoding = modeling.encode_batch(loaded.samples, tokenizer, training.max_seq_length)
+    encoded = encoding.samples
+    model = modeling.load_model(base, config.lora, training)
+    # Only now, with the model and adapter built, may the run record be written (it is what drift is
+    # checked against: a record from a failed build would refuse the fixed config).
+    runrecord.settle(config, ledger, run_record, root)
     if record is None:
         record = _begin_batch(config, ledger, layout, loaded)
     else:
@@ -189,7 +188,7 @@ def _main_locked(config: TrainerConfig, layout: RunLayout) -> BatchResult:
 
     sinks = make_sinks(config, layout)
     valid = ckpts.scan(layout.checkpoints, config.lora, layout.root)
-    resume = _resume_point(record, valid)
+    resume = _resume_point(record, valid, layout.root)
     window = BatchWindow(record.start_step, record.target_step)
 
     def lr_fn(step: int) -> float:
@@ -199,9 +198,11 @@ def _main_locked(config: TrainerConfig, layout: RunLayout) -> BatchResult:
     event = _event_factory(config, record)
     sinks.emit(event("batch-started", done_step, resume))
     if done_step < record.target_step:
-        outcome = _train(config, layout, record, encoded, resume, lr_fn, tokenizer, sinks)
+        preemption.phase("training")
+        outcome = _train(config, layout, record, encoded, resume, lr_fn, tokenizer, sinks, model)
         if outcome is not None:  # preempted
             return outcome.model_copy(update={"duration_seconds": round(time.monotonic() - started, 3)})
+    preemption.phase("finishing")
 
     final = layout.checkpoints / f"checkpoint-{record.target_step}"
     reason = ckpts.validate(final, config.lora)
@@ -223,6 +224,7 @@ def _main_locked(config: TrainerConfig, layout: RunLayout) -> BatchResult:
         samples=record.samples,
         tokens=meter.tokens,
         mean_loss=meter.mean,
+        truncated=encoding.truncation,
         checkpoint=str(final.relative_to(layout.root)),
         adapter=str(adapter.relative_to(layout.root)),
         duration_seconds=round(time.monotonic() - started, 3),
@@ -241,7 +243,7 @@ def _check_same_data(record: BatchRecord, data_path: Path, config: TrainerConfig
     """A completed batch re-submitted with other data is an error, not a silent no-op."""
     if not data_path.exists():
         return  # the data may have been cleaned up after training: nothing to compare with
-    digest = load_batch(LocalSource(data_path), config.batch.data.format).digest
+    digest = load_batch(LocalSource(data_path, sandbox.data_root(config)), config.batch.data.format).digest
     if digest != record.data_digest:
         raise PermanentError(
             f"batch id {record.batch_id!r} was already trained with other data ({record.data_digest}, now "
@@ -316,7 +318,9 @@ def _close_abandoned(config: TrainerConfig, ledger: Ledger) -> list[BatchRecord]
     return records
 
 
-def _resume_point(record: BatchRecord, valid: list[ckpts.Checkpoint]) -> ckpts.Checkpoint | None:
+def _resume_point(
+    record: BatchRecord, valid: list[ckpts.Checkpoint], run_dir: Path
+) -> ckpts.Checkpoint | None:
     """The newest valid checkpoint inside the batch's window (None: a fresh start at step 0)."""
     beyond = [c for c in valid if c.step > record.target_step]
     if beyond:
@@ -329,9 +333,11 @@ def _resume_point(record: BatchRecord, valid: list[ckpts.Checkpoint]) -> ckpts.C
         return inside[-1]
     if record.start_step == 0:
         return None
+    why = ckpts.quarantine_reason(run_dir, record.start_step)
+    found = f"it was quarantined: {why}" if why else "it is neither in checkpoints/ nor in quarantine/"
     raise IntegrityError(
         f"no valid checkpoint at step {record.start_step}, where batch {record.batch_id!r} starts (the end of "
-        "the previous batch); see quarantine/ for why it was rejected, and restore it from a snapshot",
+        f"the previous batch): {found}; restore it from a snapshot",
         reason="MissingBatchStartCheckpoint",
     )
 
@@ -371,10 +377,10 @@ def _train(
     lr_fn: Callable[[int], float],
     tokenizer: object,
     sinks: Broadcast,
+    model: PeftModel,
 ) -> BatchResult | None:
     """Run the remaining steps of the batch. Returns a result only when preempted."""
     from continual_trainer import engine
-    from continual_trainer import model as modeling
 
     training: TrainingSpec = record.training
     plan = build_plan(
@@ -396,6 +402,7 @@ def _train(
     last_time = [time.monotonic(), record.start_step + done]
 
     def on_publish(staged: Path, step: int) -> None:
+        runrecord.stamp(staged, Ledger(layout.root))
         final = ckpts.publish(staged, layout.checkpoints, batch_id=record.batch_id, step=step)
         latest[0] = ckpts.Checkpoint(final, step)
         ckpts.retain(
@@ -429,7 +436,6 @@ def _train(
         max_steps=record.target_step,
         logging_steps=config.progress.every_steps,
     )
-    model = modeling.load_model(config.base_model, config.lora, training)
     trainer = engine.make_trainer(
         model,
         dataset,
