@@ -252,8 +252,9 @@ def local_trainer_config(
         update={
             "run_dir": localize(config.run_dir, volume),
             "data_root": str(inbox.resolve() if inbox is not None and in_inbox else volume),
-            "run_namespace": "local",  # one run per volume: the trainer's run record names its owner
-            "run_uid": f"local:{config.run_name}",
+            # one run per volume: the trainer's run record names its owner (local_state.claim does the same)
+            "run_namespace": LOCAL_NAMESPACE,
+            "run_uid": run_uid(config.run_name),
             "base_model": base,
             "batch": batch,
             "progress": config.progress.model_copy(update={"kubernetes": None, "stdout": True}),
