@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
             type=float,
             default=DEFAULT_SETTLE_SECONDS,
             help="take an inbox entry once nothing in it changed for this long "
-            f"(default {DEFAULT_SETTLE_SECONDS:g}; a drop by atomic rename needs no wait)",
+            f"(default {DEFAULT_SETTLE_SECONDS:g}; 0 when every file arrives by an atomic rename)",
         )
         p.add_argument(
             "--marker",

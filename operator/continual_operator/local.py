@@ -82,8 +82,8 @@ TERMINAL_PHASES = {"Succeeded", "Failed", "Skipped"}
 EXIT_OK = 0
 EXIT_FAILED = 1  # a batch failed, or the run halted
 EXIT_INVALID = 2  # a bad manifest or folder, another run's state, another local mode on the volume
-EXIT_SOURCE_CHANGED = 3  # an inbox entry changed after it was taken (it is not retrained)
-#: Interrupted: 128 + the signal (130 for Ctrl-C, 143 for SIGTERM), after the trainer stopped.
+EXIT_SOURCE_CHANGED = 3  # an inbox entry changed after its batch started (it is not retrained)
+#: Interrupted: 128 + the signal (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP), after the trainer stopped.
 EXIT_SIGNAL_BASE = 128
 
 
@@ -252,8 +252,9 @@ def local_trainer_config(
         update={
             "run_dir": localize(config.run_dir, volume),
             "data_root": str(inbox.resolve() if inbox is not None and in_inbox else volume),
-            "run_namespace": "local",  # one run per volume: the trainer's run record names its owner
-            "run_uid": f"local:{config.run_name}",
+            # one run per volume: the trainer's run record names its owner (local_state.claim does the same)
+            "run_namespace": LOCAL_NAMESPACE,
+            "run_uid": run_uid(config.run_name),
             "base_model": base,
             "batch": batch,
             "progress": config.progress.model_copy(update={"kubernetes": None, "stdout": True}),
@@ -288,6 +289,7 @@ class LocalRun:
     manifest_skipped: list[NotABatch] = field(default_factory=list)
     _reported: set[str] = field(default_factory=set)
     _manifest_names: set[str] = field(default_factory=set)
+    _saved_phases: dict[str, str | None] = field(default_factory=dict)
     _spec_seen: dict[str, Any] = field(default_factory=dict)
     _last_progress: float = 0.0
 
@@ -295,6 +297,8 @@ class LocalRun:
     def refresh(self) -> None:
         """Re-read the manifest and the batches (as a watch would), keeping statuses."""
         saved = self._load_saved() if self.run is None else None
+        if saved is not None:
+            self._saved_phases = {n: b.get("phase") for n, b in saved[1].items()}
         generation = (self.run.metadata.generation or 1) if self.run is not None else 1
         run = load_run(self.options.manifest, generation)
         if saved is not None:
@@ -366,8 +370,29 @@ class LocalRun:
         return self.inbox
 
     def _source_changed(self, change: Change) -> None:
+        """A taken entry changed. Before its batch ever started, the batch simply trains the new content
+        (nothing was trained from the old one); after, it is a Warning and exit code 3."""
         record = change.record
-        phase = self.batches[record.name].status.phase if record.name in self.batches else None
+        phase: str | None
+        if record.name in self.batches:
+            phase = self.batches[record.name].status.phase
+        else:  # the first look of this invocation: the status saved by the last one
+            phase = self._saved_phases.get(record.name)
+        started = phase not in {None, "Queued"} or any(
+            j.view.batch == record.name for j in self.jobs.values()
+        )
+        if not started and self.inbox is not None and self.inbox.accept(record.source, change.sha256):
+            self._event(
+                EmitEvent(
+                    kind="TrainingBatch",
+                    name=record.name,
+                    type="Normal",
+                    reason="SourceUpdated",
+                    message=f"the inbox entry {record.source} changed before batch {record.name} started: "
+                    "it trains the new content",
+                )
+            )
+            return
         self._event(
             EmitEvent(
                 kind="TrainingBatch",
@@ -375,7 +400,7 @@ class LocalRun:
                 type="Warning",
                 reason="SourceChanged",
                 message=(
-                    f"the inbox entry {record.source} changed after it was taken as batch {record.name} "
+                    f"the inbox entry {record.source} changed after batch {record.name} started from it "
                     f"(sha256 {record.sha256[:12]}... -> {change.sha256[:12]}...; batch phase "
                     f"{phase or 'unknown'}): it is not retrained under this batch. To train the new content, "
                     f"drop it under a new file name; to clear this warning, restore the file or delete it "
@@ -385,7 +410,7 @@ class LocalRun:
         )
 
     def changed_sources(self) -> list[str]:
-        """Inbox entries whose content differs from what was taken (exit code 3 while any is left)."""
+        """Inbox entries whose content differs from what their batch started from (exit 3 while any is)."""
         if self.inbox is None:
             return []
         return sorted(r.source for r in self.inbox.records.values() if r.changed_sha256 is not None)
@@ -587,7 +612,7 @@ class LocalRun:
 
 
 class Interrupts:
-    """SIGINT and SIGTERM while local mode runs: counted, never raised in the middle of a state write.
+    """SIGINT, SIGTERM, SIGHUP while local mode runs: counted, never raised in the middle of a state write.
 
     The first asks the loop to stop the trainers at a checkpoint; the second is answered with what local
     mode waits for; the third kills the trainers (and still waits for them to exit). The handler only
@@ -612,7 +637,8 @@ class Interrupts:
 
     @contextmanager
     def installed(self) -> Iterator[Interrupts]:
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        # SIGHUP too: a closed terminal must not leave the trainer (in its own session) unrecorded
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             self._previous[signum] = signal.signal(signum, self._handle)
         try:
             yield self
@@ -679,7 +705,7 @@ def _summary(state: LocalRun, out: Callable[[str], None]) -> int:
     changed = state.changed_sources()
     if changed:
         out(
-            f"changed after they were taken (not retrained; see {_shown(options.state / 'events.jsonl')}): "
+            f"changed after their batch started (not retrained; see {_shown(options.state / 'events.jsonl')}): "
             f"{', '.join(changed)}. Drop new content under a new name; restore or delete these files"
         )
     if failed or status.phase in {"Halted", "Failed"}:
