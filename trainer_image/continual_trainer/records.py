@@ -16,7 +16,8 @@ from continual_trainer.config import Model
 #: Kubernetes truncates termination messages at 4096 bytes; we stay well under it.
 TERMINATION_MESSAGE_LIMIT = 4096
 
-EventKind = Literal["progress", "checkpoint", "batch-started", "batch-finished"]
+#: ``batch-preempted``: SIGTERM stopped the batch at a checkpoint (it resumes from there on a retry).
+EventKind = Literal["progress", "checkpoint", "batch-started", "batch-finished", "batch-preempted"]
 
 
 class BatchResult(Model):

@@ -39,6 +39,7 @@ from continual_trainer.ledger import BatchRecord, Ledger, RunRecord, utcnow
 from continual_trainer.plan import build_plan, total_steps
 from continual_trainer.progress import (
     Broadcast,
+    HistorySink,
     KubernetesStatusSink,
     ProgressSink,
     StatusFileSink,
@@ -77,6 +78,11 @@ class RunLayout:
         return self.root / "status.json"
 
     @property
+    def history_file(self) -> Path:
+        """Every progress event, appended (the report's source: see ``progress.HistorySink``)."""
+        return self.root / "history.jsonl"
+
+    @property
     def trace_file(self) -> Path:
         return self.root / "trace.jsonl"
 
@@ -87,7 +93,7 @@ class RunLayout:
 
 def make_sinks(config: TrainerConfig, layout: RunLayout) -> Broadcast:
     """The progress sinks the config asks for."""
-    sinks: list[ProgressSink] = []
+    sinks: list[ProgressSink] = [HistorySink(layout.history_file)]
     if config.progress.stdout:
         sinks.append(StdoutSink())
     if config.progress.status_file:
@@ -451,6 +457,7 @@ def _train(
         checkpoint = latest[0]
         if checkpoint is None or checkpoint.step != step:
             raise IntegrityError(f"preempted at step {step} but no checkpoint was published at that step")
+        sinks.emit(event("batch-preempted", step, checkpoint))
         return BatchResult(
             batch_id=record.batch_id,
             outcome="Preempted",
