@@ -3,7 +3,8 @@
 * ``demo``      the quickstart: a tiny model built on the spot, three toy batches, trained locally;
 * ``local``     train a run manifest on this machine (local mode: planner + trainer subprocesses);
 * ``operator``  run the Kubernetes operator (kopf);
-* ``crds``      write (or check) the CRD manifests generated from the API models.
+* ``crds``      write (or check) the CRD manifests generated from the API models;
+* ``report``    draw a run's training curve from its volume (PNG + HTML; needs matplotlib).
 
 It never imports torch: training always happens in ``continual-trainer`` processes.
 """
@@ -87,6 +88,20 @@ def cmd_crds(args: argparse.Namespace) -> int:
     return crdgen.main(argv)
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """Draw the training curve of every run on --volume (imports matplotlib only here)."""
+    from continual_operator.report import ReportError, write_report
+
+    try:
+        written = write_report(args.volume.resolve(), args.out.resolve())
+    except ReportError as exc:
+        print(f"continual-training report: {exc}", file=sys.stderr)
+        return 2
+    for files in written:
+        print(f"run {files.run}: {files.png}, {files.html}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="continual-training", description=__doc__.splitlines()[0])
     parser.add_argument("--log-level", default="WARNING")
@@ -127,6 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
     crds.add_argument("--check", action="store_true", help="fail if the files differ from the models")
     crds.add_argument("--no-cel", action="store_true", help="leave out CEL rules (Kubernetes < 1.25)")
     crds.set_defaults(func=cmd_crds)
+
+    report = sub.add_parser("report", help="draw a run's training curve (PNG + HTML) from its volume")
+    report.add_argument("--volume", type=Path, required=True, help="the run's volume (or its run folder)")
+    report.add_argument("--out", type=Path, default=Path("report"), help="where to write (default: report)")
+    report.set_defaults(func=cmd_report)
     return parser
 
 
