@@ -2,7 +2,7 @@
 
 Two records on the volume are read, each for what only it knows:
 
-* ``history.jsonl`` (``continual_trainer.progress.HistorySink``): loss and LR at every step of every
+* ``history.jsonl`` (``continual_trainer.history``): loss and LR at every step of every
   trainer process (*session*), batch starts, checkpoints, preemptions;
 * the ledger (``ledger/batches/*.json``): each batch's step range, samples, state and result (tokens,
   mean loss, duration), which stays true even when the history is partial.
@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from continual_trainer.history import HistoryEntry, read_history
 from continual_trainer.ledger import BatchRecord, Ledger
-from continual_trainer.progress import HistoryEntry, read_history
 
 HISTORY_FILE = "history.jsonl"
 #: How deep below --volume run folders are looked for (a run's folder is the volume's subPath, e.g.

@@ -7,7 +7,7 @@ from collections import defaultdict
 
 from tests.observe.conftest import InterruptedRun
 
-from continual_trainer.progress import HistorySink, read_history
+from continual_trainer.history import HistorySink, read_history
 from continual_trainer.records import ProgressEvent
 
 

@@ -35,11 +35,11 @@ from continual_trainer.exitcodes import (
     TransientError,
 )
 from continual_trainer.fsutil import atomic_symlink, exclusive_lock, fsync_tree
+from continual_trainer.history import HistorySink
 from continual_trainer.ledger import BatchRecord, Ledger, RunRecord, utcnow
 from continual_trainer.plan import build_plan, total_steps
 from continual_trainer.progress import (
     Broadcast,
-    HistorySink,
     KubernetesStatusSink,
     ProgressSink,
     StatusFileSink,
