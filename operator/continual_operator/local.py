@@ -56,7 +56,7 @@ from continual_trainer.records import ProgressEvent
 
 log = logging.getLogger(__name__)
 
-TERMINAL_PHASES = {"Succeeded", "Failed", "Skipped"}
+TERMINAL_PHASES = {"Succeeded", "Failed"}
 
 
 class LocalModeError(Exception):

@@ -88,7 +88,7 @@ from continual_operator.views import JobView
 FINISHED_JOBS_KEPT = 3
 #: Re-check soon when a Job name is still taken by a Job that is going away.
 NAME_TAKEN_REQUEUE_SECONDS = 5.0
-TERMINAL = frozenset({"Succeeded", "Failed", "Skipped"})
+TERMINAL = frozenset({"Succeeded", "Failed"})
 STEPS_NOT_CONTIGUOUS = "StepsNotContiguous"
 _EPOCH = dt.datetime.min.replace(tzinfo=dt.UTC)
 
