@@ -41,7 +41,16 @@ def cmd_local(args: argparse.Namespace) -> int:
     if args.inbox is None and not args.batches:
         print("continual-training local: give --inbox DIR and/or --batches FILE_OR_DIR", file=sys.stderr)
         return 2
-    return run_local(_local_options(args, args.run.resolve()))
+    return _run(args, _local_options(args, args.run.resolve()))
+
+
+def _run(args: argparse.Namespace, options: LocalOptions) -> int:
+    """Local mode, with its status page when --serve is given."""
+    if args.serve is None:
+        return run_local(options)
+    from continual_operator import web
+
+    return web.run_with_page(options, args.serve, lambda: run_local(options))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -61,7 +70,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         manifest.write_text(pkg_resources.files("continual_operator.demo").joinpath("run.yaml").read_text())
     args.batches = []
     print(f"training run 'demo' ({manifest}) on {volume}: one trainer process per batch")
-    return run_local(_local_options(args, manifest.resolve()))
+    return _run(args, _local_options(args, manifest.resolve()))
 
 
 def cmd_operator(args: argparse.Namespace) -> int:
@@ -114,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--state", type=Path, help="status, events, job logs (default: VOLUME/.local-state)")
         p.add_argument("--inbox", type=Path, help="every file or folder in it is a batch, in name order")
         p.add_argument("--trainer-command", help="how to start the trainer (default: this Python's)")
+        p.add_argument(
+            "--serve",
+            type=int,
+            metavar="PORT",
+            help="serve a read-only status page on http://127.0.0.1:PORT/ (0: any free port)",
+        )
 
     demo = sub.add_parser("demo", help="quickstart: tiny model, three toy batches, local mode")
     local_flags(demo, ".demo")

@@ -16,6 +16,25 @@ import pytest
 from tests.trainer.helpers import DEMO_BATCHES, make_config, run_and_signal, run_trainer
 
 
+def report_cli(volume: Path, out: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "continual_operator.cli",
+            "report",
+            "--volume",
+            str(volume),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
 @pytest.fixture(scope="session")
 def demo_volume(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The quickstart, exactly as a user runs it: ``continual-training demo --volume DIR``."""
@@ -29,6 +48,16 @@ def demo_volume(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return volume
+
+
+@pytest.fixture(scope="session")
+def demo_report(demo_volume: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``continual-training report`` on the quickstart volume: the folder with demo-curve.png and demo-report.html."""
+    out = tmp_path_factory.mktemp("report")
+    proc = report_cli(demo_volume, out)
+    assert proc.returncode == 0, proc.stderr
+    assert f"run demo: {out / 'demo-curve.png'}" in proc.stdout
+    return out
 
 
 @dataclass(frozen=True)

@@ -6,13 +6,10 @@ import base64
 import io
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
-import pytest
 from PIL import Image
-from tests.observe.conftest import InterruptedRun
+from tests.observe.conftest import InterruptedRun, report_cli
 
 from continual_operator.curve import find_runs, load_curve
 from continual_operator.report import FIGURE_DPI, FIGURE_INCHES, render_png
@@ -22,37 +19,9 @@ LOSS_BLUE = (31, 119, 180)  # matplotlib's first line colour: the first batch's 
 PREEMPT_RED = (214, 39, 40)
 
 
-def report_cli(volume: Path, out: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "continual_operator.cli",
-            "report",
-            "--volume",
-            str(volume),
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
 def pixels(png: bytes) -> tuple[Image.Image, list[tuple[int, int, int]]]:
     image = Image.open(io.BytesIO(png)).convert("RGB")
     return image, list(image.getdata())
-
-
-@pytest.fixture(scope="module")
-def demo_report(demo_volume: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("report")
-    proc = report_cli(demo_volume, out)
-    assert proc.returncode == 0, proc.stderr
-    assert f"run demo: {out / 'demo-curve.png'}" in proc.stdout
-    return out
 
 
 def test_the_quickstart_curve_is_a_drawn_png_of_the_documented_size(demo_report: Path):
