@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from continual_trainer import checkpoints as ckpts
-from continual_trainer import engine, sandbox
+from continual_trainer import engine
 from continual_trainer import model as modeling
 from continual_trainer.config import TrainerConfig
 from continual_trainer.data import LocalSource, load_batch
 from continual_trainer.plan import build_plan
 from continual_trainer.schedules import BatchWindow, lr_at
-from continual_trainer.train import RunLayout, resolve_data_path
+from continual_trainer.train import RunLayout
 
 
 @dataclass
@@ -53,9 +53,7 @@ def run_uninterrupted(
     windows: list[BatchWindow] = []
     for config in configs:
         training = config.training
-        samples = load_batch(
-            LocalSource(resolve_data_path(config), sandbox.data_root(config)), config.batch.data.format
-        ).samples
+        samples = load_batch(LocalSource.from_config(config), config.batch.data.format).samples
         encoded = modeling.encode(samples, tokenizer, training.max_seq_length)
         plan = build_plan(
             len(samples),

@@ -40,20 +40,26 @@ def confine(path: Path, root: Path, *, field: str, given: str, fix: str) -> Path
     """
     real_root = root.resolve()
     try:
-        real = path.resolve(strict=True)
-    except FileNotFoundError:
-        real = path.resolve(strict=False)
+        real = _resolve(path)
     except (OSError, RuntimeError) as exc:  # a symlink loop, a component that is not a folder
         raise OutsideDataRootError(
             f"{field}: {given!r} cannot be resolved ({exc}): {fix}", reason="UnresolvablePath"
         ) from exc
-    if real != real_root and not real.is_relative_to(real_root):
+    if not real.is_relative_to(real_root):
         where = "" if str(real) == os.path.normpath(path.absolute()) else f" (through a symlink in {path})"
         raise OutsideDataRootError(
             f"{field}: {given!r} resolves to {real}{where}, outside the data root {real_root} (dataRoot): "
             f"the trainer only reads data on the run's volume; {fix}"
         )
     return real
+
+
+def _resolve(path: Path) -> Path:
+    """Every symlink followed; a missing tail is kept as spelled (after the links before it)."""
+    try:
+        return path.resolve(strict=True)
+    except FileNotFoundError:
+        return path.resolve(strict=False)
 
 
 def batch_data_path(config: TrainerConfig) -> Path:

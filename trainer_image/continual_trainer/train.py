@@ -162,7 +162,7 @@ def _main_locked(config: TrainerConfig, layout: RunLayout) -> BatchResult:
             reason="BatchFailed",
         )
 
-    loaded = load_batch(LocalSource(data_path, sandbox.data_root(config)), config.batch.data.format)
+    loaded = load_batch(LocalSource.from_config(config), config.batch.data.format)
     if record is not None and record.data_digest != loaded.digest:
         raise PermanentError(
             f"batch id {batch_id!r} was started with other data ({record.data_digest}, now {loaded.digest}): "
@@ -245,7 +245,7 @@ def _check_same_data(record: BatchRecord, data_path: Path, config: TrainerConfig
     """A completed batch re-submitted with other data is an error, not a silent no-op."""
     if not data_path.exists():
         return  # the data may have been cleaned up after training: nothing to compare with
-    digest = load_batch(LocalSource(data_path, sandbox.data_root(config)), config.batch.data.format).digest
+    digest = load_batch(LocalSource.from_config(config), config.batch.data.format).digest
     if digest != record.data_digest:
         raise PermanentError(
             f"batch id {record.batch_id!r} was already trained with other data ({record.data_digest}, now "
