@@ -69,7 +69,7 @@ def batch_data_path(config: TrainerConfig) -> Path:
 
 
 def confined_base_model(config: TrainerConfig) -> BaseModelSpec:
-    """The base model spec with an on-volume path checked and made absolute.
+    """The base model spec with an on-volume path checked (and a relative one made absolute).
 
     On the volume means relative (to the data root) or absolute below it; both must resolve inside it. An
     absolute path elsewhere is a folder of the trainer's image (a model baked in), not of the volume, and
@@ -91,7 +91,9 @@ def confined_base_model(config: TrainerConfig) -> BaseModelSpec:
         fix="put the model folder on the volume (below dataRoot) and point baseModel.path at it, or use "
         "baseModel.id for a hub model",
     )
-    return base.model_copy(update={"path": os.path.normpath(full)})
+    # An absolute path stays as written (it is part of the run's identity, checked for drift); a relative
+    # one is loaded from the data root, not from wherever the process happens to start.
+    return base if path.is_absolute() else base.model_copy(update={"path": os.path.normpath(full)})
 
 
 def _lexically_inside(path: Path, root: Path) -> bool:
