@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 
 from continual_trainer.config import BaseModelSpec, LoraSpec, TrainingSpec
 from continual_trainer.data import Sample
-from continual_trainer.exitcodes import BadConfigError, BadDataError
+from continual_trainer.exitcodes import BadConfigError, BadDataError, TrainerError, TransientError
 from continual_trainer.plan import derive_seed
 from continual_trainer.records import TruncationSummary
 
@@ -50,15 +50,65 @@ def _hub_kwargs(base: BaseModelSpec) -> dict[str, Any]:
     return kwargs
 
 
+def _causes(exc: BaseException) -> list[BaseException]:
+    """The exception and everything it was raised from (transformers wraps hub errors in OSError)."""
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and all(current is not s for s in seen):
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """Whether the hub could not be reached (retrying can help) rather than said no."""
+    from huggingface_hub import errors
+
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    if isinstance(exc, errors.HfHubHTTPError) and isinstance(status, int):
+        return status >= 500 or status in (408, 429)
+    return isinstance(exc, errors.LocalEntryNotFoundError | ConnectionError | TimeoutError) or (
+        type(exc).__module__.startswith(("httpx", "requests", "urllib3"))
+        and any(word in type(exc).__name__ for word in ("Connect", "Timeout", "Network", "Protocol"))
+    )
+
+
+def load_error(what: str, base: BaseModelSpec, exc: BaseException) -> TrainerError:
+    """Classify a failed ``from_pretrained``: the hub unreachable is transient, anything else permanent."""
+    from huggingface_hub import errors
+
+    causes = _causes(exc)
+    if base.id is not None:
+        if any(isinstance(c, errors.RevisionNotFoundError) for c in causes):
+            return BadConfigError(
+                f"baseModel.revision: {base.revision!r} is not a revision of {base.id!r} on the hub; set "
+                "baseModel.revision to an existing commit, tag or branch"
+            )
+        if any(isinstance(c, errors.RepositoryNotFoundError) for c in causes):
+            return BadConfigError(
+                f"baseModel.id: {base.id!r} is not a model on the hub, or it is private or gated: fix "
+                "baseModel.id, or give the trainer a token with access (HF_TOKEN)"
+            )
+        if any(_unreachable(c) for c in causes):
+            return TransientError(
+                f"baseModel.id: could not reach the Hugging Face Hub to get {base.id!r} (and it is not in the "
+                f"local cache): {exc}. Retrying; check the network (or unset HF_HUB_OFFLINE), pre-fill the "
+                "cache (HF_HOME), or save the model on the volume and use baseModel.path",
+                reason="HubUnreachable",
+            )
+    field = "baseModel.path" if base.path is not None else "baseModel.id"
+    return BadConfigError(
+        f"{field}: cannot load {what} from {base.source!r} ({exc}); point baseModel.path at a folder "
+        "written by save_pretrained, or baseModel.id at a hub model"
+    )
+
+
 def load_tokenizer(base: BaseModelSpec) -> PreTrainedTokenizerBase:
     """The base model's tokenizer; a pad token is borrowed from EOS when the tokenizer has none."""
     try:
         tokenizer = AutoTokenizer.from_pretrained(base.source, **_hub_kwargs(base))
     except (OSError, ValueError) as exc:
-        raise BadConfigError(
-            f"baseModel: cannot load a tokenizer from {base.source!r} ({exc}); point baseModel.path at a "
-            "folder written by save_pretrained, or baseModel.id at a hub model"
-        ) from exc
+        raise load_error("a tokenizer", base, exc) from exc
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -74,10 +124,7 @@ def load_model(base: BaseModelSpec, lora: LoraSpec, training: TrainingSpec) -> P
             base.source, dtype=DTYPES[training.precision], **_hub_kwargs(base)
         )
     except (OSError, ValueError) as exc:
-        raise BadConfigError(
-            f"baseModel: cannot load a causal LM from {base.source!r} ({exc}); point baseModel.path at a "
-            "folder written by save_pretrained, or baseModel.id at a hub model"
-        ) from exc
+        raise load_error("a causal LM", base, exc) from exc
     model.config.use_cache = False
     names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     unknown = [m for m in lora.target_modules if m not in names]

@@ -16,7 +16,9 @@ from continual_trainer.config import Model
 #: Kubernetes truncates termination messages at 4096 bytes; we stay well under it.
 TERMINATION_MESSAGE_LIMIT = 4096
 
-EventKind = Literal["progress", "checkpoint", "batch-started", "batch-finished"]
+#: ``checkpoint-rebuilt``: a damaged batch-end checkpoint was re-trained bit for bit before the batch that
+#: starts from it (``message`` says which, from which checkpoint, and why it was rejected).
+EventKind = Literal["progress", "checkpoint", "checkpoint-rebuilt", "batch-started", "batch-finished"]
 
 
 class TruncationSummary(Model):
@@ -76,6 +78,9 @@ class ProgressEvent(Model):
     learning_rate: float | None = None
     samples_per_second: float | None = None
     latest_checkpoint: str | None = None
+    message: str | None = Field(
+        default=None, description="checkpoint-rebuilt only: what happened, for an Event."
+    )
     time: str = Field(description="RFC 3339 UTC timestamp.")
 
     @property
