@@ -118,9 +118,7 @@ def resolve_data_path(config: TrainerConfig) -> Path:
 
 def load_data(config: TrainerConfig) -> LoadedBatch:
     """Read and check the config's batch: the one way data is read, to train it and to rebuild it."""
-    return load_batch(
-        LocalSource(resolve_data_path(config), sandbox.data_root(config)), config.batch.data.format
-    )
+    return load_batch(LocalSource.from_config(config), config.batch.data.format)
 
 
 def recorded_config(config: TrainerConfig, record: BatchRecord) -> TrainerConfig:
