@@ -156,9 +156,8 @@ def test_local_mode_keeps_the_uri_and_leaves_the_ca_bundle_to_aws_ca_bundle(tmp_
 
 
 def test_a_malformed_uri_fails_the_batch_naming_spec_data_uri() -> None:
-    from continual_operator.status import describe_validation_error
-
     from continual_operator.api import TrainingBatchSpec
+    from continual_operator.status import describe_validation_error
 
     spec = {"runName": "s3-assistant", "data": {"uri": "s3:/bucket-without-slashes/x"}}
     with pytest.raises(ValidationError) as info:
