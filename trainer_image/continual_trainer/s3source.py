@@ -33,10 +33,11 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from continual_trainer.data import SourceFile
 from continual_trainer.exitcodes import BadDataError, PermanentError, TransientError
@@ -56,6 +57,7 @@ if TYPE_CHECKING:
     from continual_trainer.config import TrainerConfig
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MiB = 1024 * 1024
 #: Objects at least this large are fetched in parallel ranges; smaller ones in one GET.
@@ -149,8 +151,12 @@ class S3Source:
     # -- the protocol -----------------------------------------------------------------------------
     def files(self) -> list[SourceFile]:
         """List, fetch (or reuse) and verify every object; the contents, in key order."""
+        return self._with_errors(self._files_once)
+
+    def _with_errors(self, op: Callable[[], T]) -> T:
+        """Run ``op`` with bounded retries; turn what remains into the trainer's errors (exit 64 or 75)."""
         try:
-            return call_with_retries(self._files_once, self.options.retry, retryable=_retryable)
+            return call_with_retries(op, self.options.retry, retryable=_retryable)
         except ChangedWhileReadingError as exc:
             raise TransientError(
                 f"{self.location.uri}: {exc}: an object was replaced or deleted while the batch was being "
@@ -164,13 +170,29 @@ class S3Source:
         except Exception as exc:
             raise self._error(exc, self.location.uri) from exc
 
+    def fetch(self) -> list[Path]:
+        """List, download (or reuse) and verify every object into the cache; their paths, in key order.
+
+        The same retries and errors as :meth:`files`, without reading the bytes back (benchmarks).
+        """
+        return [self.cache_dir / o.name for o in self._with_errors(self._fetch_all)]
+
     def _files_once(self) -> list[SourceFile]:
+        listed = self._fetch_all()
+        return [SourceFile(obj.name, (self.cache_dir / obj.name).read_bytes()) for obj in listed]
+
+    def _fetch_all(self) -> list[ListedObject]:
         listed = self._list()
         self.cache_dir.mkdir(parents=True, exist_ok=True)
+        # Small objects several at a time; a large one alone, its ranges in parallel (s3transfer): both ways
+        # max_concurrency requests are in flight, never max_concurrency squared.
+        threshold = self.options.multipart_threshold
         with ThreadPoolExecutor(max_workers=self.options.max_concurrency) as pool:
-            digests = list(pool.map(self._fetch, listed))
+            small = {o.key: pool.submit(self._fetch, o) for o in listed if o.size < threshold}
+            large = {o.key: self._fetch(o) for o in listed if o.size >= threshold}
+            digests = [large[o.key] if o.key in large else small[o.key].result() for o in listed]
         self._check_pinned(listed, digests)
-        return [SourceFile(obj.name, (self.cache_dir / obj.name).read_bytes()) for obj in listed]
+        return listed
 
     # -- listing ----------------------------------------------------------------------------------
     def _list(self) -> list[ListedObject]:
