@@ -232,3 +232,11 @@ def test_store_errors_over_http(
     assert "s3://data/p/" in message
     assert SECRET_ACCESS_KEY not in message
     assert ACCESS_KEY_ID not in message
+
+
+def test_a_key_that_is_also_a_folder_is_refused_by_name(s3_server: S3Server, tmp_path: Path) -> None:
+    s3_server.make_bucket("data")
+    s3_server.put("data", "p/a", b"file\n")
+    s3_server.put("data", "p/a/b.txt", b"below\n")
+    with pytest.raises(BadDataError, match=r"the keys 'a' and 'a/b\.txt' .* cannot both be files"):
+        source(s3_server, "s3://data/p/", tmp_path / "cache").files()

@@ -121,12 +121,26 @@ def canonical_listing(entries: list[tuple[str, int, str]]) -> bytes:
 def _safe_name(name: str, uri: str) -> str:
     """A key below the prefix becomes a path in the cache: no absolute paths, empty or dot segments."""
     parts = name.split("/")
-    if not name or any(part in {"", ".", ".."} for part in parts):
+    if not name or parts[0] == META_DIR or any(part in {"", ".", ".."} for part in parts):
         raise BadDataError(
-            f"{uri}: the object key {name!r} has an empty, '.' or '..' path segment and cannot be cached "
-            "safely: rename the object"
+            f"{uri}: the object key {name!r} has an empty, '.' or '..' path segment (or is named "
+            f"{META_DIR!r}) and cannot be cached safely: rename the object"
         )
     return name
+
+
+def _refuse_file_folder_clashes(listed: list[ListedObject], uri: str) -> None:
+    """S3 allows keys ``a`` and ``a/b`` side by side; a file system cannot hold both: say so, by name."""
+    names = {o.name for o in listed}
+    for obj in listed:
+        parts = obj.name.split("/")
+        for depth in range(1, len(parts)):
+            parent = "/".join(parts[:depth])
+            if parent in names:
+                raise BadDataError(
+                    f"{uri}: the keys {parent!r} and {obj.name!r} (relative to the prefix) cannot both be "
+                    "files of one batch: rename one of the objects"
+                )
 
 
 def _hidden(name: str) -> bool:
@@ -222,6 +236,7 @@ class S3Source:
                 "check data.uri, or upload the batch's objects before creating the batch"
             )
         listed.sort(key=lambda o: o.name.encode())
+        _refuse_file_folder_clashes(listed, loc.uri)
         return listed
 
     # -- one object -------------------------------------------------------------------------------
