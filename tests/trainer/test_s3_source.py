@@ -138,6 +138,17 @@ def test_large_objects_take_the_multi_part_path_and_are_verified(s3_server: S3Se
     assert [f.data == payload for f in files] == [True, True]
     assert len(gets) > 4  # ranged GETs, several per object
 
+    # With the MD5 check on: the single-part object's ETag is checked, the multipart one's cannot be.
+    checked = source(
+        s3_server,
+        "s3://big/",
+        tmp_path / "cache-md5",
+        multipart_threshold=1024 * 1024,
+        chunk_size=1024 * 1024,
+        md5_for_large_objects=True,
+    )
+    assert [f.data == payload for f in checked.files()] == [True, True]
+
 
 def test_missing_bucket_and_missing_key_are_permanent_and_name_the_uri(
     s3_server: S3Server, tmp_path: Path
