@@ -122,9 +122,13 @@ async def on_run_change(*, namespace: str | None, name: str, memo: kopf.Memo, **
 async def on_run_event(
     *, event: Mapping[str, Any], namespace: str | None, name: str, memo: kopf.Memo, **_: Any
 ) -> None:
-    """A deleted run is forgotten (its Jobs go with it through their owner references)."""
+    """A deleted run is forgotten (its Jobs go with it through their owner references), its unfinished
+    batches say that they wait for it, and runs refused its folder are looked at again."""
     if event.get("type") == "DELETED":
-        reconciler_of(memo).forget(run_key(namespace, name))
+        body = event.get("object")
+        await reconciler_of(memo).run_deleted(
+            run_key(namespace, name), body if isinstance(body, Mapping) else {}
+        )
 
 
 # -- batches and Jobs ---------------------------------------------------------------------------------
@@ -137,6 +141,21 @@ def batch_changed(event_type: str | None, body: Mapping[str, Any]) -> bool:
         or meta.get("deletionTimestamp") is not None
         or meta.get("generation") != status.get("observedGeneration")
     )
+
+
+def run_deleted(event: Mapping[str, Any], **_: Any) -> bool:
+    """kopf's filter of the run-event handler: only a deletion matters to it.
+
+    A filter rather than a check inside the handler: kopf logs every handler call at INFO ("Handler
+    'run-event' succeeded."), and the trainer patches the run's status with every progress update.
+    """
+    return event.get("type") == "DELETED"
+
+
+def batch_event_matters(event: Mapping[str, Any], body: Mapping[str, Any], **_: Any) -> bool:
+    """kopf's filter of the batch-event handler (see :func:`batch_changed`; filtered events log nothing)."""
+    run = (body.get("spec") or {}).get("runName")
+    return isinstance(run, str) and bool(run) and batch_changed(event.get("type"), body)
 
 
 async def on_batch_event(
@@ -174,7 +193,7 @@ def build_registry(options: OperatorOptions) -> kopf.OperatorRegistry:
     kopf.on.cleanup(id="cleanup", registry=registry)(cleanup)
     for on_cause in (kopf.on.resume, kopf.on.create, kopf.on.update):
         on_cause(*RUNS, id="reconcile", registry=registry)(on_run_change)
-    kopf.on.event(*RUNS, id="run-event", registry=registry)(on_run_event)
-    kopf.on.event(*BATCHES, id="batch-event", registry=registry)(on_batch_event)
+    kopf.on.event(*RUNS, id="run-event", when=run_deleted, registry=registry)(on_run_event)
+    kopf.on.event(*BATCHES, id="batch-event", when=batch_event_matters, registry=registry)(on_batch_event)
     kopf.on.event(*JOBS, id="job-event", labels={LABEL_RUN: kopf.PRESENT}, registry=registry)(on_job_event)
     return registry

@@ -310,6 +310,10 @@ class KubernetesStorage:
                 return items
             query = {**query, "continue": str(token)}
 
+    async def list_runs(self, namespace: str) -> list[dict[str, Any]]:
+        """The namespace's runs (one folder per run: the planner checks that no two share one)."""
+        return await self._list(RUNS, namespace)
+
     async def list_batches(self, namespace: str, run: str) -> list[dict[str, Any]]:
         """The run's TrainingBatches (``spec.runName``), as stored.
 

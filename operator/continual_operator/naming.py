@@ -9,6 +9,11 @@ Why hashed when needed: Kubernetes bounds names and label values (a Job's name b
 pods' ``job-name`` label, so it must fit in 63 characters) and restricts their characters. Plain truncation
 could map two different runs or batches to one name, so a value that had to be shortened or cleaned up
 keeps a readable prefix and ends in a short hash of the original parts.
+
+Batches from sources (a file in a folder inbox, an object under an S3 inbox prefix) are named by
+:func:`source_batch_name` (always a readable slug plus a hash of the full key, so that two keys never share
+a name) or, in a folder inbox, by :func:`plain_source_name` when the file name already is a readable name
+(``batch-001.jsonl`` -> ``batch-001``); the caller keeps the plain names injective (see the function).
 """
 
 from __future__ import annotations
@@ -41,6 +46,12 @@ _HASH_LENGTH = 8
 _NOT_DNS_LABEL = re.compile(r"[^a-z0-9-]+")
 _NOT_DNS_SUBDOMAIN = re.compile(r"[^a-z0-9.-]+")
 _NOT_LABEL_VALUE = re.compile(r"[^A-Za-z0-9._-]+")
+#: Hex digits of the SHA-256 of a source key in :func:`source_batch_name`: 48 bits, so that even an S3 inbox
+#: of a million objects has a chance of about 2e-3 of any two sharing a suffix (callers still check).
+SOURCE_HASH_LENGTH = 12
+_NOT_SLUG = re.compile(r"[^a-z0-9]+")
+#: A DNS-1123 subdomain that is also a trainer batch id (at most 63 characters, no ``_``).
+_PLAIN_NAME = re.compile(r"^(?=.{1,63}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
 def _digest(*parts: str) -> str:
@@ -98,3 +109,62 @@ def batch_id(batch_name: str) -> str:
     if is_valid_batch_id(batch_name):
         return batch_name
     return _bounded(batch_name, (batch_name,), limit=DNS_LABEL_MAX, invalid=_NOT_DNS_SUBDOMAIN)
+
+
+def _strip_extension(segment: str) -> str:
+    """``data.2024-01.jsonl`` -> ``data.2024-01``; a name without an extension (or a dotfile) is kept."""
+    stem, dot, _ = segment.rpartition(".")
+    return stem if dot and stem else segment
+
+
+def source_batch_name(key: str) -> str:
+    """The batch name (TrainingBatch name and trainer batch id) of a source key: slug + hash of the key.
+
+    ``key`` is a file name in a folder inbox or an object key relative to an S3 inbox prefix
+    (``2024/01/part-0001.jsonl`` -> ``2024-01-part-0001-<12 hex>``). The slug is the key, lowercased, with
+    the last extension dropped and every run of other characters turned into ``-``, cut so that the whole
+    name fits in 63 characters; the suffix is the first 12 hex digits of the SHA-256 of the full key.
+    Deterministic (the same key always gets the same name) and injective in practice: keys that differ
+    only in case, punctuation, extension or beyond the cut still get different suffixes. The result is a
+    DNS-1123 label, hence a valid object name, Job-name part and batch id.
+    """
+    if not key:
+        raise ValueError("a source key must not be empty")
+    digest = hashlib.sha256(key.encode()).hexdigest()[:SOURCE_HASH_LENGTH]
+    head, _, last = key.rstrip("/").rpartition("/")
+    readable = f"{head}/{_strip_extension(last)}" if head else _strip_extension(last)
+    slug = _NOT_SLUG.sub("-", readable.lower()).strip("-")
+    slug = slug[: DNS_LABEL_MAX - SOURCE_HASH_LENGTH - 1].rstrip("-")
+    return f"{slug}-{digest}" if slug else digest
+
+
+def plain_source_name(file_name: str, *, is_file: bool = True) -> str | None:
+    """The plain readable batch name of a folder-inbox entry, or ``None`` when it has none.
+
+    A file's name without its last extension (a folder's whole name) is its plain name when that already
+    is a valid TrainingBatch name and batch id: lowercase letters, digits, ``-`` and ``.`` between them,
+    at most 63 characters (``batch-001.jsonl`` -> ``batch-001``, ``x-data.2024-01.jsonl`` ->
+    ``x-data.2024-01``). Nothing is rewritten, so two entries share a plain name only when they differ in
+    the extension alone (``b1.jsonl`` and ``b1.txt``, or a folder ``b1``): the folder inbox gives the plain
+    name to the entry it saw first and :func:`source_batch_name` to the other (see docs/local.md). Any other
+    name (``Batch 001.jsonl``, ``My_Batch.txt``) gets :func:`source_batch_name`.
+    """
+    stem = _strip_extension(file_name) if is_file else file_name
+    return stem if _PLAIN_NAME.match(stem) and is_valid_batch_id(stem) else None
+
+
+#: A DNS-1123 subdomain: what the API server accepts as the name of a run or a batch.
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+def object_name_problem(name: str) -> str | None:
+    """Why a cluster would refuse ``name`` as an object name (with a fix), or ``None`` when it is valid."""
+    if _DNS_SUBDOMAIN.match(name) and len(name) <= DNS_SUBDOMAIN_MAX:
+        return None
+    cleaned = re.sub(r"\.{2,}", ".", _NOT_DNS_SUBDOMAIN.sub("-", name.lower()))
+    suggestion = cleaned[:DNS_SUBDOMAIN_MAX].strip("-.") or "batch-1"
+    return (
+        f"{name!r} is not a valid Kubernetes object name (lowercase letters, digits, '-' and '.', starting "
+        f"and ending with a letter or digit, at most {DNS_SUBDOMAIN_MAX} characters): rename it, e.g. "
+        f"{suggestion!r}"
+    )

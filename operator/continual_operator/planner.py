@@ -40,11 +40,26 @@ The decisions, in the order they are applied:
 9. **Batches deleted while training.** Their Job runs to the end (stopping it would leave steps on the
    volume that no batch accounts for, and the trainer's ledger would block every later batch). A success
    moves the run's ``completedStep``; either way an Event says what happened and the Job is deleted.
+   A batch deleted *after* it had failed (its failure recorded: its Job is not the run's ``currentJob``)
+   is what the Degraded message advises: a Normal Event FailedBatchRemoved says so, its Jobs are deleted
+   and the next Job's trainer abandons the batch like a Failed one.
 10. **History.** Finished Jobs whose result is recorded are deleted, except the newest
     :data:`FINISHED_JOBS_KEPT` (for ``kubectl logs``); the result lives on in the batch status.
 11. **Status.** The run's phase, counters, current batch/Job, ``completedStep`` and conditions (Ready,
     Training, Degraded, Suspended) are recomputed on every plan and patched only when they changed. The
-    trainer's own progress fields are written only when a batch result is recorded.
+    trainer's own progress fields are written only when a batch result is recorded; losses are rounded to
+    :data:`LOSS_DIGITS` significant digits (``kubectl get`` prints what is stored).
+12. **Refusals** (:mod:`continual_operator.refusals`). What the run trained with is recorded in
+    ``status.trainedWith`` with its first Job; a spec that differs there, a ``baseModel.path`` outside the
+    volume, or a folder another run of the namespace holds (:class:`PlanContext`) stops the run from
+    starting Jobs: Halted, Degraded naming the field (or the other run) and the fix, a Warning Event. A
+    running Job is left to finish and is recorded. A batch whose ``data.path`` resolves outside the volume
+    fails permanently (reason DataPathOutsideVolume) without a Job.
+13. **Starting.** A Job whose trainer container has not started gets ``spec.failurePolicy.
+    startDeadlineSeconds`` from its pod's creation. While it waits for something that will not happen by
+    itself (a missing Secret, an image that cannot be pulled, an unschedulable pod) the batch's reason and
+    message say so, with a Warning Event, and the run is Pending. Past the deadline the Job is stopped
+    (foreground deletion) and the attempt counts as a transient failure: retried after the back-off.
 """
 
 from __future__ import annotations
@@ -53,6 +68,7 @@ import datetime as dt
 import posixpath
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from continual_operator.actions import (
@@ -69,27 +85,36 @@ from continual_operator.actions import (
 )
 from continual_operator.api import (
     ContinualTrainingRun,
+    ContinualTrainingRunStatus,
     RunPhase,
     TrainingBatch,
 )
 from continual_operator.api.meta import ConditionStatus
 from continual_operator.naming import batch_id, job_name
 from continual_operator.outcomes import Outcome, backoff_seconds, classify
+from continual_operator.refusals import Refusal, batch_path_refusal, run_refusal, trained_with
 from continual_operator.status import (
+    RUN_NOT_FOUND,
     merge_patch,
     parse_time,
     rfc3339,
     set_condition,
     wire,
 )
-from continual_operator.views import JobView
+from continual_operator.views import STARTUP_PROBLEMS, JobView
 
 #: Recorded finished Jobs kept for ``kubectl logs``; older ones are deleted.
 FINISHED_JOBS_KEPT = 3
 #: Re-check soon when a Job name is still taken by a Job that is going away.
 NAME_TAKEN_REQUEUE_SECONDS = 5.0
+#: While a Job waits for its container to start, look again this often (pods have no watch of their own).
+STARTING_RECHECK_SECONDS = 10.0
+#: Significant digits of the losses written to status (a float32 loss has about 7; 4 is what people read).
+LOSS_DIGITS = 4
 TERMINAL = frozenset({"Succeeded", "Failed", "Skipped"})
 STEPS_NOT_CONTIGUOUS = "StepsNotContiguous"
+START_DEADLINE_EXCEEDED = "StartDeadlineExceeded"
+SUSPENDED = "Suspended"
 _EPOCH = dt.datetime.min.replace(tzinfo=dt.UTC)
 
 
@@ -102,8 +127,31 @@ def batch_order_key(batch: TrainingBatch) -> tuple[int, int, dt.datetime, str]:
     return (0 if order is not None else 1, order or 0, created, batch.metadata.name)
 
 
+def round_loss(loss: float | None) -> float | None:
+    """A loss as status shows it: :data:`LOSS_DIGITS` significant digits."""
+    return None if loss is None else float(f"{loss:.{LOSS_DIGITS}g}")
+
+
+@dataclass(frozen=True)
+class PlanContext:
+    """What the planner may know besides the run's own objects (the cluster executor fills it in).
+
+    ``other_runs``: the other runs of the namespace (one run per folder, decision 12). ``check_paths``:
+    refuse paths outside the volume's mount -- on a cluster, where the pod sees the volume at ``/data``;
+    local mode maps paths to local folders itself and leaves the check to the trainer's ``dataRoot``.
+    """
+
+    other_runs: Sequence[ContinualTrainingRun] = ()
+    check_paths: bool = False
+
+
 def plan(
-    run: ContinualTrainingRun, batches: Sequence[TrainingBatch], jobs: Sequence[JobView], *, now: dt.datetime
+    run: ContinualTrainingRun,
+    batches: Sequence[TrainingBatch],
+    jobs: Sequence[JobView],
+    *,
+    now: dt.datetime,
+    context: PlanContext | None = None,
 ) -> Plan:
     """What to do next for ``run`` (see the module docstring for the rules).
 
@@ -112,7 +160,7 @@ def plan(
     if run.metadata.deletion_timestamp is not None:
         # Owner references let the garbage collector remove the Jobs; nothing new may start.
         return Plan()
-    return _Planner(run, batches, jobs, now).plan()
+    return _Planner(run, batches, jobs, now, context or PlanContext()).plan()
 
 
 class _Planner:
@@ -124,8 +172,10 @@ class _Planner:
         batches: Sequence[TrainingBatch],
         jobs: Sequence[JobView],
         now: dt.datetime,
+        context: PlanContext,
     ) -> None:
         self.run = run
+        self.context = context
         self.spec = run.spec
         self.name = run.metadata.name
         self.now = now
@@ -141,18 +191,24 @@ class _Planner:
         self.requeue: float | None = None
         self.progress: dict[str, Any] = {}
         self.orphan_step: int | None = None
+        #: Trainer batch ids of failed batches deleted since (decision 9): abandoned like Failed ones.
+        self.removed_failed: list[str] = []
+        others = [r for r in context.other_runs if r.metadata.name != run.metadata.name]
+        self.refusal: Refusal | None = run_refusal(run, others, check_paths=context.check_paths)
 
     # -- the whole plan ---------------------------------------------------------------------------------
     def plan(self) -> Plan:
         self._record_jobs()
+        self._watch_starting_jobs()
         self._clean_up_history()
         halting = self._halting_batch()
         writers = [j for j in self.jobs if j.writing]
         self._mark_new_batches_queued()
         if self.spec.suspend:
             self._suspend(writers)
-        elif halting is None and not writers:
+        elif halting is None and not writers and self.refusal is None:
             self._start_next()
+            halting = self._halting_batch()  # a batch refused on the way may halt the run
         run_patch = self._run_status(halting, writers)
         actions: list[Action] = []
         for batch in self.batches:
@@ -172,10 +228,13 @@ class _Planner:
 
     # -- helpers ----------------------------------------------------------------------------------------
     def _mark_new_batches_queued(self) -> None:
-        """A batch nobody has looked at yet says so (``kubectl get tbatch`` shows Queued, not a blank)."""
+        """A batch nobody has looked at yet says so (``kubectl get tbatch`` shows Queued, not a blank); so does
+        one that waited for its run to be created."""
         for batch in self.batches:
             name = batch.metadata.name
-            if self.statuses[name].phase is None and batch.metadata.deletion_timestamp is None:
+            status = self.statuses[name]
+            waited_for_run = status.phase == "Queued" and status.reason == RUN_NOT_FOUND
+            if (status.phase is None or waited_for_run) and batch.metadata.deletion_timestamp is None:
                 self._update(
                     name,
                     phase="Queued",
@@ -223,9 +282,19 @@ class _Planner:
                     name, phase="Training", attempts=latest.attempt, job=latest.name, next_attempt_time=None
                 )
         for batch_name in sorted(by_batch.keys() - self.by_name.keys()):
+            recorded_failures = []
             for job in by_batch[batch_name]:
-                if job.finished:
+                if not job.finished:
+                    continue
+                if job.name != self.run.status.current_job and classify(job).kind != "Succeeded":
+                    # Not the Job the run was waiting for: its failure was recorded on the batch before the
+                    # batch was deleted (as the Degraded message advises).
+                    recorded_failures.append(job)
+                    self.deletes.append(DeleteJob(job.name, reason="BatchDeleted"))
+                else:
                     self._record_orphan(job)
+            if recorded_failures:
+                self._failed_batch_removed(batch_name, recorded_failures)
 
     def _record(self, batch: str, job: JobView) -> None:
         outcome = classify(job)
@@ -320,7 +389,7 @@ class _Planner:
             "target_step": result.target_step,
             "samples": result.samples,
             "tokens": result.tokens,
-            "mean_loss": result.mean_loss,
+            "mean_loss": round_loss(result.mean_loss),
             "checkpoint": result.checkpoint,
             "next_attempt_time": None,
         }
@@ -344,7 +413,7 @@ class _Planner:
             # The trainer reports the folder name (checkpoint-N); the result has it under checkpoints/.
             self.progress["latestCheckpoint"] = posixpath.basename(checkpoint)
         if loss is not None and not self.spec.progress.enabled:
-            self.progress["lastLoss"] = round(loss, 6)
+            self.progress["lastLoss"] = round_loss(loss)
 
     def _record_orphan(self, job: JobView) -> None:
         """A finished Job whose TrainingBatch was deleted while it trained (decision 9)."""
@@ -377,6 +446,91 @@ class _Planner:
                 f"{job.batch} with the same data to finish it",
             )
         self.deletes.append(DeleteJob(job.name, reason="BatchDeleted"))
+
+    # -- decision 13: Jobs that do not start -----------------------------------------------------------
+    def _watch_starting_jobs(self) -> None:
+        if self.spec.suspend:
+            return  # every Job is being stopped anyway; a suspend is nobody's failure
+        deadline_seconds = self.spec.failure_policy.start_deadline_seconds
+        for job in self.jobs:
+            if job.finished or job.deleting:
+                continue
+            status = self.statuses.get(job.batch)
+            current = (
+                status is not None
+                and status.phase == "Training"
+                and (status.attempts or 0) == job.attempt
+                and self.by_name[job.batch].metadata.deletion_timestamp is None
+            )
+            if job.pending_since is None:
+                if current and status is not None and status.reason in STARTUP_PROBLEMS and not job.suspended:
+                    # It started after all (the Secret was created): the problem is no longer the story.
+                    message = f"attempt {job.attempt}: Job {job.name} (its pod started)"
+                    self._update(job.batch, reason="Started", message=message)
+                continue
+            deadline = job.pending_since + dt.timedelta(seconds=deadline_seconds)
+            if self.now >= deadline:
+                # Foreground: should the container start after all, the Job is a writer until its pod is gone.
+                self.deletes.append(
+                    DeleteJob(job.name, reason=START_DEADLINE_EXCEEDED, propagation="Foreground")
+                )
+                if current:
+                    self._start_deadline_exceeded(job, deadline_seconds)
+                continue
+            self._wake_up_in(min(STARTING_RECHECK_SECONDS, (deadline - self.now).total_seconds()))
+            if current and job.cannot_start:
+                self._cannot_start(job, deadline)
+
+    def _cannot_start(self, job: JobView, deadline: dt.datetime) -> None:
+        """Say on the batch why its pod waits (and, the first time for this attempt, in a Warning Event)."""
+        status = self.statuses[job.batch]
+        reason = job.waiting_reason or "CannotStart"
+        message = (
+            f"attempt {job.attempt} (Job {job.name}) cannot start: {reason}"
+            + (f": {job.waiting_message}" if job.waiting_message else "")
+            + f". Fix it and the pod starts; otherwise the attempt is stopped at {rfc3339(deadline)} and retried "
+            "(spec.failurePolicy.startDeadlineSeconds)"
+        )
+        if (status.reason, status.message) == (reason, message):
+            return
+        first = status.reason not in STARTUP_PROBLEMS
+        self._update(job.batch, reason=reason, message=message)
+        if first:
+            self._event("TrainingBatch", job.batch, "Warning", reason, message)
+
+    def _start_deadline_exceeded(self, job: JobView, deadline_seconds: int) -> None:
+        waited = f"; it was waiting with {job.waiting_reason}" if job.waiting_reason else ""
+        detail = f": {job.waiting_message}" if job.waiting_message else ""
+        outcome = Outcome(
+            "Retry",
+            START_DEADLINE_EXCEEDED,
+            f"the trainer container did not start within spec.failurePolicy.startDeadlineSeconds "
+            f"({deadline_seconds}s){waited}{detail}; Job {job.name} is stopped",
+        )
+        status = self.statuses[job.batch]
+        failures = (status.failures or 0) + 1
+        if failures <= self.spec.failure_policy.max_retries_per_batch:
+            self._retry(job.batch, job, outcome, failures)
+        else:
+            self._fail(job.batch, outcome, failures)
+
+    def _wake_up_in(self, seconds: float) -> None:
+        self.requeue = seconds if self.requeue is None else min(self.requeue, seconds)
+
+    def _failed_batch_removed(self, batch: str, jobs: list[JobView]) -> None:
+        """A batch deleted after it had failed: its Jobs go, and the trainer sets its leftovers aside."""
+        self.removed_failed.append(batch_id(batch))
+        last = max(jobs, key=lambda j: j.attempt)
+        outcome = classify(last)
+        self._event(
+            "ContinualTrainingRun",
+            self.name,
+            "Normal",
+            "FailedBatchRemoved",
+            f"TrainingBatch {batch}, which had failed (attempt {last.attempt}, {outcome.reason}), was deleted: its "
+            f"Job(s) {', '.join(j.name for j in jobs)} are removed, the next batch's trainer sets aside whatever "
+            "the failed batch left on the volume, and the run goes on with the next batch",
+        )
 
     # -- decision 10: history ---------------------------------------------------------------------------
     def _clean_up_history(self) -> None:
@@ -423,6 +577,20 @@ class _Planner:
                 f"spec.suspend is true: stopping Job {job.name} so that it checkpoints; batch {job.batch} "
                 "resumes from that checkpoint when spec.suspend is false",
             )
+        # A batch whose Job is being stopped (or is gone) no longer shows Training; being deleted, that Job
+        # is never recorded, and the same attempt is created again on resume (see _start_next).
+        running = {j.name for j in self.jobs if not j.deleting}
+        for batch in self.batches:
+            name = batch.metadata.name
+            status = self.statuses[name]
+            if status.phase == "Training" and status.job not in running:
+                self._update(
+                    name,
+                    phase="Queued",
+                    reason=SUSPENDED,
+                    message=f"run {self.name} is suspended (spec.suspend is true): attempt {status.attempts} "
+                    "stopped at its last checkpoint and resumes from it when spec.suspend is false",
+                )
 
     def _start_next(self) -> None:
         for batch in self.batches:
@@ -430,29 +598,50 @@ class _Planner:
             status = self.statuses[name]
             if status.phase in TERMINAL or batch.metadata.deletion_timestamp is not None:
                 continue
-            if status.phase == "Training":
-                attempt = max(status.attempts or 0, 1)  # its Job disappeared: create the same attempt again
+            if self.context.check_paths and (refusal := batch_path_refusal(self.run, batch)) is not None:
+                self._refuse_batch(name, refusal)
+                if self.spec.failure_policy.on_permanent_failure == "Halt":
+                    return
+                continue
+            if status.phase == "Training" or (status.phase == "Queued" and status.reason == SUSPENDED):
+                # Its Job disappeared, or was stopped by a suspend: create the same attempt again.
+                attempt = max(status.attempts or 0, 1)
             else:
                 retry_at = parse_time(status.next_attempt_time)
                 if retry_at is not None and retry_at > self.now:
                     self.waiting = (name, retry_at)
-                    self.requeue = (retry_at - self.now).total_seconds()
+                    self._wake_up_in((retry_at - self.now).total_seconds())
                     return
                 attempt = (status.attempts or 0) + 1
             job = job_name(self.name, name, attempt)
             if any(j.name == job for j in self.jobs):
-                self.requeue = NAME_TAKEN_REQUEUE_SECONDS  # a Job of that name is still being deleted
+                self._wake_up_in(NAME_TAKEN_REQUEUE_SECONDS)  # a Job of that name is still being deleted
                 return
             failed = tuple(
                 batch_id(b.metadata.name)
                 for b in self.batches
                 if self.statuses[b.metadata.name].phase == "Failed"
-            )
+            ) + tuple(self.removed_failed)
             self.create = CreateJob(batch=name, attempt=attempt, job_name=job, abandon_batches=failed)
             message = f"attempt {attempt}: Job {job}"
-            self._update(name, phase="Training", attempts=attempt, job=job, reason="Started", message=message)
+            self._update(
+                name,
+                phase="Training",
+                attempts=attempt,
+                job=job,
+                reason="Started",
+                message=message,
+                next_attempt_time=None,
+            )
             self._event("TrainingBatch", name, "Normal", "Started", message)
             return
+
+    def _refuse_batch(self, batch: str, refusal: Refusal) -> None:
+        """A batch that may not train fails permanently, without a Job (decision 12)."""
+        self._update(
+            batch, phase="Failed", reason=refusal.reason, message=refusal.message, next_attempt_time=None
+        )
+        self._event("TrainingBatch", batch, "Warning", refusal.reason, refusal.message)
 
     # -- decision 11: the run's status ------------------------------------------------------------------
     def _run_status(self, halting: str | None, writers: list[JobView]) -> dict[str, Any]:
@@ -461,11 +650,13 @@ class _Planner:
         kueue = self.spec.scheduling.kueue_queue_name is not None
         current: tuple[str, str] | None = None
         waiting_for_admission = False
+        stuck: JobView | None = None
         if self.create is not None:
             current, waiting_for_admission = (self.create.job_name, self.create.batch), kueue
         elif writers:
             writer = max(writers, key=lambda j: (j.created or _EPOCH, j.name))
             current, waiting_for_admission = (writer.name, writer.batch), writer.suspended
+            stuck = writer if writer.cannot_start and not writer.deleting else None
 
         phase: RunPhase
         training: tuple[ConditionStatus, str, str]
@@ -473,12 +664,20 @@ class _Planner:
             phase = "Suspended"
             stopping = f": Job {current[0]} is checkpointing and stopping" if current else ""
             training = ("False", "Suspended", f"spec.suspend is true{stopping}")
-        elif halting is not None:
+        elif halting is not None or (self.refusal is not None and current is None):
             phase = "Halted"
             training = ("False", "Halted", "training is halted: see the Degraded condition")
         elif current is not None and waiting_for_admission:
             phase = "Pending"
             training = ("False", "AwaitingAdmission", f"Job {current[0]} waits for admission by Kueue")
+        elif stuck is not None:
+            phase = "Pending"
+            why = f": {stuck.waiting_message}" if stuck.waiting_message else ""
+            training = (
+                "False",
+                stuck.waiting_reason or "CannotStart",
+                f"Job {stuck.name} cannot start its pod ({stuck.waiting_reason}{why}): see TrainingBatch {stuck.batch}",
+            )
         elif current is not None:
             phase = "Training"
             training = ("True", "JobRunning", f"Job {current[0]} trains batch {current[1]}")
@@ -498,6 +697,8 @@ class _Planner:
         ready: tuple[ConditionStatus, str, str] = (
             ("False", "Suspended", "spec.suspend is true")
             if self.spec.suspend
+            else ("False", degraded[1], degraded[2])
+            if self.refusal is not None
             else ("False", "Halted", degraded[2])
             if halting is not None
             else ("True", "Ready", "batches are trained in order as they arrive")
@@ -533,10 +734,25 @@ class _Planner:
         }
         if current_batch != old.current_batch:
             desired["currentBatchProgress"] = 0.0 if current_batch is not None else None
-        self._phase_events(old.phase, phase, degraded[2])
+        if self.create is not None and old.trained_with is None:
+            desired["trainedWith"] = wire(trained_with(self.run))  # decision 12: recorded once, then kept
+        if self.refusal is not None:
+            self._refusal_event(old, degraded)
+        else:
+            self._phase_events(old.phase, phase, degraded[2])
         return merge_patch(wire(old), desired)
 
+    def _refusal_event(
+        self, old: ContinualTrainingRunStatus, degraded: tuple[ConditionStatus, str, str]
+    ) -> None:
+        """One Warning Event when the refusal starts or changes (not on every reconcile)."""
+        before = next((c for c in old.conditions if c.type == "Degraded"), None)
+        if before is None or (before.status, before.reason, before.message) != degraded:
+            self._event("ContinualTrainingRun", self.name, "Warning", degraded[1], degraded[2])
+
     def _degraded(self, halting: str | None) -> tuple[ConditionStatus, str, str]:
+        if self.refusal is not None:
+            return ("True", self.refusal.reason, self.refusal.message)
         if halting is None:
             # Never an empty message: the 1.20 API server (the e2e tier's) reads "" inside a list item of a
             # status as null and refuses the whole status patch ("must be of type string").

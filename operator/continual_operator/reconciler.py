@@ -20,6 +20,10 @@ spec that passed (:class:`~continual_operator.errors.RejectedObjectError`), afte
 new generation of its spec instead of being retried in a loop. An invalid batch is marked Failed on its
 own and left out of the plan.
 
+**One folder, one decision at a time.** Reconciles of runs whose spec points at the same folder (namespace,
+claim, subPath) are serialised too, so that of two runs created together one holds the folder and the
+other is refused (VolumeInUse), instead of both reading the other as not yet started.
+
 **Requeues.** A plan's ``RequeueAfter`` (a retry's back-off ends) and a failed API call schedule the next
 reconcile of that run in this process, and so does a slow periodic resync (``resync_seconds``), the safety
 net against missed watch events. It is kept here rather than in a kopf timer because kopf puts a finalizer
@@ -30,11 +34,12 @@ Jobs and checkpoints are meant to be cleaned up (or kept) by the garbage collect
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, NoReturn
 
 from pydantic import BaseModel, ValidationError
@@ -52,8 +57,16 @@ from continual_operator.api import (
 from continual_operator.errors import KubernetesApiError, RejectedObjectError
 from continual_operator.k8s import KubernetesStorage, Subject
 from continual_operator.metrics import Metrics
+from continual_operator.naming import claim_name
+from continual_operator.planner import PlanContext
 from continual_operator.planner import plan as make_plan
-from continual_operator.status import describe_validation_error, plan_invalid_batch, plan_invalid_spec
+from continual_operator.refusals import volume_key
+from continual_operator.status import (
+    describe_validation_error,
+    plan_batches_without_run,
+    plan_invalid_batch,
+    plan_invalid_spec,
+)
 from continual_operator.views import job_views
 
 logger = logging.getLogger(__name__)
@@ -84,6 +97,34 @@ def _status(model: type[BaseModel], raw: Mapping[str, Any], what: str) -> Any:
             f"the status of {what} is unreadable, recomputing it: {describe_validation_error(error)}"
         )
         return model()
+
+
+def _may_use(raw: Mapping[str, Any], claim: str) -> bool:
+    """Whether a stored run may write on ``claim`` (a cheap test before parsing it: a namespace may hold
+    hundreds of runs, and every reconcile reads them all). A claim from a template is the run's own."""
+    storage = (raw.get("spec") or {}).get("storage") or {}
+    recorded = (((raw.get("status") or {}).get("trainedWith") or {}).get("storage") or {}).get("claim")
+    own = claim_name(str((raw.get("metadata") or {}).get("name"))) if "claimTemplate" in storage else None
+    return claim in {storage.get("existingClaim"), recorded, own}
+
+
+def _other_runs(
+    raw_runs: list[dict[str, Any]], name: str, claim: str | None = None
+) -> list[ContinualTrainingRun]:
+    """The namespace's other runs that parse (one that does not cannot start Jobs, so it holds no folder);
+    with ``claim``, only those that may write on it."""
+    runs = []
+    for raw in raw_runs:
+        meta = ObjectMeta.model_validate(raw.get("metadata") or {})
+        if meta.name == name or (claim is not None and not _may_use(raw, claim)):
+            continue
+        try:
+            spec = ContinualTrainingRunSpec.model_validate(raw.get("spec") or {})
+        except ValidationError:
+            continue
+        status = _status(ContinualTrainingRunStatus, raw, f"run {meta.namespace}/{meta.name}")
+        runs.append(ContinualTrainingRun(metadata=meta, spec=spec, status=status))
+    return runs
 
 
 def _refused_at_this_generation(run: ContinualTrainingRun) -> bool:
@@ -135,6 +176,9 @@ class Reconciler:
         self._waiting: set[RunKey] = set()
         self._timers: dict[RunKey, tuple[float, asyncio.TimerHandle]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        #: One lock per run folder (namespace, claim, subPath), kept while in use like the run locks.
+        self._folder_locks: dict[tuple[str, str, str], asyncio.Lock] = {}
+        self._folder_users: dict[tuple[str, str, str], int] = {}
 
     # -- entry points -----------------------------------------------------------------------------------
     async def reconcile(self, key: RunKey) -> Plan | None:
@@ -175,6 +219,21 @@ class Reconciler:
             # A bug must not end the run's requeue chain (its resync included): log it, try again later.
             logger.exception(f"reconcile of run {key[0]}/{key[1]} failed unexpectedly")
             self.requeue(key, UNEXPECTED_ERROR_RETRY_SECONDS)
+
+    async def run_deleted(self, key: RunKey, body: Mapping[str, Any]) -> None:
+        """A run is gone: forget it, let its batches say they wait for it, and reconcile the runs that
+        were refused its folder (VolumeInUse), so that the next one takes it over now, not at the resync."""
+        self.forget(key)
+        await self.reconcile_or_retry(key)
+        try:
+            (gone,) = _other_runs([dict(body)], name="")  # the run as it was (a status of its own)
+            raw_runs = await self.storage.list_runs(key[0])
+        except (ValueError, KubernetesApiError):
+            return  # unparseable or unreadable: the periodic resync reconciles them anyway
+        folder = volume_key(gone)
+        for run in _other_runs(raw_runs, key[1], folder[0]):
+            if volume_key(run) == folder:
+                await self.reconcile_or_retry((key[0], run.metadata.name))
 
     def requeue(self, key: RunKey, delay: float) -> None:
         """Reconcile ``key`` again in ``delay`` seconds (the earliest pending requeue of a run wins)."""
@@ -230,7 +289,7 @@ class Reconciler:
         raw = await self.storage.get_run(namespace, name)
         if raw is None:
             self.forget(key)
-            return Plan()
+            return await self._without_run(namespace, name, now)
         meta = ObjectMeta.model_validate(raw.get("metadata") or {})
         status: ContinualTrainingRunStatus = _status(
             ContinualTrainingRunStatus, raw, f"run {namespace}/{name}"
@@ -243,14 +302,42 @@ class Reconciler:
         if _refused_at_this_generation(run):
             self.metrics.run_phase(key, status.phase)
             return Plan()
+        # Runs on one folder are reconciled one at a time: the second reads the first one's trainedWith
+        # (patched with its first Job) before it decides who holds the folder.
+        async with self._folder_lock((namespace, *volume_key(run))):
+            the_plan = await self._plan_and_execute(key, run, now)
+        # The resync is spread over +-10 %: runs found together at startup do not come back together.
+        resync = self.resync_seconds * random.uniform(0.9, 1.1) if self.resync_seconds else None  # noqa: S311
+        delays = [d for d in (the_plan.requeue_after, resync) if d is not None]
+        if delays:
+            self.requeue(key, min(delays))
+        return the_plan
 
-        raw_batches, raw_jobs, raw_pods = await asyncio.gather(
+    @contextlib.asynccontextmanager
+    async def _folder_lock(self, folder: tuple[str, str, str]) -> AsyncIterator[None]:
+        lock = self._folder_locks.setdefault(folder, asyncio.Lock())
+        self._folder_users[folder] = self._folder_users.get(folder, 0) + 1
+        try:
+            async with lock:
+                yield
+        finally:
+            self._folder_users[folder] -= 1
+            if not self._folder_users[folder]:
+                del self._folder_users[folder], self._folder_locks[folder]
+
+    async def _plan_and_execute(self, key: RunKey, run: ContinualTrainingRun, now: dt.datetime) -> Plan:
+        namespace, name = key
+        meta, status = run.metadata, run.status
+        raw_batches, raw_jobs, raw_pods, raw_runs = await asyncio.gather(
             self.storage.list_batches(namespace, name),
             self.storage.list_jobs(namespace, name),
             self.storage.list_pods(namespace, name),
+            self.storage.list_runs(namespace),
         )
         batches, batch_metas, invalid = self._parse_batches(raw_batches, now)
-        the_plan = make_plan(run, batches, job_views(raw_jobs, raw_pods), now=now)
+        others = _other_runs(raw_runs, name, volume_key(run)[0])
+        context = PlanContext(other_runs=others, check_paths=True)
+        the_plan = make_plan(run, batches, job_views(raw_jobs, raw_pods), now=now, context=context)
         the_plan = Plan(invalid.actions + the_plan.actions)
         subject = Subject(meta, run, {b.metadata.name: b for b in batches}, batch_metas)
         try:
@@ -261,11 +348,20 @@ class Reconciler:
         self._record(key, run, batches, the_plan, len(executed.jobs_created))
         if executed.jobs_created:
             logger.info(f"run {namespace}/{name}: created Job {', '.join(executed.jobs_created)}")
-        # The resync is spread over +-10 %: runs found together at startup do not come back together.
-        resync = self.resync_seconds * random.uniform(0.9, 1.1) if self.resync_seconds else None  # noqa: S311
-        delays = [d for d in (the_plan.requeue_after, resync) if d is not None]
-        if delays:
-            self.requeue(key, min(delays))
+        return the_plan
+
+    async def _without_run(self, namespace: str, name: str, now: dt.datetime) -> Plan:
+        """Batches naming a run that does not exist say that they wait for it."""
+        metas: dict[str, ObjectMeta] = {}
+        statuses = []
+        for raw in await self.storage.list_batches(namespace, name):
+            meta = ObjectMeta.model_validate(raw.get("metadata") or {})
+            metas[meta.name] = meta
+            statuses.append((meta, _status(TrainingBatchStatus, raw, f"batch {namespace}/{meta.name}")))
+        the_plan = plan_batches_without_run(namespace, name, statuses, now=now)
+        if the_plan:
+            run_meta = ObjectMeta(name=name, namespace=namespace)
+            await self.storage.execute(the_plan, Subject(run_meta, batch_metas=metas), now=now)
         return the_plan
 
     async def _invalid(

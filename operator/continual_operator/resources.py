@@ -170,7 +170,10 @@ def get_trainer_config(
         )
     return TrainerConfig(
         run_name=run.metadata.name,
+        run_namespace=run.metadata.namespace,
+        run_uid=run.metadata.uid,
         run_dir=run_dir(spec),
+        data_root=DATA_MOUNT,  # the trainer refuses data (and an on-volume model) outside the volume
         base_model=spec.base_model.to_trainer(path=base_model_path(spec)),
         lora=spec.lora,
         training=spec.training,

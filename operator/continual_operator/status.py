@@ -7,7 +7,8 @@ unchanged reconcile writes nothing (no write amplification, no event storms in w
 
 An object whose spec does not validate never reaches the planner (it cannot be parsed): the handler turns
 the validation error into a plan of its own with :func:`plan_invalid_spec` or :func:`plan_invalid_batch`,
-whose messages name every offending field by its YAML path.
+whose messages name every offending field by its YAML path. Batches whose run does not exist never reach
+it either: :func:`plan_batches_without_run` says on each that it waits for that run.
 """
 
 from __future__ import annotations
@@ -17,10 +18,15 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
+from pydantic.alias_generators import to_camel
 
 from continual_operator.actions import EmitEvent, Plan, UpdateBatchStatus, UpdateRunStatus
 from continual_operator.api import ContinualTrainingRunStatus, ObjectMeta, TrainingBatchStatus
 from continual_operator.api.meta import Condition, ConditionStatus
+
+#: The reason of a batch whose ``spec.runName`` names no run (yet).
+RUN_NOT_FOUND = "RunNotFound"
+_TERMINAL = frozenset({"Succeeded", "Failed", "Skipped"})
 
 
 def rfc3339(when: dt.datetime) -> str:
@@ -84,13 +90,24 @@ def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any
 
 
 def describe_validation_error(error: ValidationError | str, prefix: str = "spec") -> str:
-    """One line per problem, each naming the field by its path as written in YAML (``spec.lora.r``)."""
+    """One line per problem, each naming the field by its path as written in YAML (``spec.lora.r``).
+
+    ``prefix`` is the path of what was validated: ``spec`` for a spec, ``""`` for a whole object (whose
+    errors already start at ``spec``). List items are written ``targetModules[0]``. A snake_case key the
+    manifest does not know is answered with its camelCase spelling, the only one a cluster accepts.
+    """
     if isinstance(error, str):
         return error
     lines = []
     for err in error.errors():
-        where = ".".join([prefix, *(str(part) for part in err["loc"])])
-        lines.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
+        where = prefix
+        for part in err["loc"]:
+            where += f"[{part}]" if isinstance(part, int) else (f".{part}" if where else str(part))
+        message = err["msg"].removeprefix("Value error, ")
+        last = err["loc"][-1] if err["loc"] else ""
+        if err["type"] == "extra_forbidden" and isinstance(last, str) and "_" in last.strip("_"):
+            message = f"unknown field; manifests spell it {to_camel(last)!r} (camelCase)"
+        lines.append(f"{where}: {message}")
     return "; ".join(lines)
 
 
@@ -161,3 +178,44 @@ def plan_invalid_batch(
             EmitEvent("TrainingBatch", metadata.name, "Warning", "InvalidSpec", message),
         )
     )
+
+
+def plan_batches_without_run(
+    namespace: str,
+    run_name: str,
+    batches: Sequence[tuple[ObjectMeta, TrainingBatchStatus]],
+    *,
+    now: dt.datetime,
+) -> Plan:
+    """Every unfinished batch naming a run that does not exist says it waits for it (Queued, RunNotFound).
+
+    With one Warning Event per batch when it starts waiting (an unchanged status writes nothing). Once the
+    run is created, its first reconcile takes the batches in their order, as if they had just arrived.
+    """
+    message = (
+        f"waiting for ContinualTrainingRun {run_name} in namespace {namespace}: it does not exist (yet). The "
+        f"batch trains once that run is created; check spec.runName if {run_name} is a typo"
+    )
+    actions: list[Any] = []
+    for meta, status in batches:
+        if status.phase in _TERMINAL or meta.deletion_timestamp is not None:
+            continue
+        wanted = status.model_copy(
+            update={
+                "phase": "Queued",
+                "reason": RUN_NOT_FOUND,
+                "message": message,
+                "next_attempt_time": None,
+                "observed_generation": meta.generation,
+                "last_transition_time": status.last_transition_time
+                if status.phase == "Queued"
+                else rfc3339(now),
+            }
+        )
+        patch = merge_patch(wire(status), wire(wanted))
+        if not patch:
+            continue
+        actions.append(UpdateBatchStatus(meta.name, patch))
+        if status.reason != RUN_NOT_FOUND:
+            actions.append(EmitEvent("TrainingBatch", meta.name, "Warning", RUN_NOT_FOUND, message))
+    return Plan(tuple(actions))

@@ -3,7 +3,9 @@
 The planner never sees raw Kubernetes objects: the handler layer lists a run's Jobs and their pods and
 turns each pair into a :class:`JobView` with :func:`job_view`. Everything the planner decides on is here:
 whether the Job may still write to the volume, how its container ended (exit code, the trainer's result
-record in the termination message) and what the cluster said about it (eviction, preemption, Kueue).
+record in the termination message), what the cluster said about it (eviction, preemption, Kueue), and,
+while its container has not started, why it waits (``waiting_reason``: a missing Secret, an image that
+cannot be pulled, an unschedulable pod) and since when (``pending_since``, for the start deadline).
 """
 
 from __future__ import annotations
@@ -18,6 +20,21 @@ from continual_operator.naming import ANNOTATION_BATCH, LABEL_ATTEMPT, LABEL_BAT
 JobPhase = Literal["Active", "Succeeded", "Failed"]
 #: The container that runs the trainer in every Job pod.
 TRAINER_CONTAINER = "trainer"
+#: Waiting reasons (a container's, or the pod's ``PodScheduled`` condition's) that mean the pod cannot start
+#: until someone fixes something: a Secret or ConfigMap named in env/envFrom is missing, the image cannot be
+#: pulled, no node fits. The others (ContainerCreating, PodInitializing) are the normal way to start.
+STARTUP_PROBLEMS = frozenset(
+    {
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "ErrImageNeverPull",
+        "InvalidImageName",
+        "RegistryUnavailable",
+        "Unschedulable",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -43,6 +60,13 @@ class JobView:
     suspended: bool = False
     deleting: bool = False
     created: dt.datetime | None = None
+    #: Why the trainer container has not started yet (its waiting reason, or Unschedulable), and the
+    #: cluster's message about it (e.g. 'secret "hf-token" not found').
+    waiting_reason: str | None = None
+    waiting_message: str | None = None
+    #: Since when the attempt waits for its container to start (None: it started, or Kueue holds the Job,
+    #: or the executor cannot tell, as in local mode): the start deadline counts from here.
+    pending_since: dt.datetime | None = None
 
     @property
     def finished(self) -> bool:
@@ -53,6 +77,11 @@ class JobView:
     def writing(self) -> bool:
         """The Job may still write to the run's volume: the single-writer rule counts it."""
         return not self.finished
+
+    @property
+    def cannot_start(self) -> bool:
+        """The pod waits for something that will not happen by itself (see :data:`STARTUP_PROBLEMS`)."""
+        return not self.finished and self.waiting_reason in STARTUP_PROBLEMS
 
 
 def _get(obj: Mapping[str, Any], *path: str) -> Any:
@@ -83,6 +112,42 @@ def _terminated(pod: Mapping[str, Any]) -> Mapping[str, Any]:
         if status.get("name") == TRAINER_CONTAINER:
             return _get(status, "state", "terminated") or _get(status, "lastState", "terminated") or {}
     return {}
+
+
+def _trainer_status(pod: Mapping[str, Any]) -> Mapping[str, Any]:
+    for status in _get(pod, "status", "containerStatuses") or []:
+        if status.get("name") == TRAINER_CONTAINER:
+            return status  # type: ignore[no-any-return]
+    return {}
+
+
+def _waiting(pod: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """Why the trainer container waits: its own waiting state, else an unschedulable pod."""
+    waiting = _get(_trainer_status(pod), "state", "waiting") or {}
+    if waiting.get("reason"):
+        return str(waiting["reason"]), (str(waiting["message"]) if waiting.get("message") else None)
+    for condition in _get(pod, "status", "conditions") or []:
+        if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+            message = condition.get("message")
+            return str(condition.get("reason") or "Unschedulable"), (str(message) if message else None)
+    return None, None
+
+
+def _started(pod: Mapping[str, Any]) -> bool:
+    """The trainer container ran (it runs, or ended): from then on it is the trainer's to report."""
+    status = _trainer_status(pod)
+    state = status.get("state") or {}
+    return bool(state.get("running") or state.get("terminated") or _get(status, "lastState", "terminated"))
+
+
+def _pending_since(job: Mapping[str, Any], pod: Mapping[str, Any], phase: JobPhase) -> dt.datetime | None:
+    """When the attempt began to wait for its container: the pod's creation, else the Job's start."""
+    if phase != "Active" or _get(job, "spec", "suspend") or (pod and _started(pod)):
+        return None
+    if pod:
+        return _time(_get(pod, "metadata", "creationTimestamp"))
+    # No pod yet (a quota, a missing ServiceAccount): the Job controller's start time, or its creation.
+    return _time(_get(job, "status", "startTime")) or _time(_get(job, "metadata", "creationTimestamp"))
 
 
 def _pod_reason(job: Mapping[str, Any], pod: Mapping[str, Any], terminated: Mapping[str, Any]) -> str | None:
@@ -117,6 +182,8 @@ def job_view(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]] = ()) -> 
     )
     terminated = _terminated(newest)
     exit_code = terminated.get("exitCode")
+    phase = _phase(job)
+    waiting_reason, waiting_message = _waiting(newest) if newest and not _started(newest) else (None, None)
     disruption = any(
         c.get("type") == "DisruptionTarget" and c.get("status") == "True"
         for c in _get(newest, "status", "conditions") or []
@@ -125,7 +192,7 @@ def job_view(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]] = ()) -> 
         name=str(_get(job, "metadata", "name")),
         batch=str(batch),
         attempt=int(str(attempt)),
-        phase=_phase(job),
+        phase=phase,
         exit_code=int(exit_code) if exit_code is not None else None,
         termination_message=terminated.get("message") or None,
         pod_reason=_pod_reason(job, newest, terminated),
@@ -133,6 +200,9 @@ def job_view(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]] = ()) -> 
         suspended=bool(_get(job, "spec", "suspend")),
         deleting=_get(job, "metadata", "deletionTimestamp") is not None,
         created=_time(_get(job, "metadata", "creationTimestamp")),
+        waiting_reason=waiting_reason,
+        waiting_message=waiting_message,
+        pending_since=_pending_since(job, newest, phase),
     )
 
 

@@ -55,8 +55,30 @@ class ContainerCommand:
 CommandMap = Callable[[ContainerCommand], Sequence[str]]
 
 
+#: Registries under this top-level domain cannot exist (RFC 2606): their images fail to pull.
+UNPULLABLE_DOMAIN = ".invalid"
+
+
+def image_pull_error(image: str) -> PodNotReadyError:
+    """What a kubelet reports for an image whose registry does not resolve (containerd's wording)."""
+    registry = image.split("/", 1)[0]
+    return PodNotReadyError(
+        "ErrImagePull",
+        f'rpc error: code = Unknown desc = failed to pull and unpack image "{image}": failed to resolve '
+        f'reference "{image}": failed to do request: dial tcp: lookup {registry}: no such host',
+    )
+
+
 def local_command(request: ContainerCommand) -> list[str]:
-    """The default command map: run `command + args` as is (found on PATH inside the pod)."""
+    """The default command map: run `command + args` as is (found on PATH inside the pod).
+
+    An image from a registry under :data:`UNPULLABLE_DOMAIN` (``registry.invalid/trainer:1``) is one a
+    node could not pull: the pod stays Pending with ``ErrImagePull``, as on a node. A command map of
+    one's own raises :func:`image_pull_error` for whatever images it does not know.
+    """
+    registry = request.image.split("/", 1)[0] if "/" in request.image else ""
+    if registry.endswith(UNPULLABLE_DOMAIN):
+        raise image_pull_error(request.image)
     if not request.command:
         raise UnsupportedPodError(
             f"container {request.container!r} has no command (the image entrypoint of {request.image!r} "

@@ -250,6 +250,7 @@ def on_this_machine(config: TrainerConfig, *, volume: Path, run_dir: Path) -> Tr
         return str(volume / Path(pod_path).relative_to(DATA_MOUNT))
 
     data["runDir"] = str(run_dir)
+    data["dataRoot"] = host(data["dataRoot"])
     data["baseModel"]["path"] = host(data["baseModel"]["path"])
     data["batch"]["data"]["path"] = host(data["batch"]["data"]["path"])
     data["progress"]["kubernetes"] = None
@@ -366,10 +367,14 @@ def test_killed_and_suspended_trainers_resume_to_the_weights_of_an_uninterrupted
             ),
             "Suspended, its Job gone",
         )
+        # The batch no longer claims to be Training: it waits for the resume (issue 6, cosmetics).
         stopped = status(world.batch("batch-003"))
-        assert (stopped["phase"], stopped["attempts"], stopped.get("failures")) == ("Training", 1, None), (
-            stopped
-        )
+        assert (stopped["phase"], stopped["reason"], stopped["attempts"], stopped.get("failures")) == (
+            "Queued",
+            "Suspended",
+            1,
+            None,
+        ), stopped
         assert condition(world.run(run), "Suspended")["status"] == "True"
 
         # Resume: the same attempt is created again and continues from the SIGTERM checkpoint.

@@ -492,6 +492,7 @@ async def test_a_deleted_run_is_forgotten(world: KubeWorld, reconciler: Reconcil
     await reconciler.reconcile((NS, RUN))
     assert reconciler.metrics.registry.get_sample_value("continual_runs", {"phase": "Training"}) == 1
 
+    world.unstore(RUNS, RUN)  # what a DELETED event reports
     await handlers.on_run_event(event={"type": "DELETED"}, namespace=NS, name=RUN, memo=memo)
 
     assert reconciler.metrics.registry.get_sample_value("continual_runs", {"phase": "Training"}) is None
@@ -578,6 +579,7 @@ async def test_the_operator_runs_under_kopf_and_starts_the_first_job(
         "currentJob",
         "currentBatch",
         "currentBatchProgress",
+        "trainedWith",
         "conditions",
     }
 

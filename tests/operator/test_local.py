@@ -32,7 +32,14 @@ def setup_volume(
     manifest["spec"]["failurePolicy"]["onPermanentFailure"] = policy
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(manifest))
-    return LocalOptions(manifest=path, volume=volume, state=tmp_path / "state", inbox=inbox, poll_seconds=0.2)
+    return LocalOptions(
+        manifest=path,
+        volume=volume,
+        state=tmp_path / "state",
+        inbox=inbox,
+        poll_seconds=0.2,
+        settle_seconds=0,
+    )
 
 
 def statuses(options: LocalOptions) -> tuple[dict, dict]:
@@ -102,7 +109,9 @@ def test_an_unsafe_schedule_is_refused_naming_the_field(tmp_path):
         capture_output=True,
         text=True,
         check=False,
+        cwd=tmp_path,
     )
     assert proc.returncode == 2
+    assert not (tmp_path / "volume").exists()  # refused before anything was written
     assert "spec.training.lrSchedule.type" in proc.stderr
     assert "'cosine' is not allowed" in proc.stderr

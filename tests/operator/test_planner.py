@@ -520,7 +520,8 @@ def test_job_of_a_deleted_batch_finishes_and_moves_the_completed_step() -> None:
 
 
 def test_failed_job_of_a_deleted_batch_is_reported() -> None:
-    world = World(make_run(), [], [failed("gone", 1, 75)])
+    # The Job the run was waiting for (its currentJob): the batch was deleted while it trained.
+    world = World(make_run(status={"currentJob": "demo-gone-a1"}), [], [failed("gone", 1, 75)])
     p = world.plan()
     assert any(e.reason == "DeletedBatchNotCompleted" and "re-create" in e.message for e in p.of(EmitEvent))
     assert [d.name for d in p.of(DeleteJob)] == ["demo-gone-a1"]

@@ -44,11 +44,16 @@ def make_config(
     training: dict[str, Any] | None = None,
     lora: dict[str, Any] | None = None,
     trace: bool = True,
+    data_root: Path | None = None,
 ) -> TrainerConfig:
+    # The tests read the demo batches from the checkout and their own files from tmp folders: by default
+    # the data root is the folder holding both run and data (the sandbox itself: test_data_sandbox.py).
+    root = data_root if data_root is not None else Path(os.path.commonpath([run_dir, data]))
     return TrainerConfig.model_validate(
         {
             "runName": "test",
             "runDir": str(run_dir),
+            "dataRoot": str(root),
             "baseModel": {"path": str(model)},
             "lora": {
                 "r": 4,
@@ -132,6 +137,28 @@ def run_and_signal(config: TrainerConfig, at_step: int, sig: int, timeout: float
     stderr = proc.stderr.read() if proc.stderr else ""
     assert sent, f"never reached step {at_step}: {stderr[-2000:]}"
     return _outcome(config, code, stdout, stderr)
+
+
+def signal_at_step_end(config: TrainerConfig, step: int, sig: int, timeout: float = 300) -> Outcome:
+    """Run the trainer frozen at the end of ``step`` (a SIGSTOP failpoint), send ``sig``, let it go on.
+
+    Deterministic where :func:`run_and_signal` races the process: the signal is handled at a known step.
+    """
+    path = _write(config)
+    env = _env({"CONTINUAL_TRAINER_FAILPOINTS": f"step-end@{step}=stop"})
+    proc = subprocess.Popen(_cmd(path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + timeout
+    stat = Path(f"/proc/{proc.pid}/stat")
+    while stat.read_text().rsplit(")", 1)[-1].split()[0] != "T":  # the state field: T = stopped
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            _, stderr = proc.communicate()
+            raise AssertionError(f"never stopped at step {step}: {stderr[-2000:]}")
+        time.sleep(0.05)
+    os.kill(proc.pid, sig)
+    os.kill(proc.pid, signal.SIGCONT)
+    stdout, stderr = proc.communicate(timeout=timeout)
+    return _outcome(config, proc.returncode, stdout, stderr)
 
 
 def adapter_weights(folder: Path) -> dict[str, Any]:

@@ -19,11 +19,12 @@ from continual_trainer.config import (
     parse_config,
 )
 from continual_trainer.ledger import BatchRecord, RunRecord
-from continual_trainer.records import BatchResult, ProgressEvent
+from continual_trainer.records import BatchResult, ProgressEvent, TruncationSummary
 
 CONFIG = TrainerConfig(
     run_name="r",
     run_dir="/data/runs/r",
+    data_root="/data",
     base_model=BaseModelSpec(id="org/model", revision="abc123"),
     lora=LoraSpec(r=16, alpha=32, dropout=0.0, target_modules=["v_proj", "q_proj", "q_proj"]),
     training=TrainingSpec(lr_schedule=LRSchedule(type="rewarm", warmup_ratio=0.1), precision="bf16"),
@@ -48,7 +49,13 @@ INSTANCES: list[BaseModel] = [
         target_step=2,
         training=CONFIG.training,
         created_at="t",
-        result=BatchResult(batch_id="b", outcome="Succeeded", start_step=0, end_step=2),
+        result=BatchResult(
+            batch_id="b",
+            outcome="Succeeded",
+            start_step=0,
+            end_step=2,
+            truncated=TruncationSummary(samples=1, tokens_dropped=9, characters_not_tokenized=5, first="a:1"),
+        ),
     ),
     ProgressEvent(run="r", batch_id="b", global_step=3, batch_start_step=2, batch_target_step=4, time="t"),
 ]

@@ -27,7 +27,8 @@ TRAINING = {"epochsPerBatch": 1}
 def s3_config(
     run_dir: Path, model: Path, batch_id: str, uri: str, store: dict[str, Any], **data: Any
 ) -> TrainerConfig:
-    base = make_config(run_dir, model, batch_id, Path("unused"), training=TRAINING, trace=False)
+    # The data is in the store: the placeholder path only fixes the data root (the run folder).
+    base = make_config(run_dir, model, batch_id, run_dir, training=TRAINING, trace=False)
     return base.model_copy(
         update={
             "batch": BatchSpec(id=batch_id, data=DataSpec(uri=uri, **data)),

@@ -197,6 +197,9 @@ def test_a_second_batch_waits_for_the_unfinished_one(after_b1, tiny_model, tmp_p
     assert code == ExitCode.PERMANENT
     assert result.reason == "BatchInProgress"
     assert "'b2' is still in progress" in (result.message or "")
+    # both ways on are named, and the next test shows the second one working
+    assert "run 'b2' again" in (result.message or "")
+    assert "abandonBatches" in (result.message or "")
 
 
 def test_an_abandoned_batch_is_closed_and_its_checkpoints_set_aside(after_b1, tiny_model, tmp_path):

@@ -157,6 +157,25 @@ def quarantine(folder: Path, reason: str, run_dir: Path) -> Path:
     return dest
 
 
+def quarantined(run_dir: Path, step: int) -> list[Path]:
+    """The quarantined copies of ``checkpoint-<step>``, oldest first."""
+    qdir = run_dir / "quarantine"
+    if not qdir.is_dir():
+        return []
+    return sorted(p for p in qdir.iterdir() if p.is_dir() and p.name.split(".", 1)[0] == f"checkpoint-{step}")
+
+
+def quarantine_reason(run_dir: Path, step: int) -> str | None:
+    """Why ``checkpoint-<step>`` was last moved to quarantine (its ``QUARANTINE_REASON.txt``), if it was."""
+    for folder in reversed(quarantined(run_dir, step)):
+        try:
+            reason = (folder / "QUARANTINE_REASON.txt").read_text(errors="replace").strip()
+        except OSError:
+            continue
+        return f"{reason} (quarantine/{folder.name})"
+    return None
+
+
 def scan(checkpoints_dir: Path, lora: LoraSpec, run_dir: Path) -> list[Checkpoint]:
     """Validate every ``checkpoint-<int>``; quarantine the invalid ones; return the valid ones by step."""
     valid = []

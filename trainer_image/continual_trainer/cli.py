@@ -7,33 +7,28 @@ the pod status, and the operator reads it), and prints a one-line summary.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-from pydantic import ValidationError
-
-from continual_trainer.config import TrainerConfig, parse_config
+from continual_trainer import preemption
 from continual_trainer.exitcodes import ExitCode, TrainerError
-from continual_trainer.records import BatchResult
+
+# Only the standard library, the exit codes and the preemption module at import time: ``run`` installs
+# the SIGTERM handler before pydantic, the config models or torch are imported (see preemption.py).
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
+    from continual_trainer.config import TrainerConfig
+    from continual_trainer.records import BatchResult
 
 log = logging.getLogger("continual_trainer")
 
-
-class PreemptedBeforeTrainingError(TrainerError):
-    """SIGTERM arrived before training started: nothing to save, retry later."""
-
-    exit_code = ExitCode.PREEMPTED
-    reason = "Preempted"
-
-
-def _early_sigterm(signum: int, frame: Any) -> None:
-    del signum, frame
-    raise PreemptedBeforeTrainingError("SIGTERM before training started; nothing was changed, retry me")
+#: Where the result goes when SIGTERM came before the config was read (the config's default; in a pod).
+DEFAULT_TERMINATION_PATH = "/dev/termination-log"
 
 
 def format_validation_error(exc: ValidationError) -> str:
@@ -56,7 +51,8 @@ def write_termination_message(path: str | None, result: BatchResult) -> None:
 
 
 def execute(config: TrainerConfig) -> tuple[ExitCode, BatchResult]:
-    """Run ``main`` and classify the outcome."""
+    """Run ``main`` and classify the outcome (a :class:`~continual_trainer.preemption.Preempted` passes)."""
+    from continual_trainer.records import BatchResult
     from continual_trainer.train import main
 
     try:
@@ -91,42 +87,72 @@ def execute(config: TrainerConfig) -> tuple[ExitCode, BatchResult]:
 
 
 def _failed(config: TrainerConfig, code: ExitCode, reason: str, message: str) -> BatchResult:
+    from continual_trainer.records import BatchResult
+
     return BatchResult(
         batch_id=config.batch.id, outcome="Failed", exit_code=int(code), reason=reason, message=message
     )
 
 
+def preempted_result(config: TrainerConfig | None, exc: preemption.Preempted) -> BatchResult:
+    """The result record of a SIGTERM outside training (the batch id is unknown before the config is read)."""
+    from continual_trainer.records import BatchResult
+
+    return BatchResult(
+        batch_id=config.batch.id if config is not None else "",
+        outcome="Preempted",
+        exit_code=int(ExitCode.PREEMPTED),
+        reason="Preempted",
+        message=exc.message,
+    )
+
+
 def run(argv: list[str] | None = None) -> None:
-    """Console-script entry point."""
-    parser = argparse.ArgumentParser(prog="continual-trainer", description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--config",
-        default=os.environ.get("CONTINUAL_TRAINER_CONFIG", "/etc/continual/trainer.yaml"),
-        help="YAML/JSON trainer config ('-' for standard input)",
-    )
-    parser.add_argument("--log-level", default=os.environ.get("CONTINUAL_TRAINER_LOG_LEVEL", "INFO"))
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    signal.signal(signal.SIGTERM, _early_sigterm)
+    """Console-script entry point: SIGTERM is handled from its first line on (exit 85)."""
+    preemption.install()
+    config: TrainerConfig | None = None
     try:
-        text = sys.stdin.read() if args.config == "-" else Path(args.config).read_text()
-        config = parse_config(text)
-    except ValidationError as exc:
-        print(f"continual-trainer: {format_validation_error(exc)}", file=sys.stderr)
-        sys.exit(int(ExitCode.PERMANENT))
-    except (OSError, ValueError, TypeError) as exc:
-        print(f"continual-trainer: cannot read the config {args.config}: {exc}", file=sys.stderr)
-        sys.exit(int(ExitCode.PERMANENT))
-    try:
+        preemption.phase("entry")
+        preemption.phase("imports")
+        import argparse
+
+        from pydantic import ValidationError
+
+        from continual_trainer.config import parse_config
+
+        parser = argparse.ArgumentParser(prog="continual-trainer", description=__doc__.splitlines()[0])
+        parser.add_argument(
+            "--config",
+            default=os.environ.get("CONTINUAL_TRAINER_CONFIG", "/etc/continual/trainer.yaml"),
+            help="YAML/JSON trainer config ('-' for standard input)",
+        )
+        parser.add_argument("--log-level", default=os.environ.get("CONTINUAL_TRAINER_LOG_LEVEL", "INFO"))
+        args = parser.parse_args(argv)
+        logging.basicConfig(
+            level=args.log_level.upper(),
+            stream=sys.stderr,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        preemption.phase("config")
+        try:
+            text = sys.stdin.read() if args.config == "-" else Path(args.config).read_text()
+            config = parse_config(text)
+        except ValidationError as exc:
+            print(f"continual-trainer: {format_validation_error(exc)}", file=sys.stderr)
+            sys.exit(int(ExitCode.PERMANENT))
+        except (OSError, ValueError, TypeError) as exc:
+            print(f"continual-trainer: cannot read the config {args.config}: {exc}", file=sys.stderr)
+            sys.exit(int(ExitCode.PERMANENT))
         code, result = execute(config)
-    except PreemptedBeforeTrainingError as exc:
-        code = ExitCode.PREEMPTED
-        result = _failed(config, code, exc.reason, exc.message).model_copy(update={"outcome": "Preempted"})
-    write_termination_message(config.termination_message_path, result)
+    except preemption.Preempted as exc:
+        code, result = ExitCode.PREEMPTED, preempted_result(config, exc)
+    # The outcome is decided: a late SIGTERM must not turn it into a traceback.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if config is not None:
+        path = config.termination_message_path
+    else:  # SIGTERM before the config was read: the pod's file, which the kubelet created
+        path = DEFAULT_TERMINATION_PATH if Path(DEFAULT_TERMINATION_PATH).exists() else None
+    write_termination_message(path, result)
     summary = result.model_dump_json(by_alias=True, exclude_none=True)
     print(f"continual-trainer: {code.name} {summary}", file=sys.stderr)
     sys.exit(int(code))

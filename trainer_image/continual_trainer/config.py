@@ -312,8 +312,23 @@ class TrainerConfig(Model):
     """One trainer invocation: train exactly one batch of one run."""
 
     run_name: str = Field(description="The run's name (for logs and the result record).")
+    run_namespace: str | None = Field(
+        default=None,
+        description="The run's namespace ('local' in local mode). With runName and runUid it names the run "
+        "that owns the run folder: the run record keeps it, and another run's config is refused.",
+    )
+    run_uid: str | None = Field(
+        default=None,
+        description="The run's metadata.uid ('local:<run name>' in local mode), recorded with the owner.",
+    )
     run_dir: str = Field(
         description="The run's folder on the persistent volume: checkpoints, ledger, adapters, status."
+    )
+    data_root: str | None = Field(
+        default=None,
+        description="The folder every data path (the batch's path, each file of a folder batch, with "
+        "symlinks followed) and an on-volume baseModel.path must resolve inside; anything outside is "
+        "refused (exit 64). The operator sets the volume's mount, /data. Default: runDir.",
     )
     base_model: BaseModelSpec
     lora: LoraSpec = Field(default_factory=LoraSpec)

@@ -1,14 +1,18 @@
 """Reading a data batch: sources (where the bytes are) and formats (how they become samples).
 
-A *source* lists a batch's files and reads them; :class:`LocalSource` reads a path on the run's volume, and
-other sources (object stores) implement the same :class:`BatchSource` protocol. Formats:
+A *source* lists a batch's files and reads them; :class:`LocalSource` reads a path on the run's volume
+(confined to the data root by :mod:`continual_trainer.sandbox`), and other sources (object stores)
+implement the same :class:`BatchSource` protocol. Formats:
 
 * JSON lines (``*.jsonl``, ``*.json``): one object per line, either ``{"text": ...}`` or
   ``{"prompt": ..., "completion": ...}`` (the loss is then taken on the completion only);
-* plain text (anything else): one sample per non-empty line.
+* plain text (anything else): one sample per non-empty line;
+* either of them gzip-compressed (``*.jsonl.gz``, ``*.txt.gz``).
 
-Everything is read and checked before training starts: a malformed line, a missing field, bytes that are
-not UTF-8 or an empty batch is a :class:`BadDataError` naming the file and line, and nothing is trained.
+Everything is read and checked before training starts, whatever the source (:mod:`continual_trainer.content`):
+a malformed line, a missing field, bytes that are not UTF-8, binary content, a control character in a
+sample or an empty batch is a :class:`BadDataError` naming the file (and line), and nothing is trained.
+A UTF-8 byte order mark at the start of a file is dropped.
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
+from continual_trainer.content import check_text, open_text
 from continual_trainer.exitcodes import BadDataError
+from continual_trainer.sandbox import confine
 
 JSONL_SUFFIXES = {".jsonl", ".json"}
 
@@ -46,30 +52,79 @@ class BatchSource(Protocol):
 
 
 class LocalSource:
-    """A file, or every regular file below a folder (name order; hidden files are ignored)."""
+    """A file, or every regular file below a folder (name order; hidden files are ignored).
 
-    def __init__(self, path: Path) -> None:
+    Every path is confined to ``root`` (symlinks followed) before it is read, and read through its resolved
+    path, so a link swapped after the check cannot lead outside. Names stay as the user sees them.
+    """
+
+    def __init__(self, path: Path, root: Path) -> None:
         self.path = path
+        self.root = root
 
     def describe(self) -> str:
         """The path."""
         return str(self.path)
 
+    def _confine(self, path: Path) -> Path:
+        given = (
+            str(self.path) if path == self.path else f"{self.path} (its file {path.relative_to(self.path)})"
+        )
+        fix = (
+            "point batch.data.path at data on the run's volume"
+            if path == self.path
+            else "remove the symlink from the folder, or replace it by a copy of the file"
+        )
+        return confine(path, self.root, field="batch.data.path", given=given, fix=fix)
+
     def files(self) -> list[SourceFile]:
         """Read the files (a missing path is bad data: the batch points nowhere)."""
-        if self.path.is_file():
-            return [SourceFile(self.path.name, self.path.read_bytes())]
-        if not self.path.is_dir():
+        real = self._confine(self.path)
+        if real.is_file():
+            return [SourceFile(self.path.name, real.read_bytes())]
+        if real.is_dir():
+            return [
+                SourceFile(str(path.relative_to(self.path)), target.read_bytes())
+                for path, target in self._walk(real)
+            ]
+        if real.exists():
             raise BadDataError(
-                f"data path {self.path} does not exist: check the batch's data.path (it is resolved on the "
-                "run's volume)"
+                f"data path {self.path} is neither a regular file nor a folder: point batch.data.path at one"
             )
-        paths = sorted(
-            p
-            for p in self.path.rglob("*")
-            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(self.path).parts)
+        raise BadDataError(
+            f"data path {self.path} does not exist: check the batch's data.path (it is resolved on the "
+            "run's volume)"
         )
-        return [SourceFile(str(p.relative_to(self.path)), p.read_bytes()) for p in paths]
+
+    def _walk(self, real_root: Path) -> list[tuple[Path, Path]]:
+        """(path as named below the folder, confined real path) of every non-hidden file, in name order.
+
+        Symlinked folders inside the root are followed (each real folder once, so a link loop ends); every
+        entry is confined before it is looked at, so a link out is refused rather than skipped.
+        """
+        found: list[tuple[Path, Path]] = []
+        seen: set[Path] = set()
+
+        def visit(folder: Path, real_folder: Path) -> None:
+            if real_folder in seen:  # a link back up, or a second link to one folder: read it once
+                return
+            seen.add(real_folder)
+            for entry in sorted(folder.iterdir()):  # sorted: which alias wins must not depend on the disk
+                if entry.name.startswith("."):
+                    continue
+                target = self._confine(entry)
+                if target.is_dir():
+                    visit(entry, target)
+                elif target.is_file():
+                    found.append((entry, target))
+                else:
+                    raise BadDataError(
+                        f"{entry}: neither a regular file nor a folder (a dangling symlink, a pipe, a "
+                        "device?): remove it from the batch folder"
+                    )
+
+        visit(self.path, real_root)
+        return sorted(found)
 
 
 @dataclass(frozen=True)
@@ -104,8 +159,11 @@ def load_batch(source: BatchSource, fmt: Literal["auto", "jsonl", "text"] = "aut
     files = source.files()
     samples: list[Sample] = []
     for f in files:
-        kind = fmt if fmt != "auto" else ("jsonl" if Path(f.name).suffix in JSONL_SUFFIXES else "text")
-        samples.extend(_parse_file(f, kind))
+        text = open_text(f.name, f.data)
+        kind = (
+            fmt if fmt != "auto" else ("jsonl" if Path(text.format_name).suffix in JSONL_SUFFIXES else "text")
+        )
+        samples.extend(_parse_file(text.name, text.data, kind))
     if not samples:
         raise BadDataError(
             f"the batch at {source.describe()} has no samples ({len(files)} file(s), all empty): add data "
@@ -114,19 +172,24 @@ def load_batch(source: BatchSource, fmt: Literal["auto", "jsonl", "text"] = "aut
     return LoadedBatch(samples=samples, digest=digest_files(files))
 
 
-def _parse_file(f: SourceFile, kind: str) -> list[Sample]:
+def _parse_file(name: str, data: bytes, kind: str) -> list[Sample]:
     samples = []
-    for number, raw in enumerate(f.data.split(b"\n"), start=1):
-        origin = f"{f.name}:{number}"
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        origin = f"{name}:{number}"
         try:
             line = raw.decode("utf-8").rstrip("\r")
         except UnicodeDecodeError as exc:
             raise BadDataError(
-                f"{origin}: not valid UTF-8 (byte {exc.start}): re-encode the file as UTF-8"
+                f"{origin}: not valid UTF-8 (byte {exc.start}): re-encode the file as UTF-8 (or, if it is a "
+                "binary file, remove it from the batch)"
             ) from exc
         if not line.strip():
             continue
-        samples.append(_parse_jsonl_line(line, origin) if kind == "jsonl" else Sample(origin, text=line))
+        if kind == "jsonl":
+            samples.append(_parse_jsonl_line(line, origin))
+        else:
+            check_text(origin, line)
+            samples.append(Sample(origin, text=line))
     return samples
 
 
@@ -140,6 +203,7 @@ def _parse_jsonl_line(line: str, origin: str) -> Sample:
     if "text" in obj:
         if not isinstance(obj["text"], str) or not obj["text"].strip():
             raise BadDataError(f"{origin}: field 'text' must be a non-empty string")
+        check_text(origin, obj["text"], "field 'text'")
         return Sample(origin, text=obj["text"])
     if "prompt" in obj or "completion" in obj:
         for key in ("prompt", "completion"):
@@ -147,6 +211,8 @@ def _parse_jsonl_line(line: str, origin: str) -> Sample:
                 raise BadDataError(f"{origin}: field '{key}' is missing or not a string")
         if not obj["completion"].strip():
             raise BadDataError(f"{origin}: field 'completion' is empty: there is nothing to learn")
+        check_text(origin, obj["prompt"], "field 'prompt'")
+        check_text(origin, obj["completion"], "field 'completion'")
         return Sample(origin, prompt=obj["prompt"], completion=obj["completion"])
     raise BadDataError(
         f"{origin}: missing field: expected 'text', or 'prompt' and 'completion' (found: {sorted(obj)})"

@@ -1,6 +1,6 @@
 """The training engine: ``transformers.Trainer`` driven by our step plan, LR policy and RNG discipline.
 
-Four deliberate departures from ``Trainer``'s defaults make a batch-by-batch run exact:
+Five deliberate departures from ``Trainer``'s defaults make a batch-by-batch run exact:
 
 1. **One dataset item = one optimizer step.** Each item holds the step's micro-batches (from
    :mod:`continual_trainer.plan`); ``Trainer`` runs with ``gradient_accumulation_steps=1`` and
@@ -16,6 +16,10 @@ Four deliberate departures from ``Trainer``'s defaults make a batch-by-batch run
    dataloader iterators or restores came before it.
 4. **Saving is ours**: ``Trainer`` saves into a staging folder when our callback asks (every ``saveSteps``
    from the batch start, at the batch end, on SIGTERM); the callback then publishes it atomically.
+5. **Settings are per step**: the seed, ``maxGradNorm`` and ``weightDecay`` of the batch a step belongs to
+   are applied at the start of the step (:class:`StepSettingsCallback`), over whatever a restored
+   ``optimizer.pt`` or the first batch's ``TrainingArguments`` say; so a setting changed between batches
+   applies from the next batch, alone or in the reference run that trains several batches in one process.
 """
 
 from __future__ import annotations
@@ -188,16 +192,40 @@ def failpoint(name: str, step: int) -> None:
             os.kill(os.getpid(), signum)
 
 
-class StepSeedCallback(TrainerCallback):
-    """Re-seed the RNG at every optimizer step from (seed, global step) (module docstring, point 3)."""
+#: The settings of the batch a global step belongs to (one batch per invocation; several in the reference).
+SettingsAt = Callable[[int], TrainingSpec]
 
-    def __init__(self, seed: int) -> None:
-        self.seed = seed
+
+class StepSettingsCallback(TrainerCallback):
+    """At the start of every optimizer step, apply the settings of the batch the step belongs to.
+
+    * the RNG is re-seeded from (seed, global step) (module docstring, point 3);
+    * ``max_grad_norm`` is set on the arguments ``Trainer`` reads at every step;
+    * ``weight_decay`` is set on the optimizer's param groups that decay. ``optimizer.pt`` restores the
+      param groups' hyperparameters as they were saved, so without this a weight decay changed between
+      batches would be silently ignored (the LR has the same problem and :class:`PolicyLR` solves it).
+
+    Setting a value to what it already is changes nothing, so this is exact whether a batch runs alone,
+    resumed, or in one process with others (the reference run).
+    """
+
+    def __init__(self, settings_at: SettingsAt, decaying: frozenset[int]) -> None:
+        self.settings_at = settings_at
+        #: ``id()`` of the parameters ``Trainer`` puts in its weight-decay group (the others never decay).
+        self.decaying = decaying
 
     def on_step_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        torch.manual_seed(derive_seed("step", self.seed, state.global_step))
+        settings = self.settings_at(state.global_step)
+        torch.manual_seed(derive_seed("step", settings.seed, state.global_step))
+        args.max_grad_norm = settings.max_grad_norm
+        optimizer = kwargs.get("optimizer")
+        if optimizer is None:
+            return
+        for group in optimizer.param_groups:
+            decays = any(id(p) in self.decaying for p in group["params"])
+            group["weight_decay"] = settings.weight_decay if decays else 0.0
 
 
 @dataclass
@@ -213,10 +241,10 @@ class SaveControl(TrainerCallback):
 
     ``boundaries`` are the global steps at which a batch ends (one for a normal invocation; every batch
     end for the uninterrupted reference run); ``batch_start(step)`` gives the start of the batch a step is
-    in, from which ``save_steps`` is counted.
+    in, from which ``save_steps(step)`` (that batch's ``saveSteps``) is counted.
     """
 
-    save_steps: int
+    save_steps: Callable[[int], int]
     target: int
     boundaries: frozenset[int]
     batch_start: Callable[[int], int]
@@ -237,7 +265,7 @@ class SaveControl(TrainerCallback):
     ) -> None:
         step = state.global_step
         failpoint("step-end", step)
-        if step in self.boundaries or (step - self.batch_start(step - 1)) % self.save_steps == 0:
+        if step in self.boundaries or (step - self.batch_start(step - 1)) % self.save_steps(step - 1) == 0:
             control.should_save = True
         if step >= self.target or self.stop.requested:
             control.should_save = True
@@ -313,12 +341,13 @@ def make_trainer(
     dataset: StepDataset,
     args: TrainingArguments,
     *,
+    settings_at: SettingsAt,
     lr_fn: Callable[[int], float],
     callbacks: list[TrainerCallback],
     meter: LossMeter,
     trace: Path | None,
 ) -> ContinualTrainer:
-    """Build the trainer with our scheduler in place of ``Trainer``'s."""
+    """Build the trainer with our scheduler in place of ``Trainer``'s and per-step settings."""
     trainer = ContinualTrainer(
         model=model,
         args=args,
@@ -328,6 +357,10 @@ def make_trainer(
         meter=meter,
         trace=trace,
     )
+    # The weight-decay group as Trainer.create_optimizer builds it (read from transformers 5.24).
+    decay_names = set(trainer.get_decay_parameter_names(model))
+    decaying = frozenset(id(p) for n, p in model.named_parameters() if n in decay_names)
+    trainer.add_callback(StepSettingsCallback(settings_at, decaying))
 
     def create_scheduler(num_training_steps: int, optimizer: torch.optim.Optimizer | None = None) -> Any:
         del num_training_steps  # the whole point: our LR does not depend on it

@@ -2,7 +2,9 @@
 
 Layout under ``<run_dir>/ledger/``::
 
-    run.json                 the run's identity: base model and LoRA config (what drift is checked against)
+    run.json                 the run's identity: which run owns the volume, the base model (path relative to
+                             the data root or hub id, plus digests) and LoRA config (what drift is checked
+                             against); written once the model and adapter were built, never before
     batches/<batch-id>.json  one record per batch: data digest, start and target step, the training settings
                              it started with, attempts, state, result
 
@@ -21,9 +23,10 @@ from typing import Literal, TypeVar
 
 from pydantic import Field, ValidationError
 
-from continual_trainer.config import BaseModelSpec, LoraSpec, Model, TrainingSpec
+from continual_trainer.config import BaseModelSpec, DataSpec, LoraSpec, Model, TrainingSpec
 from continual_trainer.exitcodes import IntegrityError
 from continual_trainer.fsutil import atomic_write_json
+from continual_trainer.identity import ModelIdentity, RunIdentity
 from continual_trainer.records import BatchResult
 
 _M = TypeVar("_M", bound=Model)
@@ -37,11 +40,35 @@ def utcnow() -> str:
 
 
 class RunRecord(Model):
-    """Fixed for the life of a run: a change to any of these is configuration drift."""
+    """Fixed for the life of a run: a change to any of these is configuration drift (or another run)."""
 
-    base_model: BaseModelSpec
+    base_model: BaseModelSpec = Field(
+        description="baseModel as the config named it when the record was written (for people; the drift "
+        "check uses ``model``, or this for records written before it existed)."
+    )
     lora: LoraSpec
     created_at: str
+    model: ModelIdentity | None = Field(
+        default=None, description="The base model's identity; None in records written before it existed."
+    )
+    run: RunIdentity | None = Field(
+        default=None,
+        description="The run the volume belongs to; None in records written before it existed (the first "
+        "run that comes adopts the volume).",
+    )
+    rebuilt_from: str | None = Field(
+        default=None,
+        description="Set when run.json was missing and rebuilt from this checkpoint or adapter folder.",
+    )
+
+
+class Rebuild(Model):
+    """A batch-end checkpoint that was found damaged and re-trained bit for bit (see train.py, "rebuild")."""
+
+    step: int = Field(description="The batch-end step whose checkpoint was rebuilt.")
+    from_step: int = Field(description="The checkpoint it was re-trained from (0: from the base model).")
+    at: str = Field(description="When (RFC 3339 UTC).")
+    reason: str = Field(description="Why the checkpoint was rejected (its quarantine reason).")
 
 
 class BatchRecord(Model):
@@ -50,6 +77,11 @@ class BatchRecord(Model):
     batch_id: str
     sequence: int = Field(description="1 for the run's first batch, then 2, 3, ...")
     data_path: str
+    data: DataSpec | None = Field(
+        default=None,
+        description="The batch's data spec as given (records written before it existed have data_path only); "
+        "a damaged batch-end checkpoint is rebuilt from it.",
+    )
     data_digest: str
     samples: int
     start_step: int
@@ -60,6 +92,10 @@ class BatchRecord(Model):
     created_at: str
     completed_at: str | None = None
     result: BatchResult | None = None
+    rebuilds: list[Rebuild] = Field(
+        default_factory=list,
+        description="Batch-end checkpoints of this batch that were rebuilt, oldest first.",
+    )
 
 
 class Ledger:

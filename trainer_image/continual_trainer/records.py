@@ -16,7 +16,22 @@ from continual_trainer.config import Model
 #: Kubernetes truncates termination messages at 4096 bytes; we stay well under it.
 TERMINATION_MESSAGE_LIMIT = 4096
 
-EventKind = Literal["progress", "checkpoint", "batch-started", "batch-finished"]
+#: ``checkpoint-rebuilt``: a damaged batch-end checkpoint was re-trained bit for bit before the batch that
+#: starts from it (``message`` says which, from which checkpoint, and why it was rejected).
+EventKind = Literal["progress", "checkpoint", "checkpoint-rebuilt", "batch-started", "batch-finished"]
+
+
+class TruncationSummary(Model):
+    """Samples cut to ``training.maxSeqLength`` tokens: the model never saw their tail."""
+
+    samples: int = Field(description="Samples truncated (each counted once, not per epoch).")
+    tokens_dropped: int = Field(
+        description="Tokens cut off (of very long samples: of the part that was tokenized)."
+    )
+    characters_not_tokenized: int = Field(
+        default=0, description="Characters of very long samples cut off before tokenizing."
+    )
+    first: str = Field(description="The first truncated sample, as file:line.")
 
 
 class BatchResult(Model):
@@ -30,6 +45,9 @@ class BatchResult(Model):
     samples: int | None = Field(default=None, description="Samples in the batch (each trained epochs times).")
     tokens: int | None = Field(default=None, description="Trained (label) tokens over the whole batch.")
     mean_loss: float | None = Field(default=None, description="Token-weighted mean loss over the batch.")
+    truncated: TruncationSummary | None = Field(
+        default=None, description="What truncation to maxSeqLength cut off (absent: nothing)."
+    )
     checkpoint: str | None = Field(default=None, description="The checkpoint folder the invocation ended on.")
     adapter: str | None = Field(default=None, description="The exported adapter folder (success only).")
     duration_seconds: float | None = None
@@ -60,6 +78,9 @@ class ProgressEvent(Model):
     learning_rate: float | None = None
     samples_per_second: float | None = None
     latest_checkpoint: str | None = None
+    message: str | None = Field(
+        default=None, description="checkpoint-rebuilt only: what happened, for an Event."
+    )
     time: str = Field(description="RFC 3339 UTC timestamp.")
 
     @property

@@ -8,6 +8,11 @@ steps in one warm process.
 It shares the data plan, the step items, the LR policy and the RNG discipline with :mod:`train` -- that is
 what "the same data in the same order" means -- but none of the resume machinery: no ledger, no checkpoint
 loading (unless ``resume_from`` is given, which the tests use to build controls).
+
+Each batch is trained with *its own* config's settings, as the batch-by-batch trainer does: data order,
+batch size, accumulation, epochs and sequence length shape its steps; learning rate and schedule, seed,
+weight decay, gradient clipping and ``saveSteps`` apply from its first step. Settings that cannot change
+inside one ``Trainer`` (base model, LoRA, precision) are the first config's.
 """
 
 from __future__ import annotations
@@ -19,13 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from continual_trainer import checkpoints as ckpts
-from continual_trainer import engine
+from continual_trainer import engine, sandbox
 from continual_trainer import model as modeling
-from continual_trainer.config import TrainerConfig
-from continual_trainer.data import LocalSource, load_batch
+from continual_trainer.config import TrainerConfig, TrainingSpec
 from continual_trainer.plan import build_plan
 from continual_trainer.schedules import BatchWindow, lr_at
-from continual_trainer.train import RunLayout, resolve_data_path
+from continual_trainer.train import RunLayout, load_data
 
 
 @dataclass
@@ -44,8 +48,9 @@ def run_uninterrupted(
 ) -> UninterruptedResult:
     """Train ``configs``' batches back to back in this process; checkpoints go to ``run_dir/checkpoints``."""
     first = configs[0]
+    base = sandbox.confined_base_model(first)  # as main() loads it: a relative path is on the data root
     layout = RunLayout(run_dir)
-    tokenizer = modeling.load_tokenizer(first.base_model)
+    tokenizer = modeling.load_tokenizer(base)
     start = 0
     if resume_from is not None:
         start = int(json.loads((resume_from / "trainer_state.json").read_text())["global_step"])
@@ -53,7 +58,7 @@ def run_uninterrupted(
     windows: list[BatchWindow] = []
     for config in configs:
         training = config.training
-        samples = load_batch(LocalSource(resolve_data_path(config)), config.batch.data.format).samples
+        samples = load_data(config).samples
         encoded = modeling.encode(samples, tokenizer, training.max_seq_length)
         plan = build_plan(
             len(samples),
@@ -71,8 +76,11 @@ def run_uninterrupted(
     def window_of(step: int) -> int:
         return min(bisect.bisect_right(ends, step), len(windows) - 1)
 
+    def settings_at(step: int) -> TrainingSpec:
+        return configs[window_of(step)].training
+
     def lr_fn(step: int) -> float:
-        training = configs[window_of(step)].training
+        training = settings_at(step)
         return lr_at(training.lr_schedule, training.learning_rate, step, windows[window_of(step)])
 
     result = UninterruptedResult(final_step=windows[-1].target, windows=windows)
@@ -86,7 +94,7 @@ def run_uninterrupted(
 
     meter = engine.LossMeter()
     control = engine.SaveControl(
-        save_steps=first.training.save_steps,
+        save_steps=lambda step: settings_at(step).save_steps,
         target=result.final_step,
         boundaries=frozenset(ends),
         batch_start=lambda step: windows[window_of(step)].start,
@@ -97,13 +105,14 @@ def run_uninterrupted(
     args = engine.training_arguments(
         first.training, output_dir=layout.staging, max_steps=result.final_step, logging_steps=logging_steps
     )
-    model = modeling.load_model(first.base_model, first.lora, first.training)
+    model = modeling.load_model(base, first.lora, first.training)
     trainer = engine.make_trainer(
         model,
         engine.StepDataset(items, int(tokenizer.pad_token_id)),
         args,
+        settings_at=settings_at,
         lr_fn=lr_fn,
-        callbacks=[engine.StepSeedCallback(first.training.seed), control],
+        callbacks=[control],
         meter=meter,
         trace=None,
     )

@@ -3,14 +3,19 @@
 The order of work is chosen so that nothing is lost and nothing is trained twice:
 
 1. take the volume's lock (one writer per run, ever);
-2. check the config against the run record (configuration drift is refused before anything loads);
+2. check the config against the run record (rebuilt from the checkpoints if it went missing): another run's
+   config and configuration drift are refused before anything loads;
 3. a batch already completed returns at once (a re-run is a no-op);
 4. read and check *all* of the batch's data (bad data trains nothing and touches no checkpoint);
-5. on the first attempt, write the batch's ledger record: data digest, start step (the step the previous
-   batch ended on), target step and the training settings; a retry reuses the record;
-6. validate the checkpoints (quarantine the broken ones) and pick the newest valid one inside the batch;
-7. train the remaining steps, publishing checkpoints atomically; on SIGTERM checkpoint and exit "preempted";
-8. verify ``global_step == target`` and the final checkpoint, export the adapter, complete the record,
+5. build the model and its adapter; only then write (or complete) the run record;
+6. on the first attempt, plan the batch's ledger record: data spec and digest, start step (the step the
+   previous batch ended on), target step and the training settings; a retry reuses the record;
+7. phase "resume": validate the checkpoints (quarantine the broken ones) and pick the newest valid one
+   inside the batch; without one, phase "rebuild" re-creates the checkpoint the batch starts from (the
+   previous batch's end) by re-training the previous batch's last steps, bit for bit; only then is a first
+   attempt's record written, so a halt here leaves nothing that blocks a retry;
+8. train the remaining steps, publishing checkpoints atomically; on SIGTERM checkpoint and exit "preempted";
+9. verify ``global_step == target`` and the final checkpoint, export the adapter, complete the record,
    apply retention.
 """
 
@@ -22,20 +27,21 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from continual_trainer import checkpoints as ckpts
-from continual_trainer.config import TrainerConfig, TrainingSpec
+from continual_trainer import preemption, runrecord, sandbox
+from continual_trainer.config import BatchSpec, DataSpec, TrainerConfig, TrainingSpec
 from continual_trainer.data import BatchSource, LoadedBatch, LocalSource, load_batch
 from continual_trainer.exitcodes import (
-    ConfigDriftError,
     ExitCode,
     IntegrityError,
     PermanentError,
     TransientError,
 )
 from continual_trainer.fsutil import atomic_symlink, exclusive_lock, fsync_tree
-from continual_trainer.ledger import BatchRecord, Ledger, RunRecord, utcnow
+from continual_trainer.identity import require_base_model_folder
+from continual_trainer.ledger import BatchRecord, Ledger, Rebuild, utcnow
 from continual_trainer.plan import build_plan, total_steps
 from continual_trainer.progress import (
     Broadcast,
@@ -48,6 +54,8 @@ from continual_trainer.records import BatchResult, EventKind, ProgressEvent
 from continual_trainer.schedules import BatchWindow, lr_at
 
 if TYPE_CHECKING:
+    from peft import PeftModel
+
     from continual_trainer.model import Encoded
 
 log = logging.getLogger(__name__)
@@ -98,10 +106,8 @@ def make_sinks(config: TrainerConfig, layout: RunLayout) -> Broadcast:
 
 
 def resolve_data_path(config: TrainerConfig) -> Path:
-    """A relative data path is relative to the run's folder (on the volume)."""
-    assert config.batch.data.path is not None, "a uri batch has no data path"
-    path = Path(config.batch.data.path)
-    return path if path.is_absolute() else config.root / path
+    """A relative data path is relative to the run's folder (on the volume); reading it confines it."""
+    return sandbox.batch_data_path(config)
 
 
 def batch_source(config: TrainerConfig) -> BatchSource:
@@ -110,12 +116,27 @@ def batch_source(config: TrainerConfig) -> BatchSource:
         from continual_trainer.s3source import s3_batch_source
 
         return s3_batch_source(config)
-    return LocalSource(resolve_data_path(config))
+    return LocalSource(resolve_data_path(config), sandbox.data_root(config))
+
+
+def load_data(config: TrainerConfig) -> LoadedBatch:
+    """Read and check the config's batch: the one way data is read, to train it and to rebuild it."""
+    return load_batch(batch_source(config), config.batch.data.format)
+
+
+def recorded_config(config: TrainerConfig, record: BatchRecord) -> TrainerConfig:
+    """``config`` as it was for a recorded batch: its id, its data spec and the settings it trained with."""
+    data = record.data if record.data is not None else DataSpec(path=record.data_path)
+    batch = BatchSpec(id=record.batch_id, data=data)
+    return config.model_copy(update={"batch": batch, "training": record.training})
 
 
 def main(config: TrainerConfig) -> BatchResult:
     """Train the config's batch; return its result or raise a :class:`TrainerError`."""
+    # An on-volume base model outside the data root is refused before anything is touched.
+    config = config.model_copy(update={"base_model": sandbox.confined_base_model(config)})
     layout = RunLayout(config.root)
+    preemption.phase("lock")
     layout.root.mkdir(parents=True, exist_ok=True)
     try:
         with exclusive_lock(layout.lock):
@@ -126,34 +147,13 @@ def main(config: TrainerConfig) -> BatchResult:
         ) from exc
 
 
-def check_drift(config: TrainerConfig, ledger: Ledger) -> None:
-    """Refuse a config whose base model or LoRA settings differ from the run's (before loading anything)."""
-    run = ledger.read_run()
-    if run is None:
-        return
-    pairs: list[tuple[str, object, object]] = [
-        ("baseModel.path", run.base_model.path, config.base_model.path),
-        ("baseModel.id", run.base_model.id, config.base_model.id),
-        ("baseModel.revision", run.base_model.revision, config.base_model.revision),
-        ("lora.r", run.lora.r, config.lora.r),
-        ("lora.alpha", run.lora.alpha, config.lora.alpha),
-        ("lora.dropout", run.lora.dropout, config.lora.dropout),
-        ("lora.targetModules", run.lora.target_modules, config.lora.target_modules),
-        ("lora.bias", run.lora.bias, config.lora.bias),
-    ]
-    for name, recorded, wanted in pairs:
-        if recorded != wanted:
-            raise ConfigDriftError(
-                f"{name} is {wanted!r} but the run's checkpoints were trained with {recorded!r}: a run's base "
-                f"model and LoRA settings cannot change. Set {name} back to {recorded!r}, or start a new run "
-                "(a new run folder) for the new settings"
-            )
-
-
 def _main_locked(config: TrainerConfig, layout: RunLayout) -> BatchResult:
     started = time.monotonic()
+    preemption.phase("checks")
     ledger = Ledger(layout.root)
-    check_drift(config, ledger)
+    root = sandbox.data_root(config)
+    run_record = runrecord.read_or_rebuild(ledger, layout.root)
+    runrecord.check(config, run_record, root)
     batch_id = config.batch.id
     record = ledger.read_batch(batch_id)
 
@@ -172,7 +172,7 @@ def _main_locked(config: TrainerConfig, layout: RunLayout) -> BatchResult:
             reason="BatchFailed",
         )
 
-    loaded = load_batch(batch_source(config), config.batch.data.format)
+    loaded = load_data(config)
     if record is not None and record.data_digest != loaded.digest:
         raise PermanentError(
             f"batch id {batch_id!r} was started with other data ({record.data_digest}, now {loaded.digest}): "
@@ -180,17 +180,23 @@ def _main_locked(config: TrainerConfig, layout: RunLayout) -> BatchResult:
             reason="BatchDataChanged",
         )
 
-    # Loading the model is the slow part; do it after every cheap check has passed.
+    # Loading the model is the slow part (even importing its libraries): after every cheap check.
+    require_base_model_folder(config.base_model, root)
+    preemption.phase("model")
     from continual_trainer import model as modeling
 
-    tokenizer = modeling.load_tokenizer(config.base_model)
+    base = config.base_model  # main() made an on-volume path absolute (sandbox.confined_base_model)
+    tokenizer = modeling.load_tokenizer(base)
     training = record.training if record is not None else config.training
-    encoded = modeling.encode(loaded.samples, tokenizer, training.max_seq_length)
-
-    if ledger.read_run() is None:
-        ledger.write_run(RunRecord(base_model=config.base_model, lora=config.lora, created_at=utcnow()))
+    encoding = modeling.encode_batch(loaded.samples, tokenizer, training.max_seq_length)
+    encoded = encoding.samples
+    model = modeling.load_model(base, config.lora, training)
+    # Only now, with the model and adapter built, may the run record be written (it is what drift is
+    # checked against: a record from a failed build would refuse the fixed config).
+    runrecord.settle(config, ledger, run_record, root)
+    first_attempt = record is None
     if record is None:
-        record = _begin_batch(config, ledger, layout, loaded)
+        record = _plan_batch(config, ledger, layout, loaded)
     else:
         record = record.model_copy(update={"attempts": record.attempts + 1})
         ledger.write_batch(record)
@@ -200,8 +206,22 @@ def _main_locked(config: TrainerConfig, layout: RunLayout) -> BatchResult:
             )
 
     sinks = make_sinks(config, layout)
-    valid = ckpts.scan(layout.checkpoints, config.lora, layout.root)
-    resume = _resume_point(record, valid)
+    session = Session(config, layout, ledger, tokenizer, sinks)
+    resumed = resume_phase(session, record)
+    if resumed.preempted is not None:
+        return resumed.preempted.model_copy(update={"duration_seconds": round(time.monotonic() - started, 3)})
+    resume = resumed.checkpoint
+    if first_attempt:
+        # Only now: a batch that halts before training (no checkpoint to start from) leaves no record behind
+        # that would block the advised recovery (retry it, or submit its data under another batch id).
+        ledger.write_batch(record)
+        log.info(
+            "batch %s: steps %s..%s (%s samples)",
+            batch_id,
+            record.start_step,
+            record.target_step,
+            record.samples,
+        )
     window = BatchWindow(record.start_step, record.target_step)
 
     def lr_fn(step: int) -> float:
@@ -211,9 +231,11 @@ def _main_locked(config: TrainerConfig, layout: RunLayout) -> BatchResult:
     event = _event_factory(config, record)
     sinks.emit(event("batch-started", done_step, resume))
     if done_step < record.target_step:
-        outcome = _train(config, layout, record, encoded, resume, lr_fn, tokenizer, sinks)
+        preemption.phase("training")
+        outcome = _train(config, layout, record, encoded, resume, lr_fn, tokenizer, sinks, model)
         if outcome is not None:  # preempted
             return outcome.model_copy(update={"duration_seconds": round(time.monotonic() - started, 3)})
+    preemption.phase("finishing")
 
     final = layout.checkpoints / f"checkpoint-{record.target_step}"
     reason = ckpts.validate(final, config.lora)
@@ -235,6 +257,7 @@ def _main_locked(config: TrainerConfig, layout: RunLayout) -> BatchResult:
         samples=record.samples,
         tokens=meter.tokens,
         mean_loss=meter.mean,
+        truncated=encoding.truncation,
         checkpoint=str(final.relative_to(layout.root)),
         adapter=str(adapter.relative_to(layout.root)),
         duration_seconds=round(time.monotonic() - started, 3),
@@ -263,7 +286,7 @@ def _check_same_data(record: BatchRecord, config: TrainerConfig) -> None:
     data_path = resolve_data_path(config)
     if not data_path.exists():
         return  # the data may have been cleaned up after training: nothing to compare with
-    digest = load_batch(LocalSource(data_path), config.batch.data.format).digest
+    digest = load_data(config).digest
     if digest != record.data_digest:
         raise PermanentError(
             f"batch id {record.batch_id!r} was already trained with other data ({record.data_digest}, now "
@@ -272,18 +295,18 @@ def _check_same_data(record: BatchRecord, config: TrainerConfig) -> None:
         )
 
 
-def _begin_batch(
-    config: TrainerConfig, ledger: Ledger, layout: RunLayout, loaded: LoadedBatch
-) -> BatchRecord:
-    """First attempt of a batch: fix its start and target steps in the ledger before training anything."""
+def _plan_batch(config: TrainerConfig, ledger: Ledger, layout: RunLayout, loaded: LoadedBatch) -> BatchRecord:
+    """First attempt of a batch: fix its start and target steps (written once the resume point is known)."""
     records = _close_abandoned(config, ledger)
     unfinished = [r for r in records if r.state == "started"]
     if unfinished:
         other = unfinished[0]
         raise IntegrityError(
             f"batch {other.batch_id!r} is still in progress (steps {other.start_step}..{other.target_step}); "
-            f"batches train one at a time, in order: finish (retry) {other.batch_id!r} before "
-            f"{config.batch.id!r}",
+            f"batches train one at a time, in order: before {config.batch.id!r}, run {other.batch_id!r} again "
+            "to finish it (the same batch id and data), or give it up by listing it in the trainer config's "
+            "abandonBatches (the operator does so for a TrainingBatch that failed under "
+            "spec.failurePolicy.onPermanentFailure: SkipBatch)",
             reason="BatchInProgress",
         )
     last = ledger.last_completed()
@@ -305,10 +328,11 @@ def _begin_batch(
         training.gradient_accumulation_steps,
         training.epochs_per_batch,
     )
-    record = BatchRecord(
+    return BatchRecord(
         batch_id=config.batch.id,
         sequence=len(records) + 1,
         data_path=config.batch.data.path or str(config.batch.data.uri),
+        data=config.batch.data,
         data_digest=loaded.digest,
         samples=len(loaded.samples),
         start_step=start,
@@ -316,11 +340,6 @@ def _begin_batch(
         training=training,
         created_at=utcnow(),
     )
-    ledger.write_batch(record)
-    log.info(
-        "batch %s: steps %s..%s (%s samples)", record.batch_id, start, record.target_step, record.samples
-    )
-    return record
 
 
 def _close_abandoned(config: TrainerConfig, ledger: Ledger) -> list[BatchRecord]:
@@ -339,7 +358,7 @@ def _close_abandoned(config: TrainerConfig, ledger: Ledger) -> list[BatchRecord]
 
 
 def _resume_point(record: BatchRecord, valid: list[ckpts.Checkpoint]) -> ckpts.Checkpoint | None:
-    """The newest valid checkpoint inside the batch's window (None: a fresh start at step 0)."""
+    """The newest valid checkpoint inside the batch's window (None: there is none)."""
     beyond = [c for c in valid if c.step > record.target_step]
     if beyond:
         raise IntegrityError(
@@ -347,13 +366,165 @@ def _resume_point(record: BatchRecord, valid: list[ckpts.Checkpoint]) -> ckpts.C
             "the batch in progress: global_step would go backwards; restore the volume from a snapshot",
         )
     inside = [c for c in valid if record.start_step <= c.step <= record.target_step]
-    if inside:
-        return inside[-1]
-    if record.start_step == 0:
-        return None
-    raise IntegrityError(
-        f"no valid checkpoint at step {record.start_step}, where batch {record.batch_id!r} starts (the end of "
-        "the previous batch); see quarantine/ for why it was rejected, and restore it from a snapshot",
+    return inside[-1] if inside else None
+
+
+@dataclass(frozen=True)
+class Session:
+    """What the phases of one invocation share."""
+
+    config: TrainerConfig
+    layout: RunLayout
+    ledger: Ledger
+    tokenizer: Any
+    sinks: Broadcast
+
+
+@dataclass(frozen=True)
+class Resumed:
+    """Where the batch continues (None: from step 0), or the result of a SIGTERM during a rebuild."""
+
+    checkpoint: ckpts.Checkpoint | None
+    preempted: BatchResult | None = None
+
+
+def resume_phase(session: Session, record: BatchRecord) -> Resumed:
+    """Phase "resume": validate the checkpoints (quarantining broken ones) and pick the newest inside the batch.
+
+    Without one, a batch that does not start at step 0 needs the checkpoint its predecessor ended on: if it
+    is damaged or gone, :func:`rebuild_phase` re-creates it.
+    """
+    config, layout = session.config, session.layout
+    valid = ckpts.scan(layout.checkpoints, config.lora, layout.root)
+    resume = _resume_point(record, valid)
+    if resume is not None or record.start_step == 0:
+        return Resumed(resume)
+    return rebuild_phase(session, record, valid)
+
+
+def rebuild_phase(session: Session, record: BatchRecord, valid: list[ckpts.Checkpoint]) -> Resumed:
+    """Phase "rebuild": re-train the end of the previous batch to re-create the checkpoint this batch starts from.
+
+    Training is exact and the ledger keeps the previous batch's data spec, data digest and settings, so its
+    end checkpoint can be re-created bit for bit: resume from the newest valid checkpoint inside its window
+    (or from the base model if it started at step 0) and train its remaining steps, exactly as a retry of
+    that batch would. Impossible when its data is gone or changed, or when no checkpoint inside its window
+    survived: then halt, naming what exists and what the user can do.
+    """
+    config, layout, ledger = session.config, session.layout, session.ledger
+    step = record.start_step
+    why = ckpts.quarantine_reason(layout.root, step) or f"checkpoints/checkpoint-{step} does not exist"
+    previous = next((r for r in ledger.batches() if r.state == "completed" and r.target_step == step), None)
+    if previous is None:
+        problems = [f"no completed batch in the ledger ends at step {step}"]
+        raise _cannot_rebuild(session, record, valid, why, problems, previous, data_problem=False)
+    base = next((c for c in reversed(valid) if previous.start_step <= c.step < step), None)
+    problems = []
+    if base is None and previous.start_step > 0:
+        problems.append(
+            f"no valid checkpoint is left inside batch {previous.batch_id!r} (steps {previous.start_step}.."
+            f"{step}) to re-train it from"
+        )
+    loaded: LoadedBatch | None = None
+    source = recorded_config(config, previous)
+    try:
+        loaded = load_data(source)
+    except PermanentError as exc:
+        problems.append(f"batch {previous.batch_id!r}'s data cannot be read again: {exc.message}")
+    else:
+        if loaded.digest != previous.data_digest:
+            problems.append(
+                f"batch {previous.batch_id!r}'s data at {resolve_data_path(source)} changed since it trained "
+                f"(recorded {previous.data_digest}, now {loaded.digest})"
+            )
+    if problems or loaded is None:
+        data_problem = loaded is None or loaded.digest != previous.data_digest
+        raise _cannot_rebuild(session, record, valid, why, problems, previous, data_problem=data_problem)
+
+    from continual_trainer import model as modeling
+
+    origin = base.path.name if base is not None else "the base model (step 0)"
+    log.warning(
+        "checkpoint-%s (the end of batch %s) is not valid (%s): rebuilding it from %s",
+        step,
+        previous.batch_id,
+        why,
+        origin,
+    )
+    training = previous.training
+    encoded = modeling.encode(loaded.samples, session.tokenizer, training.max_seq_length)
+    window = BatchWindow(previous.start_step, step)
+
+    def lr_fn(at: int) -> float:
+        return lr_at(training.lr_schedule, training.learning_rate, at, window)
+
+    # A model of its own, loaded as that batch trained (its precision): the current batch's stays untouched.
+    model = modeling.load_model(config.base_model, config.lora, training)
+    stopped = _train(config, layout, previous, encoded, base, lr_fn, session.tokenizer, session.sinks, model)
+    if stopped is not None:
+        update = {
+            "batch_id": record.batch_id,
+            "start_step": record.start_step,
+            "target_step": record.target_step,
+            "samples": record.samples,
+            "message": f"SIGTERM while rebuilding checkpoint-{step} of batch {previous.batch_id!r}: "
+            f"checkpointed at step {stopped.end_step}; retry to continue",
+        }
+        return Resumed(None, preempted=stopped.model_copy(update=update))
+    final = layout.checkpoints / f"checkpoint-{step}"
+    reason = ckpts.validate(final, config.lora)
+    if reason is not None:
+        raise IntegrityError(f"the rebuilt checkpoint {final} is not valid ({reason}); retry the batch")
+    from_step = base.step if base is not None else 0
+    entry = Rebuild(step=step, from_step=from_step, at=utcnow(), reason=why)
+    ledger.write_batch(previous.model_copy(update={"rebuilds": [*previous.rebuilds, entry]}))
+    message = (
+        f"checkpoint-{step} (the end of batch {previous.batch_id!r}) was not valid ({why}); rebuilt it bit for "
+        f"bit by re-training steps {from_step + 1}..{step} from {origin}"
+    )
+    log.warning("%s", message)
+    rebuilt = ckpts.Checkpoint(final, step)
+    event = _event_factory(config, previous)("checkpoint-rebuilt", step, rebuilt)
+    session.sinks.emit(event.model_copy(update={"message": message}))
+    return Resumed(rebuilt)
+
+
+def _cannot_rebuild(
+    session: Session,
+    record: BatchRecord,
+    valid: list[ckpts.Checkpoint],
+    why: str,
+    problems: list[str],
+    previous: BatchRecord | None,
+    *,
+    data_problem: bool,
+) -> IntegrityError:
+    """The halt when a batch-start checkpoint can be neither found nor rebuilt: what exists, what to do."""
+    layout, step = session.layout, record.start_step
+    have = ", ".join(c.path.name for c in valid) or "none"
+    moved = ", ".join(p.name for p in ckpts.quarantined(layout.root, step)) or "none"
+    fixes = []
+    if previous is not None and data_problem:
+        data = resolve_data_path(recorded_config(session.config, previous))
+        fixes.append(
+            f"put batch {previous.batch_id!r}'s data back at {data} exactly as it trained ({previous.data_digest}): "
+            "the trainer then rebuilds the checkpoint itself"
+        )
+    lowest = previous.start_step if previous is not None else step
+    fixes.append(
+        f"copy a valid checkpoint-<N> with {lowest} <= N <= {step} from a backup of the volume into "
+        f"{layout.checkpoints}"
+    )
+    if session.ledger.read_batch(record.batch_id) is None:
+        again = "under this batch id or a new one: nothing of it was recorded"
+    else:
+        again = "with the same batch id: it continues where it stopped"
+    after = f"(the end of batch {previous.batch_id!r})" if previous is not None else ""
+    return IntegrityError(
+        f"no valid checkpoint at step {step}, where batch {record.batch_id!r} starts {after}: {why}; it cannot "
+        f"be rebuilt: {'; '.join(problems)}. Valid checkpoints: {have}; in quarantine/: {moved}. To go on, "
+        f"{', or '.join(fixes)}; then run batch {record.batch_id!r} again ({again}). Or start a new run "
+        "(a new run folder)",
         reason="MissingBatchStartCheckpoint",
     )
 
@@ -393,10 +564,10 @@ def _train(
     lr_fn: Callable[[int], float],
     tokenizer: object,
     sinks: Broadcast,
+    model: PeftModel,
 ) -> BatchResult | None:
     """Run the remaining steps of the batch. Returns a result only when preempted."""
     from continual_trainer import engine
-    from continual_trainer import model as modeling
 
     training: TrainingSpec = record.training
     plan = build_plan(
@@ -418,6 +589,7 @@ def _train(
     last_time = [time.monotonic(), record.start_step + done]
 
     def on_publish(staged: Path, step: int) -> None:
+        runrecord.stamp(staged, Ledger(layout.root))
         final = ckpts.publish(staged, layout.checkpoints, batch_id=record.batch_id, step=step)
         latest[0] = ckpts.Checkpoint(final, step)
         ckpts.retain(
@@ -437,7 +609,7 @@ def _train(
         sinks.emit(event("progress", step, latest[0], logs.get("loss"), logs.get("learning_rate"), sps))
 
     control = engine.SaveControl(
-        save_steps=training.save_steps,
+        save_steps=lambda _step: training.save_steps,
         target=record.target_step,
         boundaries=frozenset({record.target_step}),
         batch_start=lambda _step: record.start_step,
@@ -451,13 +623,13 @@ def _train(
         max_steps=record.target_step,
         logging_steps=config.progress.every_steps,
     )
-    model = modeling.load_model(config.base_model, config.lora, training)
     trainer = engine.make_trainer(
         model,
         dataset,
         args,
+        settings_at=lambda _step: training,
         lr_fn=lr_fn,
-        callbacks=[engine.StepSeedCallback(training.seed), control],
+        callbacks=[control],
         meter=meter,
         trace=layout.trace_file if config.trace_samples else None,
     )

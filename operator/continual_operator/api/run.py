@@ -4,7 +4,9 @@ The spec embeds the trainer's own contract (:mod:`continual_trainer.config`: ``b
 ``training``) unchanged, so that what a user writes is exactly what the trainer validates; the rest says
 where the run lives (storage), how its Jobs look (resources, scheduling, image, env) and how failures are
 handled. ``baseModel``, ``lora`` and ``storage`` are immutable (CEL rules in the CRD): the checkpoints on the
-volume were trained with them, and the trainer refuses a change anyway (configuration drift).
+volume were trained with them. Where the API server does not enforce CEL, the operator refuses a change
+itself against ``status.trainedWith`` (:mod:`continual_operator.refusals`), and the trainer refuses one
+anyway (configuration drift).
 
 The status has two writers. The operator owns phase, counters, conditions, ``currentJob`` and
 ``completedStep``; the trainer pod, while it trains, merge-patches ``globalStep``, ``latestCheckpoint``,
@@ -15,9 +17,10 @@ The status has two writers. The operator owns phase, counters, conditions, ``cur
 from __future__ import annotations
 
 import posixpath
-from typing import Literal, Self
+import re
+from typing import Annotated, Literal, Self
 
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, ConfigDict, Field, field_validator, model_validator
 
 from continual_operator.api.meta import (
     API_VERSION,
@@ -41,6 +44,22 @@ DEFAULT_IMAGE = "ghcr.io/continual-training/trainer:0.1.0"
 GPU_RESOURCE = "nvidia.com/gpu"
 #: A Kubernetes quantity as users write them (100Gi, 16, 500m, 1.5G).
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?([KMGTPE]i|[mkMGTPE])?$"
+
+
+def _check_quantity(value: str) -> str:
+    """The same rule as the CRD's pattern, with a message a person can act on (not the regex)."""
+    if re.fullmatch(QUANTITY_PATTERN, value) is None:
+        raise ValueError(
+            f"{value!r} is not a Kubernetes quantity: use e.g. 10Gi (binary suffixes Ki Mi Gi Ti Pi Ei), "
+            "10G (decimal k M G T P E), a plain number, or 500m for CPU"
+        )
+    return value
+
+
+#: A quantity field: checked with :func:`_check_quantity`, and ``pattern`` in the CRD schema.
+Quantity = Annotated[
+    str, AfterValidator(_check_quantity), Field(json_schema_extra={"pattern": QUANTITY_PATTERN})
+]
 
 RunPhase = Literal["Pending", "Training", "Idle", "Suspended", "Halted", "Failed"]
 
@@ -77,7 +96,7 @@ class ClaimTemplate(Model):
     storage_class_name: str | None = Field(
         default=None, description="StorageClass of the claim (empty: the cluster's default class)."
     )
-    size: str = Field(pattern=QUANTITY_PATTERN, description="Requested capacity, e.g. 100Gi.")
+    size: Quantity = Field(description="Requested capacity, e.g. 100Gi.")
     access_modes: list[AccessMode] = Field(
         default_factory=_read_write_once,
         min_length=1,
@@ -193,14 +212,11 @@ class ResourcesSpec(Model):
     gpu_resource_name: str = Field(
         default=GPU_RESOURCE, description="The extended resource GPUs are requested as (e.g. amd.com/gpu)."
     )
-    cpu: str | None = Field(
+    cpu: Quantity | None = Field(
         default=None,
-        pattern=QUANTITY_PATTERN,
         description="CPU request (no limit is set: throttling a data loader slows the GPU down).",
     )
-    memory: str | None = Field(
-        default=None, pattern=QUANTITY_PATTERN, description="Memory request and limit (e.g. 64Gi)."
-    )
+    memory: Quantity | None = Field(default=None, description="Memory request and limit (e.g. 64Gi).")
 
 
 class SchedulingSpec(Model):
@@ -239,6 +255,14 @@ class FailurePolicy(Model):
         description="Delay before the first retry; it doubles with every further failure.",
     )
     max_backoff_seconds: int = Field(default=900, ge=1, description="Upper bound of the retry delay.")
+    start_deadline_seconds: int = Field(
+        default=600,
+        ge=1,
+        description="Time a trainer pod may take to start its container (scheduling, image pull, Secrets and "
+        "ConfigMaps named in env/envFrom, volume mounts). Past it the Job is stopped and the attempt counts as "
+        "a transient failure (retried with back-off). While it waits, the batch's reason and message say why "
+        "(e.g. CreateContainerConfigError naming the missing Secret). Not counted while Kueue holds the Job.",
+    )
 
 
 class ProgressReporting(Model):
@@ -304,14 +328,34 @@ class ContinualTrainingRunSpec(Model):
     )
 
 
+class TrainedStorage(StatusModel):
+    """The folder the run trained in."""
+
+    claim: str = Field(description="The PersistentVolumeClaim (spec.storage.existingClaim, or <run>-data).")
+    sub_path: str | None = Field(default=None, description="spec.storage.subPath (empty: the volume's root).")
+
+
+class TrainedWith(StatusModel):
+    """What the run's checkpoints were trained with, recorded when its first Job is created and never changed.
+
+    The operator refuses a spec that differs here (Degraded, reason SpecChangeRefused) whatever the API
+    server enforces: these values cannot change under a run that has trained.
+    """
+
+    base_model: FreeForm = Field(description="spec.baseModel (path, or id and revision).")
+    lora: FreeForm = Field(description="spec.lora.")
+    storage: TrainedStorage = Field(description="The claim and subPath of spec.storage.")
+
+
 class ContinualTrainingRunStatus(StatusModel):
     """Where the run stands. Written by the operator, and by the trainer pod while it trains."""
 
     phase: RunPhase | None = Field(
         default=None,
-        description="Pending (work waits: a Job awaits admission, or a retry its back-off), Training, Idle "
-        "(no batch to train), Suspended, Halted (a batch failed permanently or steps were inconsistent: see "
-        "the Degraded condition), Failed (the spec is invalid).",
+        description="Pending (work waits: a Job awaits admission or cannot start its pod, or a retry waits for "
+        "its back-off), Training, Idle (no batch to train), Suspended, Halted (a batch failed permanently, steps "
+        "were inconsistent, the spec changed in a way the run cannot follow, or another run holds its folder: "
+        "see the Degraded condition), Failed (the spec is invalid).",
     )
     observed_generation: int | None = Field(
         default=None, description="The metadata.generation the operator last acted on."
@@ -338,6 +382,11 @@ class ContinualTrainingRunStatus(StatusModel):
     batches_completed: int | None = Field(default=None, description="Batches trained successfully.")
     batches_queued: int | None = Field(default=None, description="Batches waiting to be trained.")
     batches_failed: int | None = Field(default=None, description="Batches that failed permanently.")
+    trained_with: TrainedWith | None = Field(
+        default=None,
+        description="What the run trained with (baseModel, lora, the storage folder), recorded when its first "
+        "Job was created; a spec that differs there is refused.",
+    )
     conditions: list[Condition] = Field(
         default_factory=list,
         description="Ready, Training, Degraded and Suspended.",
