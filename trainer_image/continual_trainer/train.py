@@ -124,6 +124,12 @@ def load_data(config: TrainerConfig) -> LoadedBatch:
     return load_batch(batch_source(config), config.batch.data.format)
 
 
+def data_location(config: TrainerConfig) -> str:
+    """Where the batch's data is, for messages: the resolved path on the volume, or the URI."""
+    uri = config.batch.data.uri
+    return uri if uri is not None else str(resolve_data_path(config))
+
+
 def recorded_config(config: TrainerConfig, record: BatchRecord) -> TrainerConfig:
     """``config`` as it was for a recorded batch: its id, its data spec and the settings it trained with."""
     data = record.data if record.data is not None else DataSpec(path=record.data_path)
@@ -429,12 +435,15 @@ def rebuild_phase(session: Session, record: BatchRecord, valid: list[ckpts.Check
     source = recorded_config(config, previous)
     try:
         loaded = load_data(source)
+        from continual_trainer.s3source import release_cache
+
+        release_cache(source)  # the samples are in memory: a uri batch's re-download is not kept
     except PermanentError as exc:
         problems.append(f"batch {previous.batch_id!r}'s data cannot be read again: {exc.message}")
     else:
         if loaded.digest != previous.data_digest:
             problems.append(
-                f"batch {previous.batch_id!r}'s data at {resolve_data_path(source)} changed since it trained "
+                f"batch {previous.batch_id!r}'s data at {data_location(source)} changed since it trained "
                 f"(recorded {previous.data_digest}, now {loaded.digest})"
             )
     if problems or loaded is None:
@@ -505,7 +514,7 @@ def _cannot_rebuild(
     moved = ", ".join(p.name for p in ckpts.quarantined(layout.root, step)) or "none"
     fixes = []
     if previous is not None and data_problem:
-        data = resolve_data_path(recorded_config(session.config, previous))
+        data = data_location(recorded_config(session.config, previous))
         fixes.append(
             f"put batch {previous.batch_id!r}'s data back at {data} exactly as it trained ({previous.data_digest}): "
             "the trainer then rebuilds the checkpoint itself"
