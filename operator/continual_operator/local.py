@@ -245,11 +245,19 @@ def local_trainer_config(
     base = config.base_model
     if base.path is not None:
         base = base.model_copy(update={"path": localize(base.path, volume)})
-    data_path = localize(config.batch.data.path, volume)
-    batch = config.batch.model_copy(update={"data": config.batch.data.model_copy(update={"path": data_path})})
-    in_inbox = inbox is not None and Path(data_path).is_relative_to(inbox.resolve())
+    data = config.batch.data
+    in_inbox = False
+    if data.path is not None:  # uri data is read from the store, not the volume
+        data = data.model_copy(update={"path": localize(data.path, volume)})
+        in_inbox = inbox is not None and Path(str(data.path)).is_relative_to(inbox.resolve())
+    batch = config.batch.model_copy(update={"data": data})
+    store = config.object_store
+    if store is not None and store.ca_bundle_path is not None:
+        # The pod's CA bundle is a mounted Secret; a local process uses AWS_CA_BUNDLE like any boto3 program.
+        store = store.model_copy(update={"ca_bundle_path": None})
     return config.model_copy(
         update={
+            "object_store": store,
             "run_dir": localize(config.run_dir, volume),
             "data_root": str(inbox.resolve() if inbox is not None and in_inbox else volume),
             # one run per volume: the trainer's run record names its owner (local_state.claim does the same)
