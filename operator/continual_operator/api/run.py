@@ -19,6 +19,7 @@ from typing import Literal, Self
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from continual_operator.api.inbox import InboxSpec, InboxStatus
 from continual_operator.api.meta import (
     API_VERSION,
     Condition,
@@ -237,6 +238,11 @@ class ContinualTrainingRunSpec(Model):
         description="Time the trainer gets after SIGTERM (preemption, suspend) to save a checkpoint.",
     )
     progress: ProgressReporting = Field(default_factory=ProgressReporting, description="Progress reporting.")
+    inbox: InboxSpec | None = Field(
+        default=None,
+        description="Create a TrainingBatch for every new object (or completed sub-prefix) below an S3 "
+        "prefix, in key order, exactly once (see docs/inbox.md). Reached with spec.objectStore.",
+    )
 
 
 class ContinualTrainingRunStatus(StatusModel):
@@ -273,9 +279,12 @@ class ContinualTrainingRunStatus(StatusModel):
     batches_completed: int | None = Field(default=None, description="Batches trained successfully.")
     batches_queued: int | None = Field(default=None, description="Batches waiting to be trained.")
     batches_failed: int | None = Field(default=None, description="Batches that failed permanently.")
+    inbox: InboxStatus | None = Field(
+        default=None, description="How far spec.inbox has been ingested (the watermark), and its last error."
+    )
     conditions: list[Condition] = Field(
         default_factory=list,
-        description="Ready, Training, Degraded and Suspended.",
+        description="Ready, Training, Degraded and Suspended; InboxReady with spec.inbox.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
 
