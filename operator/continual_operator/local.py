@@ -169,11 +169,10 @@ def local_trainer_config(config: TrainerConfig, volume: Path, termination: Path)
     base = config.base_model
     if base.path is not None:
         base = base.model_copy(update={"path": localize(base.path, volume)})
-    batch = config.batch.model_copy(
-        update={
-            "data": config.batch.data.model_copy(update={"path": localize(config.batch.data.path, volume)})
-        }
-    )
+    data = config.batch.data
+    if data.path is not None:  # uri data is read from the store, not the volume
+        data = data.model_copy(update={"path": localize(data.path, volume)})
+    batch = config.batch.model_copy(update={"data": data})
     return config.model_copy(
         update={
             "run_dir": localize(config.run_dir, volume),

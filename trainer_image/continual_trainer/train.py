@@ -99,6 +99,7 @@ def make_sinks(config: TrainerConfig, layout: RunLayout) -> Broadcast:
 
 def resolve_data_path(config: TrainerConfig) -> Path:
     """A relative data path is relative to the run's folder (on the volume)."""
+    assert config.batch.data.path is not None, "a uri batch has no data path"
     path = Path(config.batch.data.path)
     return path if path.is_absolute() else config.root / path
 
@@ -286,7 +287,7 @@ def _begin_batch(
     record = BatchRecord(
         batch_id=config.batch.id,
         sequence=len(records) + 1,
-        data_path=config.batch.data.path,
+        data_path=config.batch.data.path or str(config.batch.data.uri),
         data_digest=loaded.digest,
         samples=len(loaded.samples),
         start_step=start,

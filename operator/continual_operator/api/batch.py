@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from continual_operator.api.meta import (
     API_VERSION,
@@ -27,9 +27,12 @@ BatchPhase = Literal["Queued", "Training", "Succeeded", "Failed", "Skipped"]
 
 
 class BatchData(DataSpec):
-    """Where the batch's data is."""
+    """Where the batch's data is: exactly one of path (on the run's volume) or uri (an object store)."""
 
-    path: str = Field(
+    model_config = ConfigDict(json_schema_extra={"oneOf": [{"required": ["path"]}, {"required": ["uri"]}]})
+
+    path: str | None = Field(
+        default=None,
         min_length=1,
         description="A file or a folder of files (read in name order) on the run's volume: relative to the "
         "run folder, or absolute (the volume is mounted at /data). *.jsonl: objects with 'text', or with "
