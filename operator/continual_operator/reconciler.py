@@ -50,6 +50,7 @@ from continual_operator.api import (
     TrainingBatchStatus,
 )
 from continual_operator.errors import KubernetesApiError, RejectedObjectError
+from continual_operator.inbox.sync import InboxSync
 from continual_operator.k8s import KubernetesStorage, Subject
 from continual_operator.metrics import Metrics
 from continual_operator.planner import plan as make_plan
@@ -124,8 +125,10 @@ class Reconciler:
         metrics: Metrics | None = None,
         clock: Callable[[], dt.datetime] = utcnow,
         resync_seconds: float | None = None,
+        inbox: InboxSync | None = None,
     ) -> None:
         self.storage = storage
+        self.inbox = inbox if inbox is not None else InboxSync(storage)
         self.resync_seconds = resync_seconds
         self.metrics = metrics if metrics is not None else Metrics()
         self._clock = clock
@@ -243,6 +246,9 @@ class Reconciler:
         if _refused_at_this_generation(run):
             self.metrics.run_phase(key, status.phase)
             return Plan()
+        # The S3 inbox first: the batches it creates are planned in this same reconcile.
+        inbox = await self.inbox.sync(run, now=now)
+        run = inbox.run
 
         raw_batches, raw_jobs, raw_pods = await asyncio.gather(
             self.storage.list_batches(namespace, name),
@@ -263,7 +269,7 @@ class Reconciler:
             logger.info(f"run {namespace}/{name}: created Job {', '.join(executed.jobs_created)}")
         # The resync is spread over +-10 %: runs found together at startup do not come back together.
         resync = self.resync_seconds * random.uniform(0.9, 1.1) if self.resync_seconds else None  # noqa: S311
-        delays = [d for d in (the_plan.requeue_after, resync) if d is not None]
+        delays = [d for d in (the_plan.requeue_after, resync, inbox.next_poll_seconds) if d is not None]
         if delays:
             self.requeue(key, min(delays))
         return the_plan

@@ -342,21 +342,27 @@ def decide(
     old: InboxStatus | None,
     listing: Listing,
     ingested: Sequence[Ingested],
+    *,
+    now: dt.datetime | None = None,
 ) -> InboxDecision:
-    """One poll's decision (see the module docstring for the rules)."""
+    """One poll's decision (see the module docstring for the rules).
+
+    ``now`` is the operator's clock (``lastPollTime``, which schedules the next poll); the audit compares
+    objects' LastModified with ``listing.listed_at``, the store's clock.
+    """
     old = old or InboxStatus()
     decider = _Decider(run, spec, old, listing, {r.batch: r for r in ingested})
     watermark, etag = decider.forward()
     status: dict[str, Any] = {}
     decider.audit(watermark, status)
     late, changed = decider.late, len(decider.notes)
-    listed_at = rfc3339(listing.listed_at)
+    polled_at = rfc3339(now or listing.listed_at)
     new = old.model_copy(
         update={
             "watermark": watermark,
             "watermark_etag": etag,
-            "last_poll_time": listed_at,
-            "last_ingest_time": listed_at if decider.create else old.last_ingest_time,
+            "last_poll_time": polled_at,
+            "last_ingest_time": polled_at if decider.create else old.last_ingest_time,
             "batches_created": (old.batches_created or 0) + len(decider.create),
             "late_objects": (old.late_objects or 0) + late,
             "changed_objects": (old.changed_objects or 0) + changed,
