@@ -22,10 +22,13 @@ from pydantic import ValidationError
 from test_crds import ROOT, as_json_schema, schema_of
 from tests.s3server import ACCESS_KEY_ID, SECRET_ACCESS_KEY, S3Server, free_port
 
-from continual_operator.api import RUN_INFO, ContinualTrainingRun
+from continual_operator.api import RUN_INFO, ContinualTrainingRun, InboxSpec, InboxStatus
 from continual_operator.errors import KubernetesApiError
-from continual_operator.inbox.decide import inbox_batch_name
+from continual_operator.inbox.decide import decide, inbox_batch_name
+from continual_operator.inbox.store import InboxLister
 from continual_operator.reconciler import Reconciler
+from continual_trainer.config import ObjectStoreClientSpec
+from continual_trainer.objectstore import Credentials, make_client
 
 SECRETS = kmock.resource("", "v1", "secrets")
 BUCKET = "inbox"
@@ -333,3 +336,45 @@ def test_an_inbox_uri_must_be_an_s3_prefix(uri: str) -> None:
     assert errors
     with pytest.raises(ValidationError, match="inbox"):
         ContinualTrainingRun.model_validate(manifest)
+
+
+# -- a long history: bounded requests and memory per poll ---------------------------------------------
+def test_a_10000_object_inbox_is_listed_in_bounded_pages_and_memory(s3_server: S3Server) -> None:
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.s3.models import s3_backends
+
+    s3_server.make_bucket(BUCKET)
+    backend = s3_backends[DEFAULT_ACCOUNT_ID]["global"]  # seeded in-process; listed over HTTP below
+    for i in range(10_000):
+        backend.put_object(BUCKET, f"in/{i:06}.jsonl", b"x\n")
+    client = make_client(
+        ObjectStoreClientSpec.model_validate(s3_server.object_store()),
+        credentials=Credentials(ACCESS_KEY_ID, SECRET_ACCESS_KEY),
+    )
+    sent: list[str] = []
+    client.meta.events.register("before-send.s3", lambda request, **_: sent.append(request.url))
+
+    # a backlog: three pages of at most 1,000 for maxKeysPerPoll 2500, and nothing more
+    spec = InboxSpec(uri=URI, max_keys_per_poll=2500)
+    lister = InboxLister(client, spec)
+    listing = lister.poll(None)
+    # memory: what a poll holds is its units (at most maxKeysPerPoll) and one page of at most 1,000 keys
+    assert (len(listing.units), listing.backlog, len(sent)) == (2500, True, 3)
+    assert [next(p for p in url.split("?")[1].split("&") if p.startswith("max-keys")) for url in sent] == [
+        "max-keys=1000",
+        "max-keys=1000",
+        "max-keys=500",
+    ]
+    decision = decide(RUN, spec, None, listing, [])
+    assert decision.status.watermark == "002499.jsonl"
+
+    # deep in the history, a poll still costs one forward page and one audit page
+    sent.clear()
+    later = InboxStatus(watermark="009499.jsonl", audit_cursor="004999.jsonl")
+    listing = InboxLister(client, InboxSpec(uri=URI)).poll(later)
+    assert len(sent) == 2
+    assert "start-after=in%2F009499.jsonl" in sent[0]
+    assert [u.key for u in listing.units][:1] == ["009500.jsonl"]
+    assert (len(listing.units), listing.backlog) == (500, False)
+    assert listing.audit is not None
+    assert len(listing.audit.objects) == 1000
