@@ -11,19 +11,28 @@ It never imports torch: training always happens in ``continual-trainer`` process
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import shlex
+import signal
 import subprocess
 import sys
 from importlib import resources as pkg_resources
 from pathlib import Path
 
-from continual_operator.local import LocalModeError, LocalOptions, run_local
+from continual_operator.local import (
+    EXIT_INVALID,
+    EXIT_SIGNAL_BASE,
+    LocalModeError,
+    LocalOptions,
+    run_local,
+)
+from continual_operator.local_inbox import DEFAULT_MARKER, DEFAULT_SETTLE_SECONDS
 
 
 def _local_options(args: argparse.Namespace, manifest: Path) -> LocalOptions:
     command = tuple(shlex.split(args.trainer_command)) if args.trainer_command else None
-    return LocalOptions(
+    options = LocalOptions(
         manifest=manifest,
         volume=args.volume.resolve(),
         state=(args.state or args.volume / ".local-state").resolve(),
@@ -31,8 +40,10 @@ def _local_options(args: argparse.Namespace, manifest: Path) -> LocalOptions:
         batch_manifests=tuple(p.resolve() for p in args.batches or ()),
         watch=getattr(args, "watch", False),
         poll_seconds=getattr(args, "poll_seconds", 2.0),
-        **({"trainer_command": command} if command else {}),
+        settle_seconds=args.settle_seconds,
+        marker=args.marker,
     )
+    return dataclasses.replace(options, trainer_command=command) if command else options
 
 
 def cmd_local(args: argparse.Namespace) -> int:
@@ -81,9 +92,16 @@ def cmd_crds(args: argparse.Namespace) -> int:
     """Generate the CRDs (or check the committed ones)."""
     from continual_operator import crdgen
 
-    argv = (
-        ["--out", str(args.out)] + (["--check"] if args.check else []) + (["--no-cel"] if args.no_cel else [])
-    )
+    argv = [
+        "--out",
+        str(args.out),
+        # crdgen's own default also writes the chart's copy (for maintainers in a checkout); this command
+        # writes only where it is asked to
+        "--chart-crds",
+        str(args.chart_crds or ""),
+        *(["--check"] if args.check else []),
+        *(["--no-cel"] if args.no_cel else []),
+    ]
     return crdgen.main(argv)
 
 
@@ -98,6 +116,18 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--state", type=Path, help="status, events, job logs (default: VOLUME/.local-state)")
         p.add_argument("--inbox", type=Path, help="every file or folder in it is a batch, in name order")
+        p.add_argument(
+            "--settle-seconds",
+            type=float,
+            default=DEFAULT_SETTLE_SECONDS,
+            help="take an inbox entry once nothing in it changed for this long "
+            f"(default {DEFAULT_SETTLE_SECONDS:g}; a drop by atomic rename needs no wait)",
+        )
+        p.add_argument(
+            "--marker",
+            default=DEFAULT_MARKER,
+            help=f"a folder batch holding this file is taken at once (default {DEFAULT_MARKER})",
+        )
         p.add_argument("--trainer-command", help="how to start the trainer (default: this Python's)")
 
     demo = sub.add_parser("demo", help="quickstart: tiny model, three toy batches, local mode")
@@ -123,7 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
     op.set_defaults(func=cmd_operator)
 
     crds = sub.add_parser("crds", help="write the CRD manifests generated from the API models")
-    crds.add_argument("--out", type=Path, default=Path("crds"))
+    crds.add_argument("--out", type=Path, default=Path("crds"), help="folder for the CRD files")
+    crds.add_argument(
+        "--chart-crds", type=Path, help="also write (or check) a copy here, e.g. a chart's crds/"
+    )
     crds.add_argument("--check", action="store_true", help="fail if the files differ from the models")
     crds.add_argument("--no-cel", action="store_true", help="leave out CEL rules (Kubernetes < 1.25)")
     crds.set_defaults(func=cmd_crds)
@@ -140,7 +173,10 @@ def run(argv: list[str] | None = None) -> None:
         code = args.func(args)
     except LocalModeError as exc:
         print(f"continual-training: {exc}", file=sys.stderr)
-        code = 2
+        code = EXIT_INVALID
+    except KeyboardInterrupt:  # before local mode took over the signals: nothing was started
+        print("continual-training: interrupted", file=sys.stderr)
+        code = EXIT_SIGNAL_BASE + signal.SIGINT
     sys.exit(code)
 
 

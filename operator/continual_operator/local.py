@@ -23,14 +23,15 @@ import datetime as dt
 import json
 import logging
 import os
-import re
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import yaml
@@ -46,6 +47,23 @@ from continual_operator.actions import (
     UpdateRunStatus,
 )
 from continual_operator.api import ContinualTrainingRun, TrainingBatch
+from continual_operator.local_inbox import (
+    DEFAULT_MARKER,
+    DEFAULT_SETTLE_SECONDS,
+    Change,
+    FolderInbox,
+    NotABatch,
+)
+from continual_operator.local_state import (
+    LOCAL_NAMESPACE,
+    LocalModeError,
+    claim,
+    load_sources,
+    locked,
+    run_uid,
+    save_sources,
+)
+from continual_operator.naming import object_name_problem
 from continual_operator.planner import plan
 from continual_operator.status import describe_validation_error, rfc3339
 from continual_operator.views import JobPhase, JobView
@@ -54,18 +72,24 @@ from continual_trainer.fsutil import atomic_write_json
 from continual_trainer.progress import read_status, status_patch
 from continual_trainer.records import ProgressEvent
 
+__all__ = ["LocalModeError", "LocalOptions", "load_run", "run_local"]
+
 log = logging.getLogger(__name__)
 
 TERMINAL_PHASES = {"Succeeded", "Failed", "Skipped"}
 
-
-class LocalModeError(Exception):
-    """A problem with local mode's input (manifest, folders): the CLI prints it and exits non-zero."""
+#: Exit codes of ``continual-training local`` / ``demo`` (docs/local.md).
+EXIT_OK = 0
+EXIT_FAILED = 1  # a batch failed, or the run halted
+EXIT_INVALID = 2  # a bad manifest or folder, another run's state, another local mode on the volume
+EXIT_SOURCE_CHANGED = 3  # an inbox entry changed after it was taken (it is not retrained)
+#: Interrupted: 128 + the signal (130 for Ctrl-C, 143 for SIGTERM), after the trainer stopped.
+EXIT_SIGNAL_BASE = 128
 
 
 @dataclass(frozen=True)
 class LocalOptions:
-    """Where local mode reads and writes."""
+    """Where local mode reads and writes, and how it takes inbox entries."""
 
     manifest: Path
     volume: Path
@@ -74,77 +98,122 @@ class LocalOptions:
     batch_manifests: tuple[Path, ...] = ()
     watch: bool = False
     poll_seconds: float = 2.0
+    settle_seconds: float = DEFAULT_SETTLE_SECONDS
+    marker: str = DEFAULT_MARKER
     trainer_command: tuple[str, ...] = (sys.executable, "-m", "continual_trainer.cli")
+    #: Seconds a stopped trainer gets to save its checkpoint before it is killed.
+    stop_grace_seconds: float = 60.0
 
 
 # -- reading the inputs --------------------------------------------------------------------------------
-def load_run(path: Path, generation: int = 1) -> ContinualTrainingRun:
-    """Parse the run manifest; a bad one is a :class:`LocalModeError` naming the field."""
+def _read_yaml(path: Path, what: str) -> list[Any]:
     try:
-        body = yaml.safe_load(path.read_text())
+        return list(yaml.safe_load_all(path.read_text()))
     except (OSError, yaml.YAMLError) as exc:
-        raise LocalModeError(f"cannot read the run manifest {path}: {exc}") from exc
+        raise LocalModeError(f"cannot read the {what} {path}: {exc}") from exc
+
+
+def _metadata(where: str, doc: dict[str, Any]) -> dict[str, Any]:
+    """The document's metadata, with a name a cluster would accept (or a :class:`LocalModeError`)."""
+    metadata = doc.get("metadata")
+    if not isinstance(metadata, dict) or not isinstance(metadata.get("name"), str) or not metadata["name"]:
+        raise LocalModeError(
+            f"{where}: metadata.name is missing: give the {doc.get('kind')} a name "
+            "(metadata: {name: my-name}), as a cluster requires"
+        )
+    problem = object_name_problem(metadata["name"])
+    if problem is not None:
+        raise LocalModeError(f"{where}: metadata.name: {problem}")
+    return metadata
+
+
+def load_run(path: Path, generation: int = 1) -> ContinualTrainingRun:
+    """Parse the run manifest as a cluster would; a bad one is a :class:`LocalModeError` naming the field.
+
+    Keys are read by their manifest spelling only (``learningRate``, not ``learning_rate``): local mode
+    accepts exactly the manifests the CRD accepts.
+    """
+    docs = _read_yaml(path, "run manifest")
+    body = docs[0] if len(docs) == 1 else None
     if not isinstance(body, dict) or body.get("kind") != "ContinualTrainingRun":
-        raise LocalModeError(f"{path}: expected a ContinualTrainingRun manifest (kind: ContinualTrainingRun)")
-    metadata = {"namespace": "local", "uid": "local", **body.get("metadata", {}), "generation": generation}
+        raise LocalModeError(
+            f"{path}: expected one ContinualTrainingRun manifest (kind: ContinualTrainingRun) in the file"
+        )
+    name = _metadata(str(path), body)["name"]
+    metadata = {
+        **body["metadata"],
+        "namespace": LOCAL_NAMESPACE,
+        "uid": run_uid(name),
+        "generation": generation,
+    }
     metadata.setdefault("creationTimestamp", "2000-01-01T00:00:00Z")
     try:
-        return ContinualTrainingRun.model_validate({**body, "metadata": metadata, "status": {}})
+        return ContinualTrainingRun.model_validate(
+            {**body, "metadata": metadata, "status": {}}, by_alias=True, by_name=False
+        )
     except ValidationError as exc:
-        raise LocalModeError(f"{path}: invalid run: {describe_validation_error(exc)}") from exc
+        raise LocalModeError(f"{path}: invalid run: {describe_validation_error(exc, prefix='')}") from exc
 
 
-def batch_name(path: Path) -> str:
-    """A DNS-label-like batch name from a file name (``Batch 001.jsonl`` -> ``batch-001``)."""
-    stem = path.name.split(".", 1)[0] if path.is_file() else path.name
-    name = re.sub(r"[^a-z0-9]+", "-", stem.lower()).strip("-")
-    if not name:
-        raise LocalModeError(f"{path}: cannot derive a batch name from this file name; rename it")
-    return name[:63].rstrip("-")
+@dataclass
+class ManifestBatches:
+    """The ``TrainingBatch`` documents found, and the documents that are not batches of this run."""
+
+    batches: list[TrainingBatch] = field(default_factory=list)
+    not_batches: list[NotABatch] = field(default_factory=list)
 
 
-def inbox_batches(run: str, inbox: Path, first_seen: dict[str, int]) -> list[TrainingBatch]:
-    """Every non-hidden file or folder of the inbox is a batch; creation order is the order first seen."""
-    if not inbox.is_dir():
-        raise LocalModeError(f"the inbox {inbox} is not a folder")
-    out = []
-    for path in sorted(p for p in inbox.iterdir() if not p.name.startswith(".")):
-        name = batch_name(path)
-        seen = first_seen.setdefault(name, len(first_seen))
-        out.append(_batch(run, name, str(path.resolve()), seen))
-    return out
+def manifest_batches(
+    run: str, paths: Sequence[Path], first_seen: dict[str, int], reserved: Mapping[str, str] | None = None
+) -> ManifestBatches:
+    """``TrainingBatch`` documents (one or many per file, files or folders of files) naming this run.
 
-
-def manifest_batches(run: str, paths: Sequence[Path], first_seen: dict[str, int]) -> list[TrainingBatch]:
-    """``TrainingBatch`` documents (one or many per file, files or folders of files) naming this run."""
+    A batch of another run is not trained here and is listed (with the run it names) in the summary; a
+    name already used by an inbox batch (``reserved``: name -> inbox file) is refused the same way.
+    """
     files = [f for p in paths for f in (sorted(p.glob("*.y*ml")) if p.is_dir() else [p])]
-    out = []
+    found = ManifestBatches()
     for path in files:
-        try:
-            docs = [d for d in yaml.safe_load_all(path.read_text()) if isinstance(d, dict)]
-        except (OSError, yaml.YAMLError) as exc:
-            raise LocalModeError(f"cannot read the batch manifest {path}: {exc}") from exc
-        for doc in docs:
-            if doc.get("kind") != "TrainingBatch" or doc.get("spec", {}).get("runName") != run:
+        for number, doc in enumerate(_read_yaml(path, "batch manifest"), start=1):
+            where = f"{path} (document {number})"
+            if not isinstance(doc, dict) or doc.get("kind") != "TrainingBatch":
+                kind = doc.get("kind") if isinstance(doc, dict) else type(doc).__name__
+                if kind not in {"ContinualTrainingRun", "NoneType"}:
+                    found.not_batches.append(NotABatch(where, f"kind {kind}, not a TrainingBatch"))
                 continue
-            name = str(doc.get("metadata", {}).get("name", ""))
+            name = _metadata(where, doc)["name"]
+            spec = doc.get("spec")
+            owner = spec.get("runName") if isinstance(spec, dict) else None
+            if owner != run:
+                found.not_batches.append(
+                    NotABatch(f"{where} {name}", f"spec.runName is {owner!r}, not this run ({run!r})")
+                )
+                continue
+            if reserved and name in reserved:
+                found.not_batches.append(
+                    NotABatch(
+                        f"{where} {name}",
+                        f"the inbox file {reserved[name]} is batch {name!r} already: rename this TrainingBatch",
+                    )
+                )
+                continue
             seen = first_seen.setdefault(name, len(first_seen))
-            body = {**doc, "metadata": {**_meta(name, seen), **doc.get("metadata", {})}, "status": {}}
+            body = {**doc, "metadata": {**doc["metadata"], **_meta(name, seen)}, "status": {}}
             try:
-                out.append(TrainingBatch.model_validate(body))
+                found.batches.append(TrainingBatch.model_validate(body, by_alias=True, by_name=False))
             except ValidationError as exc:
                 raise LocalModeError(
-                    f"{path}: invalid batch {name!r}: {describe_validation_error(exc)}"
+                    f"{where}: invalid batch {name!r}: {describe_validation_error(exc, prefix='')}"
                 ) from exc
-    return out
+    return found
 
 
 def _meta(name: str, seen: int) -> dict[str, Any]:
     created = dt.datetime(2000, 1, 1, tzinfo=dt.UTC) + dt.timedelta(seconds=seen)
     return {
         "name": name,
-        "namespace": "local",
-        "uid": f"local-{name}",
+        "namespace": LOCAL_NAMESPACE,
+        "uid": f"{LOCAL_NAMESPACE}-{name}",
         "generation": 1,
         "creationTimestamp": rfc3339(created),
     }
@@ -204,6 +273,12 @@ class LocalRun:
     batches: dict[str, TrainingBatch] = field(default_factory=dict)
     jobs: dict[str, LocalJob] = field(default_factory=dict)
     first_seen: dict[str, int] = field(default_factory=dict)
+    inbox: FolderInbox | None = None
+    #: What is not (or not yet) a batch, from the last look at the inbox and at the manifests.
+    inbox_skipped: list[NotABatch] = field(default_factory=list)
+    manifest_skipped: list[NotABatch] = field(default_factory=list)
+    _reported: set[str] = field(default_factory=set)
+    _manifest_names: set[str] = field(default_factory=set)
     _spec_seen: dict[str, Any] = field(default_factory=dict)
     _last_progress: float = 0.0
 
@@ -220,10 +295,20 @@ class LocalRun:
                 run = load_run(self.options.manifest, generation + 1)
             run = run.model_copy(update={"status": self.run.status})
         self.run = run
-        found = []
-        if self.options.inbox is not None:
-            found += inbox_batches(run.metadata.name, self.options.inbox, self.first_seen)
-        found += manifest_batches(run.metadata.name, self.options.batch_manifests, self.first_seen)
+        inbox = self._folder_inbox()
+        manifests = manifest_batches(
+            run.metadata.name,
+            self.options.batch_manifests,
+            self.first_seen,
+            reserved={r.name: r.source for r in inbox.records.values()} if inbox else None,
+        )
+        self._manifest_names = {b.metadata.name for b in manifests.batches}
+        found = self._inbox_batches(run.metadata.name) + manifests.batches
+        self.manifest_skipped = manifests.not_batches
+        for item in self.inbox_skipped + self.manifest_skipped:
+            if not item.waiting and item.source not in self._reported:
+                self._reported.add(item.source)
+                self.out(f"not a batch: {item.source}: {item.reason}")
         for batch in found:
             old = self.batches.get(batch.metadata.name)
             if old is None and saved is not None and batch.metadata.name in saved[1]:
@@ -232,6 +317,69 @@ class LocalRun:
             self.batches[batch.metadata.name] = (
                 batch if old is None else old.model_copy(update={"spec": batch.spec})
             )
+
+    def _inbox_batches(self, run: str) -> list[TrainingBatch]:
+        """A batch per entry taken from the inbox (now or earlier: a deleted entry keeps its batch)."""
+        self.inbox_skipped = []
+        inbox = self._folder_inbox()
+        if inbox is None:
+            return []
+        try:
+            scan = inbox.scan()
+        except FileNotFoundError as exc:
+            raise LocalModeError(
+                f"{exc}: create it, or point --inbox at the folder batches arrive in"
+            ) from exc
+        for change in scan.changes:
+            self._source_changed(change)
+        if scan.taken or scan.changes or scan.cleared:
+            save_sources(self.options.state, inbox.records)
+        self.inbox_skipped = list(scan.not_batches)
+        for item in scan.not_batches:
+            if item.waiting and item.source not in self._reported:
+                self._reported.add(item.source)
+                self.out(f"inbox: waiting for {item.source}: {item.reason}")
+        out = []
+        for record in inbox.records.values():
+            seen = self.first_seen.setdefault(record.name, len(self.first_seen))
+            out.append(_batch(run, record.name, str((inbox.folder / record.source).resolve()), seen))
+        return out
+
+    def _folder_inbox(self) -> FolderInbox | None:
+        if self.inbox is None and self.options.inbox is not None:
+            self.inbox = FolderInbox(
+                self.options.inbox,
+                load_sources(self.options.state),
+                settle_seconds=self.options.settle_seconds,
+                marker=self.options.marker,
+                reserved=lambda: self._manifest_names,
+            )
+        return self.inbox
+
+    def _source_changed(self, change: Change) -> None:
+        record = change.record
+        phase = self.batches[record.name].status.phase if record.name in self.batches else None
+        self._event(
+            EmitEvent(
+                kind="TrainingBatch",
+                name=record.name,
+                type="Warning",
+                reason="SourceChanged",
+                message=(
+                    f"the inbox entry {record.source} changed after it was taken as batch {record.name} "
+                    f"(sha256 {record.sha256[:12]}... -> {change.sha256[:12]}...; batch phase "
+                    f"{phase or 'unknown'}): it is not retrained under this batch. To train the new content, "
+                    f"drop it under a new file name; to clear this warning, restore the file or delete it "
+                    f"(a deleted inbox entry is fine)"
+                ),
+            )
+        )
+
+    def changed_sources(self) -> list[str]:
+        """Inbox entries whose content differs from what was taken (exit code 3 while any is left)."""
+        if self.inbox is None:
+            return []
+        return sorted(r.source for r in self.inbox.records.values() if r.changed_sha256 is not None)
 
     def _load_saved(self) -> tuple[dict[str, Any], dict[str, Any]] | None:
         """Statuses and batch order from an earlier invocation: the state folder is local mode's etcd."""
@@ -308,6 +456,7 @@ class LocalRun:
                 env=env,
                 start_new_session=True,  # Ctrl-C goes to us; we forward SIGTERM so the trainer checkpoints
             )
+        (jobs_dir / f"{action.job_name}.pid").write_text(f"{process.pid}\n")  # for ps/kill, and tests
         view = JobView(name=action.job_name, batch=action.batch, attempt=action.attempt, created=_now())
         self.jobs[action.job_name] = LocalJob(view, process, termination, log_path)
 
@@ -384,47 +533,130 @@ class LocalRun:
 
     # -- loop ------------------------------------------------------------------------------------------
     def idle(self) -> bool:
-        """Nothing runs and nothing is left to start (every batch finished, or the run halted)."""
+        """Nothing runs and nothing is left to start (every batch finished, or the run halted), and no
+        inbox entry is still being written."""
         assert self.run is not None
         if any(j.view.writing for j in self.jobs.values()):
             return False
         if self.run.status.phase in {"Halted", "Failed", "Suspended"}:
             return True
+        if any(item.waiting for item in self.inbox_skipped):
+            return False
         return all(b.status.phase in TERMINAL_PHASES for b in self.batches.values())
 
-    def stop(self, grace: float = 60.0) -> None:
-        """SIGTERM every trainer (they checkpoint), wait for them, then give up on stragglers."""
-        running = [
-            j.process for j in self.jobs.values() if j.process is not None and j.process.poll() is None
-        ]
+    def running(self) -> list[subprocess.Popen[bytes]]:
+        return [j.process for j in self.jobs.values() if j.process is not None and j.process.poll() is None]
+
+    def stop(self, interrupts: Interrupts, grace: float) -> str:
+        """SIGTERM every trainer (it checkpoints and exits 85) and wait for it: never leave one behind.
+
+        A further Ctrl-C while waiting only says what is going on; a third one (or the grace period
+        running out) kills the trainer, which loses the steps since its last checkpoint (they are
+        retrained, exactly, next time) but never the checkpoints. Returns what happened, for the user.
+        """
+        running = self.running()
         for process in running:
             process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + grace
-        for process in running:
-            try:
-                process.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                process.kill()
+        killed = False
+        while any(p.poll() is None for p in running):
+            if not killed and (interrupts.count >= 3 or time.monotonic() > deadline):
+                for process in running:
+                    if process.poll() is None:
+                        process.kill()
+                killed = True
+            time.sleep(0.05)
+        self.poll_jobs()
+        self._write_status()
+        codes = sorted({p.returncode for p in running})
+        if not running:
+            return "no trainer was running"
+        if killed:
+            return "the trainer was killed: the steps since its last checkpoint are retrained next time"
+        return f"the trainer saved a checkpoint and stopped (exit {', '.join(map(str, codes))})"
+
+
+class Interrupts:
+    """SIGINT and SIGTERM while local mode runs: counted, never raised in the middle of a state write.
+
+    The first asks the loop to stop the trainers at a checkpoint; the second is answered with what local
+    mode waits for; the third kills the trainers (and still waits for them to exit). The handler only
+    counts and writes with ``os.write`` (safe inside a signal handler, unlike ``print``).
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        self.count += 1
+        self.signum = self.signum or signum
+        if self.count == 2:
+            message = "still waiting for the trainer to save its checkpoint; Ctrl-C once more kills it\n"
+        elif self.count >= 3:
+            message = "killing the trainer and waiting for it to exit\n"
+        else:
+            message = "stopping: the trainer saves a checkpoint first (Ctrl-C again: see what it waits for)\n"
+        os.write(sys.stderr.fileno(), message.encode())
+
+    @contextmanager
+    def installed(self) -> Iterator[Interrupts]:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._handle)
+        try:
+            yield self
+        finally:
+            for number, previous in self._previous.items():
+                signal.signal(number, previous)
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep, but wake up at once when a signal came."""
+        deadline = time.monotonic() + seconds
+        while not self.count and time.monotonic() < deadline:
+            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
 
 
 def run_local(options: LocalOptions, out: Callable[[str], None] = print) -> int:
-    """Train every batch of the run; return 0 when all succeeded, 1 when any failed or the run halted."""
-    state = LocalRun(options, out=out)
-    try:
-        while True:
-            state.refresh()
-            state.poll_jobs()
-            decided = state.reconcile()
-            if not options.watch and state.idle():
-                break
-            if decided.of(CreateJob):
-                continue  # plan again at once: record the Job as Training
-            time.sleep(min(decided.requeue_after or options.poll_seconds, options.poll_seconds))
-    except KeyboardInterrupt:
-        out("interrupted: stopping the trainer at a checkpoint (SIGTERM)")
-        state.stop()
-        return 130
+    """Train every batch of the run; the exit code is one of the ``EXIT_*`` constants (docs/local.md).
+
+    Refused up front, before anything is written: another local mode on the same state folder or volume
+    (a lock), and a state folder that belongs to another run.
+    """
+    name = load_run(options.manifest).metadata.name  # an invalid manifest is refused before any write
+    with locked(options.state / "lock", options.volume / ".continual-local.lock"):
+        claim(options.state, name)
+        state = LocalRun(options, out=out)
+        interrupts = Interrupts()
+        with interrupts.installed():
+            while not interrupts.count:
+                state.refresh()
+                state.poll_jobs()
+                decided = state.reconcile()
+                if not options.watch and state.idle():
+                    break
+                if decided.of(CreateJob):
+                    continue  # plan again at once: record the Job as Training
+                interrupts.sleep(min(decided.requeue_after or options.poll_seconds, options.poll_seconds))
+            if interrupts.count:
+                what = state.stop(interrupts, options.stop_grace_seconds)
+                out(f"interrupted: {what}. Run the same command again to continue")
+                return EXIT_SIGNAL_BASE + (interrupts.signum or signal.SIGINT)
+        return _summary(state, out)
+
+
+def _summary(state: LocalRun, out: Callable[[str], None]) -> int:
+    """Count what was found and what trained; the exit code."""
     assert state.run is not None
+    options = state.options
+    if state.inbox is not None:
+        records, skipped = state.inbox.records, state.inbox_skipped
+        out(
+            f"inbox {options.inbox}: {len(records) + len(skipped)} entries -> {len(records)} batches"
+            + (f"; not batches: {_listed(skipped)}" if skipped else "")
+        )
+    if state.manifest_skipped:
+        out(f"batch manifests: not trained here: {_listed(state.manifest_skipped)}")
     phases = {n: b.status.phase for n, b in state.batches.items()}
     failed = sorted(n for n, p in phases.items() if p == "Failed")
     status = state.run.status
@@ -434,7 +666,19 @@ def run_local(options: LocalOptions, out: Callable[[str], None] = print) -> int:
         + (f", failed: {', '.join(failed)}" if failed else "")
         + f"; status in {options.state / 'status.json'}"
     )
-    return 1 if failed or status.phase in {"Halted", "Failed"} else 0
+    changed = state.changed_sources()
+    if changed:
+        out(
+            f"changed after they were taken (not retrained; see {options.state / 'events.jsonl'}): "
+            f"{', '.join(changed)}. Drop new content under a new name; restore or delete these files"
+        )
+    if failed or status.phase in {"Halted", "Failed"}:
+        return EXIT_FAILED
+    return EXIT_SOURCE_CHANGED if changed else EXIT_OK
+
+
+def _listed(items: Sequence[NotABatch]) -> str:
+    return "; ".join(f"{n.source} ({n.reason})" for n in items)
 
 
 def _merged(model: Any, patch: Any) -> dict[str, Any]:

@@ -151,3 +151,20 @@ def plain_source_name(file_name: str, *, is_file: bool = True) -> str | None:
     """
     stem = _strip_extension(file_name) if is_file else file_name
     return stem if _PLAIN_NAME.match(stem) and is_valid_batch_id(stem) else None
+
+
+#: A DNS-1123 subdomain: what the API server accepts as the name of a run or a batch.
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+def object_name_problem(name: str) -> str | None:
+    """Why a cluster would refuse ``name`` as an object name (with a fix), or ``None`` when it is valid."""
+    if _DNS_SUBDOMAIN.match(name) and len(name) <= DNS_SUBDOMAIN_MAX:
+        return None
+    cleaned = re.sub(r"\.{2,}", ".", _NOT_DNS_SUBDOMAIN.sub("-", name.lower()))
+    suggestion = cleaned[:DNS_SUBDOMAIN_MAX].strip("-.") or "batch-1"
+    return (
+        f"{name!r} is not a valid Kubernetes object name (lowercase letters, digits, '-' and '.', starting "
+        f"and ending with a letter or digit, at most {DNS_SUBDOMAIN_MAX} characters): rename it, e.g. "
+        f"{suggestion!r}"
+    )

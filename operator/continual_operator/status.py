@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
+from pydantic.alias_generators import to_camel
 
 from continual_operator.actions import EmitEvent, Plan, UpdateBatchStatus, UpdateRunStatus
 from continual_operator.api import ContinualTrainingRunStatus, ObjectMeta, TrainingBatchStatus
@@ -84,13 +85,24 @@ def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any
 
 
 def describe_validation_error(error: ValidationError | str, prefix: str = "spec") -> str:
-    """One line per problem, each naming the field by its path as written in YAML (``spec.lora.r``)."""
+    """One line per problem, each naming the field by its path as written in YAML (``spec.lora.r``).
+
+    ``prefix`` is the path of what was validated: ``spec`` for a spec, ``""`` for a whole object (whose
+    errors already start at ``spec``). List items are written ``targetModules[0]``. A snake_case key the
+    manifest does not know is answered with its camelCase spelling, the only one a cluster accepts.
+    """
     if isinstance(error, str):
         return error
     lines = []
     for err in error.errors():
-        where = ".".join([prefix, *(str(part) for part in err["loc"])])
-        lines.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
+        where = prefix
+        for part in err["loc"]:
+            where += f"[{part}]" if isinstance(part, int) else (f".{part}" if where else str(part))
+        message = err["msg"].removeprefix("Value error, ")
+        last = err["loc"][-1] if err["loc"] else ""
+        if err["type"] == "extra_forbidden" and isinstance(last, str) and "_" in last.strip("_"):
+            message = f"unknown field; manifests spell it {to_camel(last)!r} (camelCase)"
+        lines.append(f"{where}: {message}")
     return "; ".join(lines)
 
 

@@ -32,7 +32,9 @@ def setup_volume(
     manifest["spec"]["failurePolicy"]["onPermanentFailure"] = policy
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(manifest))
-    return LocalOptions(manifest=path, volume=volume, state=tmp_path / "state", inbox=inbox, poll_seconds=0.2)
+    return LocalOptions(
+        manifest=path, volume=volume, state=tmp_path / "state", inbox=inbox, poll_seconds=0.2, settle_seconds=0
+    )
 
 
 def statuses(options: LocalOptions) -> tuple[dict, dict]:

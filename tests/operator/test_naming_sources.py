@@ -6,6 +6,8 @@ import itertools
 import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from continual_operator.naming import SOURCE_HASH_LENGTH, plain_source_name, source_batch_name
 from continual_trainer.config import is_valid_batch_id
@@ -86,3 +88,21 @@ def test_a_plain_name_can_equal_a_hashed_one() -> None:
     """A file may be named like another key's hashed name: the folder inbox checks names already taken."""
     hashed = source_batch_name("Batch 001.jsonl")
     assert plain_source_name(hashed + ".jsonl") == hashed
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.text(min_size=1, max_size=120), min_size=2, max_size=20, unique=True))
+def test_property_distinct_keys_always_get_distinct_valid_names(keys: list[str]) -> None:
+    names = [source_batch_name(k) for k in keys]
+    assert len(set(names)) == len(keys)
+    for name in names:
+        assert DNS_LABEL.match(name) and is_valid_batch_id(name), name
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.text(min_size=1, max_size=80))
+def test_property_plain_names_are_valid_and_only_drop_the_extension(file_name: str) -> None:
+    plain = plain_source_name(file_name)
+    if plain is not None:
+        assert DNS_SUBDOMAIN.match(plain) and is_valid_batch_id(plain)
+        assert file_name == plain or file_name.startswith(plain + ".")

@@ -15,9 +15,10 @@ The status has two writers. The operator owns phase, counters, conditions, ``cur
 from __future__ import annotations
 
 import posixpath
-from typing import Literal, Self
+import re
+from typing import Annotated, Literal, Self
 
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, ConfigDict, Field, field_validator, model_validator
 
 from continual_operator.api.inbox import InboxSpec, InboxStatus
 from continual_operator.api.meta import (
@@ -42,6 +43,22 @@ DEFAULT_IMAGE = "ghcr.io/continual-training/trainer:0.1.0"
 GPU_RESOURCE = "nvidia.com/gpu"
 #: A Kubernetes quantity as users write them (100Gi, 16, 500m, 1.5G).
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?([KMGTPE]i|[mkMGTPE])?$"
+
+
+def _check_quantity(value: str) -> str:
+    """The same rule as the CRD's pattern, with a message a person can act on (not the regex)."""
+    if re.fullmatch(QUANTITY_PATTERN, value) is None:
+        raise ValueError(
+            f"{value!r} is not a Kubernetes quantity: use e.g. 10Gi (binary suffixes Ki Mi Gi Ti Pi Ei), "
+            "10G (decimal k M G T P E), a plain number, or 500m for CPU"
+        )
+    return value
+
+
+#: A quantity field: checked with :func:`_check_quantity`, and ``pattern`` in the CRD schema.
+Quantity = Annotated[
+    str, AfterValidator(_check_quantity), Field(json_schema_extra={"pattern": QUANTITY_PATTERN})
+]
 
 RunPhase = Literal["Pending", "Training", "Idle", "Suspended", "Halted", "Failed"]
 
@@ -78,7 +95,7 @@ class ClaimTemplate(Model):
     storage_class_name: str | None = Field(
         default=None, description="StorageClass of the claim (empty: the cluster's default class)."
     )
-    size: str = Field(pattern=QUANTITY_PATTERN, description="Requested capacity, e.g. 100Gi.")
+    size: Quantity = Field(description="Requested capacity, e.g. 100Gi.")
     access_modes: list[AccessMode] = Field(
         default_factory=_read_write_once,
         min_length=1,
@@ -194,14 +211,11 @@ class ResourcesSpec(Model):
     gpu_resource_name: str = Field(
         default=GPU_RESOURCE, description="The extended resource GPUs are requested as (e.g. amd.com/gpu)."
     )
-    cpu: str | None = Field(
+    cpu: Quantity | None = Field(
         default=None,
-        pattern=QUANTITY_PATTERN,
         description="CPU request (no limit is set: throttling a data loader slows the GPU down).",
     )
-    memory: str | None = Field(
-        default=None, pattern=QUANTITY_PATTERN, description="Memory request and limit (e.g. 64Gi)."
-    )
+    memory: Quantity | None = Field(default=None, description="Memory request and limit (e.g. 64Gi).")
 
 
 class SchedulingSpec(Model):

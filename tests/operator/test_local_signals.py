@@ -1,0 +1,77 @@
+"""Local mode as a user runs it, in its own process: one per volume, and Ctrl-C never orphans a trainer."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+DEMO = Path(__file__).resolve().parents[2] / "operator" / "continual_operator" / "demo" / "run.yaml"
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.slow
+def test_a_second_process_is_refused_and_ctrl_c_twice_waits_for_the_trainer(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    volume, inbox = tmp_path / "volume", tmp_path / "inbox"
+    shutil.copytree(tiny_model, volume / "models" / "tiny-llama")
+    inbox.mkdir()
+    lines = (json.dumps({"text": f"sample number {i} of a long batch"}) for i in range(2000))
+    (inbox / "batch-001.jsonl").write_text("\n".join(lines) + "\n")  # 500 steps: still training when stopped
+    (tmp_path / "run.yaml").write_text(DEMO.read_text())
+    command = [sys.executable, "-m", "continual_operator.cli", "local", "--run", str(tmp_path / "run.yaml")]
+    command += ["--inbox", str(inbox), "--volume", str(volume), "--settle-seconds", "0"]
+    log = (tmp_path / "local.log").open("w+")
+    first = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, text=True)
+    try:
+        jobs = volume / ".local-state" / "jobs"
+        _wait_for(lambda: any(jobs.glob("*.pid")), 120, "the trainer to start")
+        trainer = int(next(jobs.glob("*.pid")).read_text())
+        _wait_for((volume / "runs" / "demo" / "status.json").exists, 180, "the first step")
+
+        second = subprocess.run(
+            command, capture_output=True, text=True, cwd=tmp_path, timeout=60, check=False
+        )
+        assert second.returncode == 2
+        assert "is locked by pid" in second.stderr and "another `continual-training local`" in second.stderr
+        assert "Traceback" not in second.stderr + second.stdout
+
+        first.send_signal(signal.SIGINT)
+        time.sleep(0.3)
+        first.send_signal(signal.SIGINT)  # used to raise KeyboardInterrupt and leave the trainer running
+        assert first.wait(timeout=120) == 128 + signal.SIGINT
+    finally:
+        if first.poll() is None:
+            first.kill()
+    log.seek(0)
+    output = log.read()
+    assert "Traceback" not in output
+    assert "still waiting for the trainer to save its checkpoint" in output
+    assert "interrupted: the trainer saved a checkpoint and stopped (exit 85)" in output
+    assert not _alive(trainer)
+    checkpoints = sorted((volume / "runs" / "demo" / "checkpoints").glob("checkpoint-*"))
+    assert checkpoints, "the trainer saved no checkpoint on SIGTERM"
