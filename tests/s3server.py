@@ -9,10 +9,12 @@ test to the next.
 from __future__ import annotations
 
 import socket
+import threading
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 #: Dummy credentials: moto accepts any, and tests assert that these values never show up anywhere.
@@ -82,8 +84,12 @@ class S3Server:
 @contextmanager
 def running_s3_server() -> Iterator[S3Server]:
     """Start a ThreadedMotoServer on 127.0.0.1 and a free port; stop it afterwards."""
+    import logging
+
     from moto.server import ThreadedMotoServer
 
+    # werkzeug logs every request at INFO: thousands of lines in a failing test's output.
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
@@ -91,3 +97,42 @@ def running_s3_server() -> Iterator[S3Server]:
         yield S3Server(endpoint_url=f"http://127.0.0.1:{port}")
     finally:
         server.stop()
+
+
+@contextmanager
+def error_server(status: int, code: str, message: str = "refused by the test server") -> Iterator[str]:
+    """A local HTTP endpoint answering every request with one S3 error (e.g. 403 InvalidAccessKeyId).
+
+    For what moto does not enforce (signatures, throttling): the client still goes through real HTTP and
+    botocore's own parsing of the error document. Yields the endpoint URL; ``requests`` counts the calls.
+    """
+    body = (
+        f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code><Message>{message}</Message>'
+        "<RequestId>test</RequestId></Error>"
+    ).encode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            if length:
+                self.rfile.read(length)
+            self.send_response(status)
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", str(len(body) if self.command != "HEAD" else 0))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _answer  # noqa: N815
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()

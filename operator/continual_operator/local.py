@@ -246,8 +246,13 @@ def local_trainer_config(config: TrainerConfig, volume: Path, termination: Path)
     if data.path is not None:  # uri data is read from the store, not the volume
         data = data.model_copy(update={"path": localize(data.path, volume)})
     batch = config.batch.model_copy(update={"data": data})
+    store = config.object_store
+    if store is not None and store.ca_bundle_path is not None:
+        # The pod's CA bundle is a mounted Secret; a local process uses AWS_CA_BUNDLE like any boto3 program.
+        store = store.model_copy(update={"ca_bundle_path": None})
     return config.model_copy(
         update={
+            "object_store": store,
             "run_dir": localize(config.run_dir, volume),
             "base_model": base,
             "batch": batch,

@@ -141,3 +141,27 @@ def test_malformed_batch_data_is_refused_naming_the_field(data: dict[str, Any], 
 def test_malformed_endpoint_is_refused() -> None:
     with pytest.raises(ValidationError, match="endpointURL"):
         s3_run(endpointURL="minio:9000")
+
+
+def test_local_mode_keeps_the_uri_and_leaves_the_ca_bundle_to_aws_ca_bundle(tmp_path: Path) -> None:
+    from continual_operator.local import local_trainer_config
+
+    pod = resources.get_trainer_config(s3_run(), s3_batch())
+    local = local_trainer_config(pod, tmp_path / "volume", tmp_path / "term.json")
+    assert local.batch.data.uri == "s3://training-data/assistant/2026-12-01/"
+    assert local.object_store is not None
+    assert local.object_store.endpoint_url == "https://minio.storage.svc:9000"
+    assert local.object_store.ca_bundle_path is None  # no Secret mount on one machine
+    assert local.run_dir == str(tmp_path / "volume")
+
+
+def test_a_malformed_uri_fails_the_batch_naming_spec_data_uri() -> None:
+    from continual_operator.api import TrainingBatchSpec
+    from continual_operator.status import describe_validation_error
+
+    spec = {"runName": "s3-assistant", "data": {"uri": "s3:/bucket-without-slashes/x"}}
+    with pytest.raises(ValidationError) as info:
+        TrainingBatchSpec.model_validate(spec)  # as the reconciler validates a batch's spec
+    message = describe_validation_error(info.value)
+    assert message.startswith("spec.data.uri: ")
+    assert "expected s3://bucket/key" in message

@@ -96,12 +96,12 @@ def test_missing_bucket_and_key_are_permanent_and_named(s3_server: S3Server) -> 
     assert "no such object" in text
 
 
-def test_endpoint_down_is_transient_and_names_the_fix() -> None:
+def test_endpoint_down_is_transient_and_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
     from tests.s3server import free_port
 
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
     spec = ObjectStoreClientSpec(endpoint_url=f"http://127.0.0.1:{free_port()}", addressing_style="path")
     client = make_client(spec, credentials=Credentials(ACCESS_KEY_ID, SECRET_ACCESS_KEY))
-    client.meta.config.retries["total_max_attempts"] = 1
     with pytest.raises(bex.EndpointConnectionError) as info:
         client.head_object(Bucket="bkt", Key="a")
     assert classify(info.value) == "transient"

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from continual_trainer import checkpoints as ckpts
 from continual_trainer.config import TrainerConfig, TrainingSpec
-from continual_trainer.data import LoadedBatch, LocalSource, load_batch
+from continual_trainer.data import BatchSource, LoadedBatch, LocalSource, load_batch
 from continual_trainer.exitcodes import (
     ConfigDriftError,
     ExitCode,
@@ -104,6 +104,15 @@ def resolve_data_path(config: TrainerConfig) -> Path:
     return path if path.is_absolute() else config.root / path
 
 
+def batch_source(config: TrainerConfig) -> BatchSource:
+    """Where the batch's bytes come from: the run's volume (data.path) or an object store (data.uri)."""
+    if config.batch.data.uri is not None:
+        from continual_trainer.s3source import s3_batch_source
+
+        return s3_batch_source(config)
+    return LocalSource(resolve_data_path(config))
+
+
 def main(config: TrainerConfig) -> BatchResult:
     """Train the config's batch; return its result or raise a :class:`TrainerError`."""
     layout = RunLayout(config.root)
@@ -147,12 +156,14 @@ def _main_locked(config: TrainerConfig, layout: RunLayout) -> BatchResult:
     check_drift(config, ledger)
     batch_id = config.batch.id
     record = ledger.read_batch(batch_id)
-    data_path = resolve_data_path(config)
 
     if record is not None and record.state == "completed":
-        _check_same_data(record, data_path, config)
+        _check_same_data(record, config)
         assert record.result is not None
         log.info("batch %s already completed at step %s: nothing to do", batch_id, record.target_step)
+        from continual_trainer.s3source import release_cache
+
+        release_cache(config)  # a cache left behind by a process killed right after completing
         return record.result.model_copy(update={"outcome": "AlreadyCompleted", "duration_seconds": 0.0})
     if record is not None and record.state == "failed":
         raise PermanentError(
@@ -161,7 +172,7 @@ def _main_locked(config: TrainerConfig, layout: RunLayout) -> BatchResult:
             reason="BatchFailed",
         )
 
-    loaded = load_batch(LocalSource(data_path), config.batch.data.format)
+    loaded = load_batch(batch_source(config), config.batch.data.format)
     if record is not None and record.data_digest != loaded.digest:
         raise PermanentError(
             f"batch id {batch_id!r} was started with other data ({record.data_digest}, now {loaded.digest}): "
@@ -232,14 +243,24 @@ def _main_locked(config: TrainerConfig, layout: RunLayout) -> BatchResult:
         record.model_copy(update={"state": "completed", "completed_at": utcnow(), "result": result})
     )
     ckpts.retain(ckpts.list_published(layout.checkpoints), training.checkpoints_kept, {record.target_step})
+    from continual_trainer.s3source import release_cache
+
+    release_cache(config)
     sinks.emit(
         event("batch-finished", record.target_step, ckpts.Checkpoint(final, record.target_step), meter.mean)
     )
     return result
 
 
-def _check_same_data(record: BatchRecord, data_path: Path, config: TrainerConfig) -> None:
-    """A completed batch re-submitted with other data is an error, not a silent no-op."""
+def _check_same_data(record: BatchRecord, config: TrainerConfig) -> None:
+    """A completed batch re-submitted with other data is an error, not a silent no-op.
+
+    A uri batch is not read from the store again once completed (that would download the whole batch for a
+    no-op); the record's digest keeps what it trained.
+    """
+    if config.batch.data.uri is not None:
+        return
+    data_path = resolve_data_path(config)
     if not data_path.exists():
         return  # the data may have been cleaned up after training: nothing to compare with
     digest = load_batch(LocalSource(data_path), config.batch.data.format).digest
