@@ -211,3 +211,15 @@ def test_retry_delay_doubles_and_is_capped() -> None:
     s = spec(pollSeconds=30)
     assert [retry_seconds(s, n) for n in (1, 2, 3, 10)] == [30, 60, 120, 600]
     assert retry_seconds(spec(pollSeconds=3600), 5) == 3600  # never more often than pollSeconds
+
+
+def test_a_late_object_seen_by_two_checks_in_the_same_second_is_reported_once() -> None:
+    # the store's clock has one-second resolution: both checks began in the second the object came
+    status = InboxStatus(watermark="b.jsonl", audit_pass_time="2025-03-01T09:01:40Z")
+    page = [obj("a.jsonl", modified=100), obj("b.jsonl")]
+    first = decide(RUN, spec(), status, listing([], page, listed_at=at(100.5)), ingested("b.jsonl"))
+    assert [e.reason for e in first.events] == ["InboxObjectBelowWatermark"]
+    assert first.status.reported_late == ["a.jsonl"]
+    second = decide(RUN, spec(), first.status, listing([], page, listed_at=at(100.9)), ingested("b.jsonl"))
+    assert second.events == ()
+    assert second.status.late_objects == 1

@@ -99,6 +99,11 @@ class InboxStatus(StatusModel):
         default=None,
         description="Ingested keys whose object changed or was deleted afterwards (each has a Warning Event).",
     )
+    reported_late: list[str] = Field(
+        default_factory=list,
+        description="The latest keys reported as below the watermark (at most 100), so that each is "
+        "reported once even when two checks fall within the store's one-second clock resolution.",
+    )
     audit_cursor: str | None = Field(
         default=None,
         description="Where the background check of keys below the watermark (late, changed, deleted) goes "

@@ -63,6 +63,8 @@ ANNOTATION_SOURCE_VERSION = "continual.dev/source-version-id"
 ANNOTATION_SOURCE_MODIFIED = "continual.dev/source-last-modified"
 #: Set by the inbox once it has reported a change ("etag:<new ETag>") or a deletion ("deleted").
 ANNOTATION_SOURCE_REPORTED = "continual.dev/source-reported"
+#: How many late keys ``status.inbox.reportedLate`` remembers (bounded space).
+REPORTED_LATE_KEPT = 100
 #: Label that tells inbox batches apart from batches applied by hand.
 LABEL_SOURCE = "continual.dev/source"
 SOURCE_INBOX = "s3-inbox"
@@ -234,7 +236,7 @@ class _Decider:
     create: list[NewBatch] = field(default_factory=list)
     notes: list[Note] = field(default_factory=list)
     events: list[EmitEvent] = field(default_factory=list)
-    late: int = 0
+    late: list[str] = field(default_factory=list)
 
     def _warn(self, reason: str, message: str) -> None:
         self.events.append(EmitEvent("ContinualTrainingRun", self.run, "Warning", reason, message))
@@ -303,7 +305,9 @@ class _Decider:
         status["auditCursor"] = None if finished else last_seen
 
     def _late(self, unit: str, watermark: str) -> None:
-        self.late += 1
+        if unit in self.old.reported_late or unit in self.late:
+            return  # reported by an earlier check within the same second of the store's clock
+        self.late.append(unit)
         self._warn(
             "InboxObjectBelowWatermark",
             f"{self.uri(unit)} appeared below the inbox watermark {watermark!r} (keys are taken in key order) "
@@ -355,7 +359,8 @@ def decide(
     watermark, etag = decider.forward()
     status: dict[str, Any] = {}
     decider.audit(watermark, status)
-    late, changed = decider.late, len(decider.notes)
+    late, changed = len(decider.late), len(decider.notes)
+    reported_late = [*old.reported_late, *decider.late][-REPORTED_LATE_KEPT:]
     polled_at = rfc3339(now or listing.listed_at)
     new = old.model_copy(
         update={
@@ -365,6 +370,7 @@ def decide(
             "last_ingest_time": polled_at if decider.create else old.last_ingest_time,
             "batches_created": (old.batches_created or 0) + len(decider.create),
             "late_objects": (old.late_objects or 0) + late,
+            "reported_late": reported_late,
             "changed_objects": (old.changed_objects or 0) + changed,
             "audit_cursor": status.get("auditCursor", old.audit_cursor),
             "audit_pass_time": status.get("auditPassTime", old.audit_pass_time),
