@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,11 @@ from tests.s3server import S3Server
 from continual_operator.inbox.decide import inbox_batch_name
 from continual_operator.inbox.local import STATE_FILE, LocalS3Inbox, client_for, inbox_spec
 from continual_operator.inbox.store import InboxStoreError
-from continual_operator.local import load_run
+from continual_operator.local import LocalOptions, load_run, run_local
 
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = ROOT / "operator" / "continual_operator" / "demo" / "run.yaml"
+DATA = ROOT / "trainer_image" / "continual_trainer" / "demo_data"
 BUCKET = "local-inbox"
 URI = f"s3://{BUCKET}/in/"
 
@@ -107,3 +111,34 @@ def test_a_missing_bucket_is_reported_and_nothing_is_recorded_but_the_failure(
     assert saved["batches"] == {}
     assert saved["status"]["consecutiveFailures"] == 1
     assert saved["status"]["watermark"] is None
+
+
+@pytest.mark.slow
+def test_local_mode_trains_the_s3_inbox_in_key_order_with_contiguous_steps(
+    tiny_model: Path, tmp_path: Path, store: S3Server
+) -> None:
+    # two batches keep it short; tests/e2e/test_s3_inbox.py trains three on a cluster
+    for name in ("batch-002.jsonl", "batch-001.jsonl"):
+        store.put(BUCKET, f"in/{name}", (DATA / name).read_bytes())
+    volume = tmp_path / "volume"
+    shutil.copytree(tiny_model, volume / "models" / "tiny-llama")
+    demo = yaml.safe_load(DEMO.read_text())
+    demo["spec"]["objectStore"] = store.object_store()
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(demo))
+    options = LocalOptions(
+        manifest=path, volume=volume, state=tmp_path / "state", s3_inbox=URI, poll_seconds=0.2
+    )
+    lines: list[str] = []
+    assert run_local(options, out=lines.append) == 0, "\n".join(lines)
+    run = json.loads((options.state / "status.json").read_text())
+    batches = json.loads((options.state / "batches.json").read_text())
+    name = demo["metadata"]["name"]
+    assert {k: (v["phase"], v["startStep"], v["endStep"]) for k, v in batches.items()} == {
+        inbox_batch_name(name, "batch-001.jsonl"): ("Succeeded", 0, 6),
+        inbox_batch_name(name, "batch-002.jsonl"): ("Succeeded", 6, 12),
+    }
+    assert run["globalStep"] == 12
+    # a second invocation lists again and creates nothing
+    assert run_local(options, out=lines.append) == 0
+    assert json.loads((options.state / "batches.json").read_text()) == batches
