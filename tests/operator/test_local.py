@@ -33,7 +33,12 @@ def setup_volume(
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(manifest))
     return LocalOptions(
-        manifest=path, volume=volume, state=tmp_path / "state", inbox=inbox, poll_seconds=0.2, settle_seconds=0
+        manifest=path,
+        volume=volume,
+        state=tmp_path / "state",
+        inbox=inbox,
+        poll_seconds=0.2,
+        settle_seconds=0,
     )
 
 

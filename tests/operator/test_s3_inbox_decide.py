@@ -16,6 +16,7 @@ from continual_operator.inbox.decide import (
     Unit,
     batch_manifest,
     decide,
+    effective_status,
     inbox_batch_name,
     next_start_after,
     retry_seconds,
@@ -223,3 +224,15 @@ def test_a_late_object_seen_by_two_checks_in_the_same_second_is_reported_once() 
     second = decide(RUN, spec(), first.status, listing([], page, listed_at=at(100.9)), ingested("b.jsonl"))
     assert second.events == ()
     assert second.status.late_objects == 1
+
+
+def test_another_uri_or_unit_starts_a_new_watermark_and_the_sequence_goes_on() -> None:
+    old = decide(RUN, spec(), None, listing(units("b.jsonl")), []).status
+    assert (old.uri, old.batch_from, old.watermark) == ("s3://bucket/in/", "Object", "b.jsonl")
+    moved = spec(uri="s3://bucket/other/")
+    decision = decide(RUN, moved, old, listing(units("a.jsonl")), [])
+    assert [(b.key, b.uri, b.order) for b in decision.create] == [("a.jsonl", "s3://bucket/other/a.jsonl", 2)]
+    assert decision.status.watermark == "a.jsonl"
+    assert next_start_after(moved, effective_status(moved, old).watermark) is None
+    same = decide(RUN, spec(), old, listing(units("a.jsonl", "b.jsonl")), [])
+    assert same.create == ()

@@ -75,6 +75,13 @@ class InboxSpec(Model):
 class InboxStatus(StatusModel):
     """How far the S3 inbox has been ingested. Written by the operator."""
 
+    uri: str | None = Field(
+        default=None,
+        description="The spec.inbox.uri the watermark belongs to: another URI starts from the beginning.",
+    )
+    batch_from: str | None = Field(
+        default=None, description="The spec.inbox.batchFrom the watermark belongs to (Object or Prefix)."
+    )
     watermark: str | None = Field(
         default=None,
         description="The last key (batchFrom Object) or sub-prefix (batchFrom Prefix) ingested, relative to "

@@ -225,6 +225,18 @@ def next_start_after(spec: InboxSpec, watermark: str | None) -> str | None:
     return watermark
 
 
+def effective_status(spec: InboxSpec, old: InboxStatus | None) -> InboxStatus:
+    """The status a poll starts from: ``old``, unless it belongs to another ``uri`` or ``batchFrom``.
+
+    Another prefix (or another kind of unit) is another key space: its watermark starts anew. The sequence
+    goes on, so that new batches still train after the ones already created.
+    """
+    old = old or InboxStatus()
+    if (old.uri, old.batch_from) in {(None, None), (spec.uri, spec.batch_from)}:
+        return old
+    return InboxStatus(batches_created=old.batches_created, last_poll_time=old.last_poll_time)
+
+
 # -- the decision --------------------------------------------------------------------------------------
 @dataclass
 class _Decider:
@@ -354,7 +366,7 @@ def decide(
     ``now`` is the operator's clock (``lastPollTime``, which schedules the next poll); the audit compares
     objects' LastModified with ``listing.listed_at``, the store's clock.
     """
-    old = old or InboxStatus()
+    old = effective_status(spec, old)
     decider = _Decider(run, spec, old, listing, {r.batch: r for r in ingested})
     watermark, etag = decider.forward()
     status: dict[str, Any] = {}
@@ -364,6 +376,8 @@ def decide(
     polled_at = rfc3339(now or listing.listed_at)
     new = old.model_copy(
         update={
+            "uri": spec.uri,
+            "batch_from": spec.batch_from,
             "watermark": watermark,
             "watermark_etag": etag,
             "last_poll_time": polled_at,

@@ -32,6 +32,7 @@ from continual_operator.inbox.decide import (
     NewBatch,
     SourceObject,
     Unit,
+    effective_status,
     is_data_object,
     next_start_after,
     wanted,
@@ -115,7 +116,7 @@ class InboxLister:
     # -- one poll -------------------------------------------------------------------------------------
     def poll(self, status: InboxStatus | None) -> Listing:
         """List what one poll needs: new units above the watermark and one audit page below it."""
-        status = status or InboxStatus()
+        status = effective_status(self.spec, status)
         self._listed_at = None
         before = self.clock()
         if self.spec.batch_from == "Prefix":
