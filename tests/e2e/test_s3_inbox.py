@@ -95,7 +95,7 @@ def test_objects_put_in_the_inbox_train_in_key_order_and_the_credentials_leak_no
         assert ranges == [(0, 6), (6, 12), (12, 18)]
         for name, (_, data_file) in zip(names, DEMO_BATCHES, strict=True):
             batch = world.batch(name)
-            assert batch["spec"]["data"] == {"uri": f"s3://{BUCKET}/support/{data_file}"}
+            assert batch["spec"]["data"]["uri"] == f"s3://{BUCKET}/support/{data_file}"
             assert batch["metadata"]["annotations"]["continual.dev/source-key"] == data_file
             assert batch["metadata"]["ownerReferences"][0]["name"] == run
         inbox = status(final)["inbox"]
