@@ -378,3 +378,26 @@ def test_a_10000_object_inbox_is_listed_in_bounded_pages_and_memory(s3_server: S
     assert (len(listing.units), listing.backlog) == (500, False)
     assert listing.audit is not None
     assert len(listing.audit.objects) == 1000
+
+
+async def test_a_ca_bundle_secret_is_used_when_there_and_named_when_missing(
+    world: KubeWorld, operator: Reconciler, clock: Clock, store: S3Server
+) -> None:
+    store.put(BUCKET, "in/a.jsonl", b"a\n")
+    seed(world, store.endpoint_url)
+    run = world.get(RUNS, RUN)
+    assert run is not None
+    run["spec"]["objectStore"]["caBundleSecretRef"] = {"name": "store-ca"}
+    world.add(RUNS, run)
+    await operator.reconcile((NS, RUN))
+    condition = inbox_condition(world)
+    assert (condition["status"], condition["reason"]) == ("False", "CredentialsSecretUnavailable")
+    assert "caBundleSecretRef" in condition["message"]
+    assert "kubectl create secret generic store-ca --from-file=ca.crt=" in condition["message"]
+
+    # with the bundle (any PEM: the endpoint is plain HTTP here) the client is built and the poll works
+    pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    world.add(SECRETS, {**secret("store-ca"), "data": {"ca.crt": base64.b64encode(pem.encode()).decode()}})
+    await poll(operator, clock)
+    assert inbox_condition(world)["status"] == "True"
+    assert len(inbox_batches(world)) == 1
