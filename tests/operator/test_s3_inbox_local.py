@@ -142,3 +142,19 @@ def test_local_mode_trains_the_s3_inbox_in_key_order_with_contiguous_steps(
     # a second invocation lists again and creates nothing
     assert run_local(options, out=lines.append) == 0
     assert json.loads((options.state / "batches.json").read_text()) == batches
+
+
+def test_the_command_line_tells_an_s3_inbox_from_a_folder(tmp_path: Path) -> None:
+    from continual_operator.cli import _local_options, build_parser
+
+    args = build_parser().parse_args(
+        ["local", "--run", "run.yaml", "--inbox", URI, "--volume", str(tmp_path)]
+    )
+    options = _local_options(args, tmp_path / "run.yaml")
+    assert (options.s3_inbox, options.inbox) == (URI, None)
+    args = build_parser().parse_args(
+        ["local", "--run", "run.yaml", "--inbox", "drop", "--volume", str(tmp_path)]
+    )
+    options = _local_options(args, tmp_path / "run.yaml")
+    assert options.s3_inbox is None
+    assert options.inbox == Path("drop").resolve()
