@@ -401,3 +401,21 @@ async def test_a_ca_bundle_secret_is_used_when_there_and_named_when_missing(
     await poll(operator, clock)
     assert inbox_condition(world)["status"] == "True"
     assert len(inbox_batches(world)) == 1
+
+
+async def test_a_refused_batch_create_keeps_the_watermark_and_the_run_reconciling(
+    world: KubeWorld, operator: Reconciler, clock: Clock, store: S3Server
+) -> None:
+    store.put(BUCKET, "in/a.jsonl", b"a\n")
+    seed(world, store.endpoint_url)
+    world.server["post", BATCHES][:1] << kmock.KubernetesError(status=403, reason="Forbidden")
+    await operator.reconcile((NS, RUN))  # no exception: the planner still ran for the run
+    condition = inbox_condition(world)
+    assert (condition["status"], condition["reason"]) == ("False", "BatchCreateFailed")
+    assert "create trainingbatches.continual.dev" in condition["message"]
+    assert inbox_status(world).get("watermark") is None
+    world.unstore(BATCHES, inbox_batch_name(RUN, "a.jsonl"))  # kmock stored the refused object
+    await poll(operator, clock)
+    assert inbox_condition(world)["status"] == "True"
+    assert inbox_status(world)["watermark"] == "a.jsonl"
+    assert len(inbox_batches(world)) == 1

@@ -148,10 +148,18 @@ class InboxSync:
             if old is not None and old.consecutive_failures:
                 events.append(_event(name, "Normal", "InboxRecovered", f"{spec.uri} can be listed again"))
             delay = BACKLOG_DELAY_SECONDS if decision.backlog else float(spec.poll_seconds)
-        except (InboxStoreError, InboxCredentialsError) as error:
+        except (InboxStoreError, InboxCredentialsError, KubernetesApiError) as error:
+            # A failed create (RBAC, quota, a webhook) leaves the watermark where it was: the next poll
+            # creates the same names again. The run's own reconcile goes on: queued batches still train.
             message = str(error)
             status = failed(old, message).model_copy(update={"last_poll_time": rfc3339(now)})
-            reason = error.reason if isinstance(error, InboxStoreError) else "CredentialsSecretUnavailable"
+            reason = (
+                error.reason
+                if isinstance(error, InboxStoreError)
+                else "BatchCreateFailed"
+                if isinstance(error, KubernetesApiError)
+                else "CredentialsSecretUnavailable"
+            )
             condition = ("False", reason, message)
             delay = retry_seconds(spec, status.consecutive_failures or 1)
             events = []
