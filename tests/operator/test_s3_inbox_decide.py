@@ -83,9 +83,10 @@ def test_forward_order_filters_and_watermark(
 def test_a_batch_created_before_a_crash_is_not_created_again_but_the_watermark_moves() -> None:
     # The operator created the batch, then died before patching the watermark: the next poll sees the same
     # key above the watermark and the batch already there.
-    decision = decide(RUN, spec(), InboxStatus(), listing(units("a.jsonl")), ingested("a.jsonl"))
-    assert decision.create == ()
-    assert decision.status.watermark == "a.jsonl"
+    decision = decide(RUN, spec(), InboxStatus(), listing(units("a.jsonl", "b.jsonl")), ingested("a.jsonl"))
+    assert [(b.key, b.order) for b in decision.create] == [("b.jsonl", 2)]  # a.jsonl keeps number 1
+    assert decision.status.watermark == "b.jsonl"
+    assert decision.status.batches_created == 2
 
 
 def test_prefix_mode_waits_for_the_marker_and_keeps_key_order() -> None:

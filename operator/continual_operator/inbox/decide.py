@@ -256,8 +256,8 @@ class _Decider:
     def uri(self, key: str) -> str:
         return f"s3://{self.spec.bucket}/{self.spec.prefix}{key}"
 
-    def forward(self) -> tuple[str | None, str | None]:
-        """Create batches for the units above the watermark; the new watermark and its ETag."""
+    def forward(self) -> tuple[str | None, str | None, int]:
+        """Create batches for the units above the watermark; the new watermark, its ETag, the sequence."""
         watermark, etag = self.old.watermark, self.old.watermark_etag
         sequence = self.old.batches_created or 0
         for unit in sorted(self.listing.units, key=lambda u: u.key):
@@ -269,11 +269,12 @@ class _Decider:
             if unit.obj is None:
                 break  # Prefix: not complete yet, and nothing after it may go first
             name = inbox_batch_name(self.run, unit.key)
+            # A batch found already (created by a poll that died before its watermark) keeps its number.
+            sequence += 1
             if name not in self.ingested:
-                sequence += 1
                 self.create.append(NewBatch(name, unit.key, self.uri(unit.key), sequence, unit.obj))
             watermark, etag = unit.key, unit.obj.etag
-        return watermark, etag
+        return watermark, etag, sequence
 
     def audit(self, watermark: str | None, status: dict[str, Any]) -> None:
         """Check one page below the watermark: late units, changed and deleted sources."""
@@ -368,7 +369,7 @@ def decide(
     """
     old = effective_status(spec, old)
     decider = _Decider(run, spec, old, listing, {r.batch: r for r in ingested})
-    watermark, etag = decider.forward()
+    watermark, etag, sequence = decider.forward()
     status: dict[str, Any] = {}
     decider.audit(watermark, status)
     late, changed = len(decider.late), len(decider.notes)
@@ -382,7 +383,7 @@ def decide(
             "watermark_etag": etag,
             "last_poll_time": polled_at,
             "last_ingest_time": polled_at if decider.create else old.last_ingest_time,
-            "batches_created": (old.batches_created or 0) + len(decider.create),
+            "batches_created": sequence,
             "late_objects": (old.late_objects or 0) + late,
             "reported_late": reported_late,
             "changed_objects": (old.changed_objects or 0) + changed,

@@ -123,8 +123,10 @@ class LocalS3Inbox:
             }
         for note in decision.notes:
             self.records[note.batch]["reported"] = note.reported
-        old_created = (self.status.batches_created or 0) if self.status is not None else 0
-        self.status = decision.status.model_copy(update={"batches_created": old_created + len(confirmed)})
+        gone = len(decision.create) - len(confirmed)  # deleted between the listing and now
+        self.status = decision.status.model_copy(
+            update={"batches_created": (decision.status.batches_created or 0) - gone}
+        )
         self.backlog = decision.backlog
         self._save()
         return list(decision.events)

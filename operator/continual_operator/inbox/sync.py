@@ -136,7 +136,12 @@ class InboxSync:
                     {"annotations": {ANNOTATION_SOURCE_REPORTED: note.reported}},
                 )
             status = decision.status.model_copy(
-                update={"batches_created": ((old.batches_created or 0) if old else 0) + len(confirmed)}
+                # objects deleted between the listing and their create are not batches
+                update={
+                    "batches_created": (decision.status.batches_created or 0)
+                    - len(decision.create)
+                    + len(confirmed)
+                }
             )
             events = list(decision.events)
             watermark = status.watermark or "(none yet)"
