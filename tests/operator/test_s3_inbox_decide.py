@@ -237,3 +237,10 @@ def test_another_uri_or_unit_starts_a_new_watermark_and_the_sequence_goes_on() -
     assert next_start_after(moved, effective_status(moved, old).watermark) is None
     same = decide(RUN, spec(), old, listing(units("a.jsonl", "b.jsonl")), [])
     assert same.create == ()
+
+
+@pytest.mark.parametrize("marker", ["DONE", "a/_SUCCESS", "_"])
+def test_a_marker_must_be_a_name_the_trainer_never_reads_as_data(marker: str) -> None:
+    with pytest.raises(ValueError, match="marker"):
+        spec(marker=marker)
+    assert spec(marker=".done").marker == ".done"

@@ -48,10 +48,11 @@ class InboxSpec(Model):
     )
     marker: str = Field(
         default="_SUCCESS",
-        min_length=1,
-        pattern=r"^[^/]+$",
+        min_length=2,
+        pattern=r"^[_.][^/]*$",
         description="batchFrom Prefix: the object whose presence says a sub-prefix is complete (the Hadoop "
-        "convention). It is never data, in either mode.",
+        "convention). It starts with '_' or '.', the names the trainer never reads as data, and is never "
+        "data in either mode.",
     )
     max_keys_per_poll: int = Field(
         default=1000,
