@@ -33,11 +33,14 @@ from continual_operator.local_inbox import DEFAULT_MARKER, DEFAULT_SETTLE_SECOND
 
 def _local_options(args: argparse.Namespace, manifest: Path) -> LocalOptions:
     command = tuple(shlex.split(args.trainer_command)) if args.trainer_command else None
+    inbox = str(args.inbox) if args.inbox else None
+    s3_inbox = inbox is not None and inbox.startswith("s3://")
     options = LocalOptions(
         manifest=manifest,
         volume=args.volume.resolve(),
         state=(args.state or args.volume / ".local-state").resolve(),
-        inbox=args.inbox.resolve() if args.inbox else None,
+        inbox=Path(inbox).resolve() if inbox and not s3_inbox else None,
+        s3_inbox=inbox if s3_inbox else None,
         batch_manifests=tuple(p.resolve() for p in args.batches or ()),
         watch=getattr(args, "watch", False),
         poll_seconds=getattr(args, "poll_seconds", 2.0),
@@ -68,7 +71,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Build the tiny model and the toy batches under --volume, then train them in local mode."""
     volume: Path = args.volume
     model = volume / "models" / "tiny-llama"
-    args.inbox = args.inbox or volume / "inbox"
+    args.inbox = Path(args.inbox) if args.inbox else volume / "inbox"
     if not (model / "config.json").exists() or not any(args.inbox.glob("*")):
         print(f"building the tiny demo model in {model} and the toy batches in {args.inbox} ...")
         subprocess.run(
@@ -140,7 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
             "--volume", type=Path, default=Path(volume_default), help="the folder standing for /data"
         )
         p.add_argument("--state", type=Path, help="status, events, job logs (default: VOLUME/.local-state)")
-        p.add_argument("--inbox", type=Path, help="every file or folder in it is a batch, in name order")
+        p.add_argument(
+            "--inbox",
+            help="a folder: every file or folder in it is a batch, in name order; or s3://bucket/prefix/: "
+            "every new object is a batch, in key order (the run's spec.objectStore; docs/inbox.md)",
+        )
         p.add_argument(
             "--settle-seconds",
             type=float,

@@ -47,6 +47,8 @@ from continual_operator.actions import (
     UpdateRunStatus,
 )
 from continual_operator.api import ContinualTrainingRun, TrainingBatch
+from continual_operator.inbox.local import LocalS3Inbox, client_for, inbox_spec
+from continual_operator.inbox.store import InboxStoreError
 from continual_operator.local_inbox import (
     DEFAULT_MARKER,
     DEFAULT_SETTLE_SECONDS,
@@ -95,6 +97,8 @@ class LocalOptions:
     volume: Path
     state: Path
     inbox: Path | None = None
+    #: ``--inbox s3://bucket/prefix/``: the S3 inbox, with the operator's rules (docs/inbox.md).
+    s3_inbox: str | None = None
     batch_manifests: tuple[Path, ...] = ()
     watch: bool = False
     poll_seconds: float = 2.0
@@ -300,6 +304,7 @@ class LocalRun:
     _saved_phases: dict[str, str | None] = field(default_factory=dict)
     _spec_seen: dict[str, Any] = field(default_factory=dict)
     _last_progress: float = 0.0
+    s3: LocalS3Inbox | None = None
 
     # -- one reconcile ---------------------------------------------------------------------------------
     def refresh(self) -> None:
@@ -324,7 +329,7 @@ class LocalRun:
             reserved={r.name: r.source for r in inbox.records.values()} if inbox else None,
         )
         self._manifest_names = {b.metadata.name for b in manifests.batches}
-        found = self._inbox_batches(run.metadata.name) + manifests.batches
+        found = self._inbox_batches(run.metadata.name) + self._s3_batches(run) + manifests.batches
         self.manifest_skipped = manifests.not_batches
         for item in self.inbox_skipped + self.manifest_skipped:
             if not item.waiting and item.source not in self._reported:
@@ -364,6 +369,33 @@ class LocalRun:
         for record in inbox.records.values():
             seen = self.first_seen.setdefault(record.name, len(self.first_seen))
             out.append(_batch(run, record.name, str((inbox.folder / record.source).resolve()), seen))
+        return out
+
+    def _s3_batches(self, run: ContinualTrainingRun) -> list[TrainingBatch]:
+        """A batch per object (or sub-prefix) taken from the S3 inbox, polled when due."""
+        if self.options.s3_inbox is None:
+            return []
+        if self.s3 is None:
+            spec = inbox_spec(run, self.options.s3_inbox, self.options.poll_seconds)
+            self.s3 = LocalS3Inbox.load(spec, run.metadata.name, self.options.state, lambda: client_for(run))
+        if self.s3.due(_now()):
+            try:
+                events = self.s3.poll(_now())
+            except InboxStoreError as error:
+                if not self.options.watch:
+                    raise LocalModeError(f"inbox {self.options.s3_inbox}: {error}") from None
+                events = [
+                    EmitEvent(
+                        "ContinualTrainingRun", run.metadata.name, "Warning", "InboxUnavailable", str(error)
+                    )
+                ]
+            for event in events:
+                self._event(event)
+        out = []
+        for batch in self.s3.batches():
+            seen = self.first_seen.setdefault(batch.name, len(self.first_seen))
+            body = {"runName": run.metadata.name, "order": batch.order, "data": {"uri": batch.uri}}
+            out.append(TrainingBatch.model_validate({"metadata": _meta(batch.name, seen), "spec": body}))
         return out
 
     def _folder_inbox(self) -> FolderInbox | None:
@@ -584,6 +616,8 @@ class LocalRun:
             return True
         if any(item.waiting for item in self.inbox_skipped):
             return False
+        if self.s3 is not None and self.s3.backlog:
+            return False  # the last poll stopped at maxKeysPerPoll: more keys are waiting
         return all(b.status.phase in TERMINAL_PHASES for b in self.batches.values())
 
     def running(self) -> list[subprocess.Popen[bytes]]:

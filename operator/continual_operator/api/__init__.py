@@ -13,6 +13,7 @@ from continual_operator.api.batch import (
     TrainingBatchSpec,
     TrainingBatchStatus,
 )
+from continual_operator.api.inbox import InboxSpec, InboxStatus
 from continual_operator.api.meta import API_VERSION, GROUP, VERSION, Condition, ObjectMeta, ResourceInfo
 from continual_operator.api.run import (
     DEFAULT_IMAGE,
@@ -54,6 +55,8 @@ __all__ = [
     "ContinualTrainingRunStatus",
     "CredentialsSecretRef",
     "FailurePolicy",
+    "InboxSpec",
+    "InboxStatus",
     "ObjectMeta",
     "ObjectStoreSpec",
     "ProgressReporting",

@@ -22,6 +22,7 @@ from typing import Annotated, Literal, Self
 
 from pydantic import AfterValidator, ConfigDict, Field, field_validator, model_validator
 
+from continual_operator.api.inbox import InboxSpec, InboxStatus
 from continual_operator.api.meta import (
     API_VERSION,
     Condition,
@@ -326,6 +327,11 @@ class ContinualTrainingRunSpec(Model):
         description="How to reach the object store for batches with data.uri (empty: AWS S3 with the "
         "standard boto3 credential chain).",
     )
+    inbox: InboxSpec | None = Field(
+        default=None,
+        description="Create a TrainingBatch for every new object (or completed sub-prefix) below an S3 "
+        "prefix, in key order, exactly once (see docs/inbox.md). Reached with spec.objectStore.",
+    )
 
 
 class TrainedStorage(StatusModel):
@@ -387,9 +393,12 @@ class ContinualTrainingRunStatus(StatusModel):
         description="What the run trained with (baseModel, lora, the storage folder), recorded when its first "
         "Job was created; a spec that differs there is refused.",
     )
+    inbox: InboxStatus | None = Field(
+        default=None, description="How far spec.inbox has been ingested (the watermark), and its last error."
+    )
     conditions: list[Condition] = Field(
         default_factory=list,
-        description="Ready, Training, Degraded and Suspended.",
+        description="Ready, Training, Degraded and Suspended; InboxReady with spec.inbox.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
 
