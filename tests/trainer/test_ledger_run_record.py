@@ -40,6 +40,13 @@ def reference_b2(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return run_dir / "checkpoints" / "checkpoint-12"
 
 
+def _recorded_path(config, folder: Path) -> str:
+    """How the run record names a model folder: relative to the data root when inside it."""
+    root = Path(config.data_root or config.run_dir).resolve()
+    real = folder.resolve()
+    return real.relative_to(root).as_posix() if real.is_relative_to(root) else str(real)
+
+
 def run_record(run_dir: Path) -> dict:
     return json.loads((run_dir / "ledger" / "run.json").read_text())
 
@@ -133,7 +140,7 @@ def test_a_moved_project_folder_is_not_drift_but_another_model_under_its_path_is
     code, result = execute(config)
     assert code == ExitCode.SUCCESS, result
     assert (result.start_step, result.end_step) == (6, 12)
-    assert run_record(moved / "run")["model"]["path"] == str((moved / "models" / "tiny").resolve())
+    assert run_record(moved / "run")["model"]["path"] == _recorded_path(config, moved / "models" / "tiny")
 
     model_config = moved / "models" / "tiny" / "config.json"
     changed = json.loads(model_config.read_text())
@@ -184,12 +191,18 @@ def test_a_quarantined_batch_start_checkpoint_names_the_reason(after_b1, tiny_mo
     adapter["r"] = 16  # a checkpoint of another LoRA copied in, with a consistent manifest
     (start / "adapter_config.json").write_text(json.dumps(adapter))
     ckpts.write_manifest(start, batch_id=B1, step=6)
+    # Such a checkpoint is rebuilt from batch 1's data (test_heal_checkpoints.py); here that data no longer
+    # matches its record, so the trainer halts, and the message must say why checkpoint-6 was rejected.
+    b1_record = run_dir / "ledger" / "batches" / f"{B1}.json"
+    b1 = json.loads(b1_record.read_text())
+    b1["dataDigest"] = "sha256:" + "0" * 64
+    b1_record.write_text(json.dumps(b1))
 
     code, result = execute(make_config(run_dir, tiny_model, B2, P2))
     assert code == ExitCode.PERMANENT
     assert result.reason == "MissingBatchStartCheckpoint"
     message = result.message or ""
-    assert "it was quarantined: invalid checkpoint: adapter config differs from the run's" in message
+    assert "invalid checkpoint: adapter config differs from the run's" in message
     assert "lora.r is 4 in the config but 16 in the checkpoint" in message
     assert "(quarantine/checkpoint-6." in message
 
