@@ -158,6 +158,7 @@ def test_damaged_batch_end_is_rebuilt_in_separate_processes(after_b1, reference,
         (B1, 6, "checkpoint-6")
     ]
     assert "from checkpoint-4" in rebuilt[0]["message"]
+    assert out.result["rebuilt"] == rebuilt[0]["message"]  # the operator reads the result record
     assert_rebuilt_exactly(run_dir, original, reference, from_step=4)
     (moved,) = (run_dir / "quarantine").glob("checkpoint-6.*")
     assert (moved / "QUARANTINE_REASON.txt").read_text().startswith("invalid checkpoint")
