@@ -103,7 +103,6 @@ def run_bare_trainer(configs: list[Any], out_dir: Path) -> dict[str, float]:
     from transformers.trainer_callback import PrinterCallback
 
     from continual_trainer import model as modeling
-    from continual_trainer import sandbox
     from continual_trainer.data import LocalSource, load_batch
     from continual_trainer.plan import total_steps
 
@@ -113,7 +112,7 @@ def run_bare_trainer(configs: list[Any], out_dir: Path) -> dict[str, float]:
     items: list[modeling.Encoded] = []
     steps = 0
     for config in configs:
-        samples = load_batch(LocalSource(sandbox.batch_data_path(config), sandbox.data_root(config))).samples
+        samples = load_batch(LocalSource.from_config(config)).samples
         encoded = modeling.encode(samples, tokenizer, training.max_seq_length)
         items.extend(encoded * training.epochs_per_batch)
         steps += total_steps(

@@ -76,7 +76,7 @@ __all__ = ["LocalModeError", "LocalOptions", "load_run", "run_local"]
 
 log = logging.getLogger(__name__)
 
-TERMINAL_PHASES = {"Succeeded", "Failed", "Skipped"}
+TERMINAL_PHASES = {"Succeeded", "Failed"}
 
 #: Exit codes of ``continual-training local`` / ``demo`` (docs/local.md).
 EXIT_OK = 0

@@ -48,7 +48,8 @@ def make_config(
 ) -> TrainerConfig:
     # The tests read the demo batches from the checkout and their own files from tmp folders: by default
     # the data root is the folder holding both run and data (the sandbox itself: test_data_sandbox.py).
-    root = data_root if data_root is not None else Path(os.path.commonpath([run_dir, data]))
+    # A relative data path is inside the run folder, as the trainer reads it.
+    root = data_root if data_root is not None else Path(os.path.commonpath([run_dir, run_dir / data]))
     return TrainerConfig.model_validate(
         {
             "runName": "test",

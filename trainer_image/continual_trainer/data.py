@@ -24,9 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
+from continual_trainer.config import TrainerConfig
 from continual_trainer.content import check_text, open_text
 from continual_trainer.exitcodes import BadDataError
-from continual_trainer.sandbox import confine
+from continual_trainer.sandbox import batch_data_path, confine, data_root
 
 JSONL_SUFFIXES = {".jsonl", ".json"}
 
@@ -58,18 +59,22 @@ class LocalSource:
     path, so a link swapped after the check cannot lead outside. Names stay as the user sees them.
     """
 
-    def __init__(self, path: Path, root: Path) -> None:
+    def __init__(self, path: Path, root: Path, *, given: str | None = None) -> None:
         self.path = path
         self.root = root
+        self.given = given if given is not None else str(path)  # as the config spells it, for messages
+
+    @classmethod
+    def from_config(cls, config: TrainerConfig) -> LocalSource:
+        """The batch's ``data.path`` (relative to the run's folder), confined to the config's data root."""
+        return cls(batch_data_path(config), data_root(config), given=config.batch.data.path)
 
     def describe(self) -> str:
         """The path."""
         return str(self.path)
 
     def _confine(self, path: Path) -> Path:
-        given = (
-            str(self.path) if path == self.path else f"{self.path} (its file {path.relative_to(self.path)})"
-        )
+        given = self.given if path == self.path else f"{self.given}, its file {path.relative_to(self.path)}"
         fix = (
             "point batch.data.path at data on the run's volume"
             if path == self.path

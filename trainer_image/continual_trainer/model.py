@@ -195,7 +195,7 @@ class _Cutter:
 
 def _longest_token(tokenizer: PreTrainedTokenizerBase) -> int:
     """An upper bound on the characters one token covers: its longest vocabulary entry."""
-    return max(8, *(len(token) for token in tokenizer.get_vocab()))
+    return max(8, max((len(token) for token in tokenizer.get_vocab()), default=0))
 
 
 def encode(samples: list[Sample], tokenizer: PreTrainedTokenizerBase, max_len: int) -> list[Encoded]:

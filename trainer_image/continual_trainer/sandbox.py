@@ -40,20 +40,26 @@ def confine(path: Path, root: Path, *, field: str, given: str, fix: str) -> Path
     """
     real_root = root.resolve()
     try:
-        real = path.resolve(strict=True)
-    except FileNotFoundError:
-        real = path.resolve(strict=False)
+        real = _resolve(path)
     except (OSError, RuntimeError) as exc:  # a symlink loop, a component that is not a folder
         raise OutsideDataRootError(
             f"{field}: {given!r} cannot be resolved ({exc}): {fix}", reason="UnresolvablePath"
         ) from exc
-    if real != real_root and not real.is_relative_to(real_root):
+    if not real.is_relative_to(real_root):
         where = "" if str(real) == os.path.normpath(path.absolute()) else f" (through a symlink in {path})"
         raise OutsideDataRootError(
             f"{field}: {given!r} resolves to {real}{where}, outside the data root {real_root} (dataRoot): "
             f"the trainer only reads data on the run's volume; {fix}"
         )
     return real
+
+
+def _resolve(path: Path) -> Path:
+    """Every symlink followed; a missing tail is kept as spelled (after the links before it)."""
+    try:
+        return path.resolve(strict=True)
+    except FileNotFoundError:
+        return path.resolve(strict=False)
 
 
 def batch_data_path(config: TrainerConfig) -> Path:
@@ -63,7 +69,7 @@ def batch_data_path(config: TrainerConfig) -> Path:
 
 
 def confined_base_model(config: TrainerConfig) -> BaseModelSpec:
-    """The base model spec with an on-volume path checked and made absolute.
+    """The base model spec with an on-volume path checked (and a relative one made absolute).
 
     On the volume means relative (to the data root) or absolute below it; both must resolve inside it. An
     absolute path elsewhere is a folder of the trainer's image (a model baked in), not of the volume, and
@@ -85,7 +91,9 @@ def confined_base_model(config: TrainerConfig) -> BaseModelSpec:
         fix="put the model folder on the volume (below dataRoot) and point baseModel.path at it, or use "
         "baseModel.id for a hub model",
     )
-    return base.model_copy(update={"path": os.path.normpath(full)})
+    # An absolute path stays as written (it is part of the run's identity, checked for drift); a relative
+    # one is loaded from the data root, not from wherever the process happens to start.
+    return base if path.is_absolute() else base.model_copy(update={"path": os.path.normpath(full)})
 
 
 def _lexically_inside(path: Path, root: Path) -> bool:

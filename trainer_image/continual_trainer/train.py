@@ -40,6 +40,7 @@ from continual_trainer.exitcodes import (
     TransientError,
 )
 from continual_trainer.fsutil import atomic_symlink, exclusive_lock, fsync_tree
+from continual_trainer.history import HistorySink
 from continual_trainer.identity import require_base_model_folder
 from continual_trainer.ledger import BatchRecord, Ledger, Rebuild, utcnow
 from continual_trainer.plan import build_plan, total_steps
@@ -85,6 +86,11 @@ class RunLayout:
         return self.root / "status.json"
 
     @property
+    def history_file(self) -> Path:
+        """Every progress event, appended (the report's source: see ``progress.HistorySink``)."""
+        return self.root / "history.jsonl"
+
+    @property
     def trace_file(self) -> Path:
         return self.root / "trace.jsonl"
 
@@ -95,7 +101,7 @@ class RunLayout:
 
 def make_sinks(config: TrainerConfig, layout: RunLayout) -> Broadcast:
     """The progress sinks the config asks for."""
-    sinks: list[ProgressSink] = []
+    sinks: list[ProgressSink] = [HistorySink(layout.history_file)]
     if config.progress.stdout:
         sinks.append(StdoutSink())
     if config.progress.status_file:
@@ -112,9 +118,7 @@ def resolve_data_path(config: TrainerConfig) -> Path:
 
 def load_data(config: TrainerConfig) -> LoadedBatch:
     """Read and check the config's batch: the one way data is read, to train it and to rebuild it."""
-    return load_batch(
-        LocalSource(resolve_data_path(config), sandbox.data_root(config)), config.batch.data.format
-    )
+    return load_batch(LocalSource.from_config(config), config.batch.data.format)
 
 
 def recorded_config(config: TrainerConfig, record: BatchRecord) -> TrainerConfig:
@@ -629,6 +633,7 @@ def _train(
         checkpoint = latest[0]
         if checkpoint is None or checkpoint.step != step:
             raise IntegrityError(f"preempted at step {step} but no checkpoint was published at that step")
+        sinks.emit(event("batch-preempted", step, checkpoint))
         return BatchResult(
             batch_id=record.batch_id,
             outcome="Preempted",

@@ -23,7 +23,9 @@ from continual_operator.api.meta import (
 )
 from continual_trainer.config import DataSpec, Model
 
-BatchPhase = Literal["Queued", "Training", "Succeeded", "Failed", "Skipped"]
+#: No "Skipped": a batch given up on under ``onPermanentFailure: SkipBatch`` is Failed (it did fail; the run
+#: goes on), and nothing else skips a batch. A phase that is never set only makes clients handle a ghost.
+BatchPhase = Literal["Queued", "Training", "Succeeded", "Failed"]
 
 
 class BatchData(DataSpec):
@@ -54,8 +56,8 @@ class TrainingBatchStatus(StatusModel):
 
     phase: BatchPhase | None = Field(
         default=None,
-        description="Queued, Training, Succeeded, Failed (permanently, or out of retries), Skipped (reserved "
-        "for batches the operator decides not to train; this version sets Failed instead).",
+        description="Queued, Training, Succeeded, Failed (permanently, or out of retries; also under "
+        "onPermanentFailure SkipBatch, where the run goes on with the next batch).",
     )
     attempts: int | None = Field(default=None, description="Jobs started for the batch (the latest attempt).")
     preemptions: int | None = Field(
