@@ -44,8 +44,12 @@ def data_of(batch: str) -> Path:
     return Path("inbox") / f"{batch}.jsonl"
 
 
-def config(run_dir: Path, model: Path, batch: str, **training: Any) -> TrainerConfig:
-    return make_config(run_dir, model, batch, data_of(batch), training=training or None)
+def config(
+    run_dir: Path, model: Path, batch: str, data: Path | None = None, **training: Any
+) -> TrainerConfig:
+    """The run folder is the data root (as in local mode): the data is in its inbox/."""
+    path = data if data is not None else data_of(batch)
+    return make_config(run_dir, model, batch, path, training=training or None, data_root=run_dir)
 
 
 @pytest.fixture(scope="module")
@@ -154,6 +158,7 @@ def test_damaged_batch_end_is_rebuilt_in_separate_processes(after_b1, reference,
         (B1, 6, "checkpoint-6")
     ]
     assert "from checkpoint-4" in rebuilt[0]["message"]
+    assert out.result["rebuilt"] == rebuilt[0]["message"]  # the operator reads the result record
     assert_rebuilt_exactly(run_dir, original, reference, from_step=4)
     (moved,) = (run_dir / "quarantine").glob("checkpoint-6.*")
     assert (moved / "QUARANTINE_REASON.txt").read_text().startswith("invalid checkpoint")
@@ -264,7 +269,7 @@ def test_changed_data_halts_and_the_data_can_go_under_a_new_batch_id(after_b1, t
 
     # "under this batch id or a new one": the same data resubmitted as another batch is not BatchInProgress
     data.write_bytes(original)
-    again = make_config(run_dir, tiny_model, "b2-again", data_of(B2))
+    again = config(run_dir, tiny_model, "b2-again", data_of(B2))
     code, result = execute(again)
     assert code == ExitCode.SUCCESS, result
     assert (result.start_step, result.end_step) == (6, 12)
@@ -279,7 +284,7 @@ def test_no_checkpoint_left_inside_the_previous_batch_halts_naming_the_fix(after
     b3 = run_dir / "inbox" / "b3.txt"
     shutil.copy(DEMO_BATCHES[2][1], b3)
 
-    code, result = execute(make_config(run_dir, tiny_model, "b3", Path("inbox/b3.txt")))
+    code, result = execute(config(run_dir, tiny_model, "b3", Path("inbox/b3.txt")))
     assert code == ExitCode.PERMANENT
     assert result.reason == "MissingBatchStartCheckpoint"
     message = result.message or ""

@@ -48,6 +48,11 @@ class BatchResult(Model):
     samples: int | None = Field(default=None, description="Samples in the batch (each trained epochs times).")
     tokens: int | None = Field(default=None, description="Trained (label) tokens over the whole batch.")
     mean_loss: float | None = Field(default=None, description="Token-weighted mean loss over the batch.")
+    rebuilt: str | None = Field(
+        default=None,
+        description="Set when the checkpoint the batch started from was damaged and rebuilt first: what was "
+        "rebuilt, from which checkpoint, and why (for an Event); the ledger records it too.",
+    )
     truncated: TruncationSummary | None = Field(
         default=None, description="What truncation to maxSeqLength cut off (absent: nothing)."
     )

@@ -270,6 +270,7 @@ def _main_locked(config: TrainerConfig, layout: RunLayout) -> BatchResult:
         tokens=meter.tokens,
         mean_loss=meter.mean,
         truncated=encoding.truncation,
+        rebuilt=resumed.rebuilt,
         checkpoint=str(final.relative_to(layout.root)),
         adapter=str(adapter.relative_to(layout.root)),
         duration_seconds=round(time.monotonic() - started, 3),
@@ -398,6 +399,8 @@ class Resumed:
 
     checkpoint: ckpts.Checkpoint | None
     preempted: BatchResult | None = None
+    #: What the rebuild phase did, for the batch's result (None: nothing was rebuilt).
+    rebuilt: str | None = None
 
 
 def resume_phase(session: Session, record: BatchRecord) -> Resumed:
@@ -501,7 +504,7 @@ def rebuild_phase(session: Session, record: BatchRecord, valid: list[ckpts.Check
     rebuilt = ckpts.Checkpoint(final, step)
     event = _event_factory(config, previous)("checkpoint-rebuilt", step, rebuilt)
     session.sinks.emit(event.model_copy(update={"message": message}))
-    return Resumed(rebuilt)
+    return Resumed(rebuilt, rebuilt=message)
 
 
 def _cannot_rebuild(
