@@ -114,6 +114,7 @@ LOSS_DIGITS = 4
 TERMINAL = frozenset({"Succeeded", "Failed"})
 STEPS_NOT_CONTIGUOUS = "StepsNotContiguous"
 START_DEADLINE_EXCEEDED = "StartDeadlineExceeded"
+CHECKPOINT_REBUILT = "CheckpointRebuilt"
 SUSPENDED = "Suspended"
 _EPOCH = dt.datetime.min.replace(tzinfo=dt.UTC)
 
@@ -403,6 +404,11 @@ class _Planner:
                 message = f"already completed before: {message}"
             self._update(batch, phase="Succeeded", reason=result.outcome, message=message, **fields)
             self._event("TrainingBatch", batch, "Normal", result.outcome, message)
+        if result.rebuilt:
+            # The trainer found the checkpoint this batch starts from damaged and re-trained it bit for bit
+            # (docs/trainer.md, "Self-healing batch-end checkpoints"): nothing was lost, but the volume had
+            # a problem someone should know about.
+            self._event("TrainingBatch", batch, "Warning", CHECKPOINT_REBUILT, result.rebuilt)
         if completed is None or end >= completed:
             self._record_progress(end, result.checkpoint, result.mean_loss)
 

@@ -17,6 +17,7 @@ from operator_testkit import (
     job,
     make_batch,
     make_run,
+    result,
     succeeded,
     training,
 )
@@ -681,3 +682,26 @@ def test_skip_batch_tells_the_trainer_which_batches_to_abandon() -> None:
     )
     (create,) = world.plan().of(CreateJob)
     assert (create.batch, create.abandon_batches) == ("c", ("b",))
+
+
+def test_a_rebuilt_start_checkpoint_is_reported_with_an_event() -> None:
+    rebuilt = (
+        "checkpoint-6 (the end of batch 'h0') was not valid (missing optimizer.pt); rebuilt it bit for bit"
+    )
+    message = result("new", 6, 12, rebuilt=rebuilt)
+    finished = job("new", 1, "Succeeded", exit_code=0, termination_message=message)
+    world = World(
+        make_run(),
+        [make_batch("h0", created=0, status=done(0, 6)), make_batch("new", created=1, status=training(1))],
+        [finished],
+    )
+    p = world.plan()
+    assert batch_patch(p, "new")["phase"] == "Succeeded"
+    (event,) = [e for e in p.of(EmitEvent) if e.reason == "CheckpointRebuilt"]
+    assert (event.type, event.message) == ("Warning", rebuilt)
+    plain = World(
+        make_run(),
+        [make_batch("h0", created=0, status=done(0, 6)), make_batch("new", created=1, status=training(1))],
+        [succeeded("new", 1, 6, 12)],
+    ).plan()
+    assert not [e for e in plain.of(EmitEvent) if e.reason == "CheckpointRebuilt"]
