@@ -19,12 +19,11 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 # Only what the package is built from, so that a change to the tests or docs reuses this layer.
 # (README.m[d]: the readme pyproject.toml names, copied when present.)
-COPY pyproject.toml README.m[d] ./
+COPY pyproject.toml README.m[d] LICENSE ./
 COPY operator/ operator/
 COPY trainer_image/continual_trainer/ trainer_image/continual_trainer/
 # `.`, not `.[train]`: the operator never imports torch (an import-linter contract enforces it).
-# python-dateutil<3: kubernetes and botocore otherwise make pip backtrack for minutes (see pyproject.toml).
-RUN pip install --no-cache-dir "python-dateutil>=2.8,<3" . \
+RUN pip install --no-cache-dir . \
  && pip check \
  && ! pip show --quiet torch 2>/dev/null
 

@@ -14,6 +14,5 @@ fi
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
 python -c "import torch" 2>/dev/null || python -m pip install -q "$TORCH_SPEC"
-# python-dateutil<3 stops pip backtracking for minutes between kubernetes and botocore.
-python -m pip install -q -e ".[train,dev]" "python-dateutil<3"
+python -m pip install -q -e ".[train,dev]"
 echo "bootstrap: .venv ready ($(python -c 'import torch, transformers, peft; print(f"torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}")'))"

@@ -3,7 +3,8 @@
 * ``demo``      the quickstart: a tiny model built on the spot, three toy batches, trained locally;
 * ``local``     train a run manifest on this machine (local mode: planner + trainer subprocesses);
 * ``operator``  run the Kubernetes operator (kopf);
-* ``crds``      write (or check) the CRD manifests generated from the API models.
+* ``crds``      write (or check) the CRD manifests generated from the API models;
+* ``report``    draw a run's training curve from its volume (PNG + HTML; needs matplotlib).
 
 It never imports torch: training always happens in ``continual-trainer`` processes.
 """
@@ -32,11 +33,14 @@ from continual_operator.local_inbox import DEFAULT_MARKER, DEFAULT_SETTLE_SECOND
 
 def _local_options(args: argparse.Namespace, manifest: Path) -> LocalOptions:
     command = tuple(shlex.split(args.trainer_command)) if args.trainer_command else None
+    inbox = str(args.inbox) if args.inbox else None
+    s3_inbox = inbox is not None and inbox.startswith("s3://")
     options = LocalOptions(
         manifest=manifest,
         volume=args.volume.resolve(),
         state=(args.state or args.volume / ".local-state").resolve(),
-        inbox=args.inbox.resolve() if args.inbox else None,
+        inbox=Path(inbox).resolve() if inbox and not s3_inbox else None,
+        s3_inbox=inbox if s3_inbox else None,
         batch_manifests=tuple(p.resolve() for p in args.batches or ()),
         watch=getattr(args, "watch", False),
         poll_seconds=getattr(args, "poll_seconds", 2.0),
@@ -51,14 +55,23 @@ def cmd_local(args: argparse.Namespace) -> int:
     if args.inbox is None and not args.batches:
         print("continual-training local: give --inbox DIR and/or --batches FILE_OR_DIR", file=sys.stderr)
         return 2
-    return run_local(_local_options(args, args.run.resolve()))
+    return _run(args, _local_options(args, args.run.resolve()))
+
+
+def _run(args: argparse.Namespace, options: LocalOptions) -> int:
+    """Local mode, with its status page when --serve is given."""
+    if args.serve is None:
+        return run_local(options)
+    from continual_operator import web
+
+    return web.run_with_page(options, args.serve, lambda: run_local(options))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Build the tiny model and the toy batches under --volume, then train them in local mode."""
     volume: Path = args.volume
     model = volume / "models" / "tiny-llama"
-    args.inbox = args.inbox or volume / "inbox"
+    args.inbox = Path(args.inbox) if args.inbox else volume / "inbox"
     if not (model / "config.json").exists() or not any(args.inbox.glob("*")):
         print(f"building the tiny demo model in {model} and the toy batches in {args.inbox} ...")
         subprocess.run(
@@ -72,7 +85,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         manifest.write_text(pkg_resources.files("continual_operator.demo").joinpath("run.yaml").read_text())
     args.batches = []
     print(f"training run 'demo' ({manifest}) on {volume}: one trainer process per batch")
-    return run_local(_local_options(args, manifest.resolve()))
+    return _run(args, _local_options(args, manifest.resolve()))
 
 
 def cmd_operator(args: argparse.Namespace) -> int:
@@ -106,6 +119,20 @@ def cmd_crds(args: argparse.Namespace) -> int:
     return crdgen.main(argv)
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """Draw the training curve of every run on --volume (imports matplotlib only here)."""
+    from continual_operator.report import ReportError, write_report
+
+    try:
+        written = write_report(args.volume.resolve(), args.out.resolve())
+    except ReportError as exc:
+        print(f"continual-training report: {exc}", file=sys.stderr)
+        return 2
+    for files in written:
+        print(f"run {files.run}: {files.png}, {files.html}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="continual-training", description=__doc__.splitlines()[0])
     parser.add_argument("--log-level", default="WARNING")
@@ -116,13 +143,17 @@ def build_parser() -> argparse.ArgumentParser:
             "--volume", type=Path, default=Path(volume_default), help="the folder standing for /data"
         )
         p.add_argument("--state", type=Path, help="status, events, job logs (default: VOLUME/.local-state)")
-        p.add_argument("--inbox", type=Path, help="every file or folder in it is a batch, in name order")
+        p.add_argument(
+            "--inbox",
+            help="a folder: every file or folder in it is a batch, in name order; or s3://bucket/prefix/: "
+            "every new object is a batch, in key order (the run's spec.objectStore; docs/inbox.md)",
+        )
         p.add_argument(
             "--settle-seconds",
             type=float,
             default=DEFAULT_SETTLE_SECONDS,
             help="take an inbox entry once nothing in it changed for this long "
-            f"(default {DEFAULT_SETTLE_SECONDS:g}; a drop by atomic rename needs no wait)",
+            f"(default {DEFAULT_SETTLE_SECONDS:g}; 0 when every file arrives by an atomic rename)",
         )
         p.add_argument(
             "--marker",
@@ -130,6 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
             help=f"a folder batch holding this file is taken at once (default {DEFAULT_MARKER})",
         )
         p.add_argument("--trainer-command", help="how to start the trainer (default: this Python's)")
+        p.add_argument(
+            "--serve",
+            type=int,
+            metavar="PORT",
+            help="serve a read-only status page on http://127.0.0.1:PORT/ (0: any free port)",
+        )
 
     demo = sub.add_parser("demo", help="quickstart: tiny model, three toy batches, local mode")
     local_flags(demo, ".demo")
@@ -161,6 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
     crds.add_argument("--check", action="store_true", help="fail if the files differ from the models")
     crds.add_argument("--no-cel", action="store_true", help="leave out CEL rules (Kubernetes < 1.25)")
     crds.set_defaults(func=cmd_crds)
+
+    report = sub.add_parser("report", help="draw a run's training curve (PNG + HTML) from its volume")
+    report.add_argument("--volume", type=Path, required=True, help="the run's volume (or its run folder)")
+    report.add_argument("--out", type=Path, default=Path("report"), help="where to write (default: report)")
+    report.set_defaults(func=cmd_report)
     return parser
 
 

@@ -123,6 +123,7 @@ JOBS = Kind("batch/v1", "jobs", "Job")
 PODS = Kind("v1", "pods", "Pod")
 CONFIG_MAPS = Kind("v1", "configmaps", "ConfigMap")
 EVENTS = Kind("v1", "events", "Event")
+SECRETS = Kind("v1", "secrets", "Secret")
 _KINDS = {
     (k.api_version, k.kind): k
     for k in (
@@ -292,6 +293,15 @@ class KubernetesStorage:
         except NotFoundError:
             return None
 
+    async def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A Secret (None when it does not exist): the S3 inbox's credentials. Never logged or stored."""
+        try:
+            return await self._request(
+                "GET", SECRETS.path(namespace, name), doing=self._doing("GET", SECRETS, namespace, name)
+            )
+        except NotFoundError:
+            return None
+
     async def _list(
         self, kind: Kind, namespace: str, label_selector: str | None = None
     ) -> list[dict[str, Any]]:
@@ -366,6 +376,16 @@ class KubernetesStorage:
         except NotFoundError:
             return False
         return True
+
+    async def patch_metadata(self, kind: Kind, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
+        """Merge-patch an object's metadata (the S3 inbox notes on its batches; ``None`` deletes a key)."""
+        await self._request(
+            "PATCH",
+            kind.path(namespace, name),
+            body={"metadata": dict(patch)},
+            content_type=MERGE_PATCH,
+            doing=self._doing("PATCH", kind, namespace, name),
+        )
 
     async def patch_status(self, kind: Kind, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
         """Merge-patch an object's status through the status subresource (``None`` deletes a key)."""

@@ -47,6 +47,8 @@ from continual_operator.actions import (
     UpdateRunStatus,
 )
 from continual_operator.api import ContinualTrainingRun, TrainingBatch
+from continual_operator.inbox.local import LocalS3Inbox, client_for, inbox_spec
+from continual_operator.inbox.store import InboxStoreError
 from continual_operator.local_inbox import (
     DEFAULT_MARKER,
     DEFAULT_SETTLE_SECONDS,
@@ -76,14 +78,14 @@ __all__ = ["LocalModeError", "LocalOptions", "load_run", "run_local"]
 
 log = logging.getLogger(__name__)
 
-TERMINAL_PHASES = {"Succeeded", "Failed", "Skipped"}
+TERMINAL_PHASES = {"Succeeded", "Failed"}
 
 #: Exit codes of ``continual-training local`` / ``demo`` (docs/local.md).
 EXIT_OK = 0
 EXIT_FAILED = 1  # a batch failed, or the run halted
 EXIT_INVALID = 2  # a bad manifest or folder, another run's state, another local mode on the volume
-EXIT_SOURCE_CHANGED = 3  # an inbox entry changed after it was taken (it is not retrained)
-#: Interrupted: 128 + the signal (130 for Ctrl-C, 143 for SIGTERM), after the trainer stopped.
+EXIT_SOURCE_CHANGED = 3  # an inbox entry changed after its batch started (it is not retrained)
+#: Interrupted: 128 + the signal (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP), after the trainer stopped.
 EXIT_SIGNAL_BASE = 128
 
 
@@ -95,6 +97,8 @@ class LocalOptions:
     volume: Path
     state: Path
     inbox: Path | None = None
+    #: ``--inbox s3://bucket/prefix/``: the S3 inbox, with the operator's rules (docs/inbox.md).
+    s3_inbox: str | None = None
     batch_manifests: tuple[Path, ...] = ()
     watch: bool = False
     poll_seconds: float = 2.0
@@ -245,15 +249,24 @@ def local_trainer_config(
     base = config.base_model
     if base.path is not None:
         base = base.model_copy(update={"path": localize(base.path, volume)})
-    data_path = localize(config.batch.data.path, volume)
-    batch = config.batch.model_copy(update={"data": config.batch.data.model_copy(update={"path": data_path})})
-    in_inbox = inbox is not None and Path(data_path).is_relative_to(inbox.resolve())
+    data = config.batch.data
+    in_inbox = False
+    if data.path is not None:  # uri data is read from the store, not the volume
+        data = data.model_copy(update={"path": localize(data.path, volume)})
+        in_inbox = inbox is not None and Path(str(data.path)).is_relative_to(inbox.resolve())
+    batch = config.batch.model_copy(update={"data": data})
+    store = config.object_store
+    if store is not None and store.ca_bundle_path is not None:
+        # The pod's CA bundle is a mounted Secret; a local process uses AWS_CA_BUNDLE like any boto3 program.
+        store = store.model_copy(update={"ca_bundle_path": None})
     return config.model_copy(
         update={
+            "object_store": store,
             "run_dir": localize(config.run_dir, volume),
             "data_root": str(inbox.resolve() if inbox is not None and in_inbox else volume),
-            "run_namespace": "local",  # one run per volume: the trainer's run record names its owner
-            "run_uid": f"local:{config.run_name}",
+            # one run per volume: the trainer's run record names its owner (local_state.claim does the same)
+            "run_namespace": LOCAL_NAMESPACE,
+            "run_uid": run_uid(config.run_name),
             "base_model": base,
             "batch": batch,
             "progress": config.progress.model_copy(update={"kubernetes": None, "stdout": True}),
@@ -288,13 +301,17 @@ class LocalRun:
     manifest_skipped: list[NotABatch] = field(default_factory=list)
     _reported: set[str] = field(default_factory=set)
     _manifest_names: set[str] = field(default_factory=set)
+    _saved_phases: dict[str, str | None] = field(default_factory=dict)
     _spec_seen: dict[str, Any] = field(default_factory=dict)
     _last_progress: float = 0.0
+    s3: LocalS3Inbox | None = None
 
     # -- one reconcile ---------------------------------------------------------------------------------
     def refresh(self) -> None:
         """Re-read the manifest and the batches (as a watch would), keeping statuses."""
         saved = self._load_saved() if self.run is None else None
+        if saved is not None:
+            self._saved_phases = {n: b.get("phase") for n, b in saved[1].items()}
         generation = (self.run.metadata.generation or 1) if self.run is not None else 1
         run = load_run(self.options.manifest, generation)
         if saved is not None:
@@ -312,7 +329,7 @@ class LocalRun:
             reserved={r.name: r.source for r in inbox.records.values()} if inbox else None,
         )
         self._manifest_names = {b.metadata.name for b in manifests.batches}
-        found = self._inbox_batches(run.metadata.name) + manifests.batches
+        found = self._inbox_batches(run.metadata.name) + self._s3_batches(run) + manifests.batches
         self.manifest_skipped = manifests.not_batches
         for item in self.inbox_skipped + self.manifest_skipped:
             if not item.waiting and item.source not in self._reported:
@@ -354,6 +371,33 @@ class LocalRun:
             out.append(_batch(run, record.name, str((inbox.folder / record.source).resolve()), seen))
         return out
 
+    def _s3_batches(self, run: ContinualTrainingRun) -> list[TrainingBatch]:
+        """A batch per object (or sub-prefix) taken from the S3 inbox, polled when due."""
+        if self.options.s3_inbox is None:
+            return []
+        if self.s3 is None:
+            spec = inbox_spec(run, self.options.s3_inbox, self.options.poll_seconds)
+            self.s3 = LocalS3Inbox.load(spec, run.metadata.name, self.options.state, lambda: client_for(run))
+        if self.s3.due(_now()):
+            try:
+                events = self.s3.poll(_now())
+            except InboxStoreError as error:
+                if not self.options.watch:
+                    raise LocalModeError(f"inbox {self.options.s3_inbox}: {error}") from None
+                events = [
+                    EmitEvent(
+                        "ContinualTrainingRun", run.metadata.name, "Warning", "InboxUnavailable", str(error)
+                    )
+                ]
+            for event in events:
+                self._event(event)
+        out = []
+        for batch in self.s3.batches():
+            seen = self.first_seen.setdefault(batch.name, len(self.first_seen))
+            body = {"runName": run.metadata.name, "order": batch.order, "data": {"uri": batch.uri}}
+            out.append(TrainingBatch.model_validate({"metadata": _meta(batch.name, seen), "spec": body}))
+        return out
+
     def _folder_inbox(self) -> FolderInbox | None:
         if self.inbox is None and self.options.inbox is not None:
             self.inbox = FolderInbox(
@@ -366,8 +410,29 @@ class LocalRun:
         return self.inbox
 
     def _source_changed(self, change: Change) -> None:
+        """A taken entry changed. Before its batch ever started, the batch simply trains the new content
+        (nothing was trained from the old one); after, it is a Warning and exit code 3."""
         record = change.record
-        phase = self.batches[record.name].status.phase if record.name in self.batches else None
+        phase: str | None
+        if record.name in self.batches:
+            phase = self.batches[record.name].status.phase
+        else:  # the first look of this invocation: the status saved by the last one
+            phase = self._saved_phases.get(record.name)
+        started = phase not in {None, "Queued"} or any(
+            j.view.batch == record.name for j in self.jobs.values()
+        )
+        if not started and self.inbox is not None and self.inbox.accept(record.source, change.sha256):
+            self._event(
+                EmitEvent(
+                    kind="TrainingBatch",
+                    name=record.name,
+                    type="Normal",
+                    reason="SourceUpdated",
+                    message=f"the inbox entry {record.source} changed before batch {record.name} started: "
+                    "it trains the new content",
+                )
+            )
+            return
         self._event(
             EmitEvent(
                 kind="TrainingBatch",
@@ -375,7 +440,7 @@ class LocalRun:
                 type="Warning",
                 reason="SourceChanged",
                 message=(
-                    f"the inbox entry {record.source} changed after it was taken as batch {record.name} "
+                    f"the inbox entry {record.source} changed after batch {record.name} started from it "
                     f"(sha256 {record.sha256[:12]}... -> {change.sha256[:12]}...; batch phase "
                     f"{phase or 'unknown'}): it is not retrained under this batch. To train the new content, "
                     f"drop it under a new file name; to clear this warning, restore the file or delete it "
@@ -385,7 +450,7 @@ class LocalRun:
         )
 
     def changed_sources(self) -> list[str]:
-        """Inbox entries whose content differs from what was taken (exit code 3 while any is left)."""
+        """Inbox entries whose content differs from what their batch started from (exit 3 while any is)."""
         if self.inbox is None:
             return []
         return sorted(r.source for r in self.inbox.records.values() if r.changed_sha256 is not None)
@@ -551,6 +616,8 @@ class LocalRun:
             return True
         if any(item.waiting for item in self.inbox_skipped):
             return False
+        if self.s3 is not None and self.s3.backlog:
+            return False  # the last poll stopped at maxKeysPerPoll: more keys are waiting
         return all(b.status.phase in TERMINAL_PHASES for b in self.batches.values())
 
     def running(self) -> list[subprocess.Popen[bytes]]:
@@ -587,7 +654,7 @@ class LocalRun:
 
 
 class Interrupts:
-    """SIGINT and SIGTERM while local mode runs: counted, never raised in the middle of a state write.
+    """SIGINT, SIGTERM, SIGHUP while local mode runs: counted, never raised in the middle of a state write.
 
     The first asks the loop to stop the trainers at a checkpoint; the second is answered with what local
     mode waits for; the third kills the trainers (and still waits for them to exit). The handler only
@@ -612,7 +679,8 @@ class Interrupts:
 
     @contextmanager
     def installed(self) -> Iterator[Interrupts]:
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        # SIGHUP too: a closed terminal must not leave the trainer (in its own session) unrecorded
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             self._previous[signum] = signal.signal(signum, self._handle)
         try:
             yield self
@@ -679,7 +747,7 @@ def _summary(state: LocalRun, out: Callable[[str], None]) -> int:
     changed = state.changed_sources()
     if changed:
         out(
-            f"changed after they were taken (not retrained; see {_shown(options.state / 'events.jsonl')}): "
+            f"changed after their batch started (not retrained; see {_shown(options.state / 'events.jsonl')}): "
             f"{', '.join(changed)}. Drop new content under a new name; restore or delete these files"
         )
     if failed or status.phase in {"Halted", "Failed"}:

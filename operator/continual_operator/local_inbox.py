@@ -215,6 +215,23 @@ class FolderInbox:
                 return candidate
         return None
 
+    def accept(self, source: str, sha256: str) -> bool:
+        """Record an entry's new content as the one taken (its batch had not started); False when it
+        changed yet again meanwhile (then the next scan reports it)."""
+        record, looked = self.records[source], self._digests.get(source)
+        if looked is None or looked[1] != sha256:
+            return False
+        try:
+            if fingerprint(self.folder / source) != looked[0]:
+                return False
+        except OSError:
+            return False
+        now = looked[0]
+        self.records[source] = _replace(
+            record, sha256=sha256, size=now.size, mtime_ns=now.mtime_ns, files=now.files, changed_sha256=None
+        )
+        return True
+
     def _changed(self, path: Path, record: SourceRecord) -> Change | None:
         """A change of content (not a mere touch) not reported before; the record follows a touch."""
         try:

@@ -111,7 +111,7 @@ NAME_TAKEN_REQUEUE_SECONDS = 5.0
 STARTING_RECHECK_SECONDS = 10.0
 #: Significant digits of the losses written to status (a float32 loss has about 7; 4 is what people read).
 LOSS_DIGITS = 4
-TERMINAL = frozenset({"Succeeded", "Failed", "Skipped"})
+TERMINAL = frozenset({"Succeeded", "Failed"})
 STEPS_NOT_CONTIGUOUS = "StepsNotContiguous"
 START_DEADLINE_EXCEEDED = "StartDeadlineExceeded"
 SUSPENDED = "Suspended"

@@ -55,6 +55,7 @@ from continual_operator.api import (
     TrainingBatchStatus,
 )
 from continual_operator.errors import KubernetesApiError, RejectedObjectError
+from continual_operator.inbox.sync import InboxSync
 from continual_operator.k8s import KubernetesStorage, Subject
 from continual_operator.metrics import Metrics
 from continual_operator.naming import claim_name
@@ -165,8 +166,10 @@ class Reconciler:
         metrics: Metrics | None = None,
         clock: Callable[[], dt.datetime] = utcnow,
         resync_seconds: float | None = None,
+        inbox: InboxSync | None = None,
     ) -> None:
         self.storage = storage
+        self.inbox = inbox if inbox is not None else InboxSync(storage)
         self.resync_seconds = resync_seconds
         self.metrics = metrics if metrics is not None else Metrics()
         self._clock = clock
@@ -302,13 +305,16 @@ class Reconciler:
         if _refused_at_this_generation(run):
             self.metrics.run_phase(key, status.phase)
             return Plan()
+        # The S3 inbox first: the batches it creates are planned in this same reconcile.
+        inbox = await self.inbox.sync(run, now=now)
+        run = inbox.run
         # Runs on one folder are reconciled one at a time: the second reads the first one's trainedWith
         # (patched with its first Job) before it decides who holds the folder.
         async with self._folder_lock((namespace, *volume_key(run))):
             the_plan = await self._plan_and_execute(key, run, now)
         # The resync is spread over +-10 %: runs found together at startup do not come back together.
         resync = self.resync_seconds * random.uniform(0.9, 1.1) if self.resync_seconds else None  # noqa: S311
-        delays = [d for d in (the_plan.requeue_after, resync) if d is not None]
+        delays = [d for d in (the_plan.requeue_after, resync, inbox.next_poll_seconds) if d is not None]
         if delays:
             self.requeue(key, min(delays))
         return the_plan

@@ -43,7 +43,14 @@ from continual_operator.naming import (
     trainer_account_name,
 )
 from continual_operator.views import TRAINER_CONTAINER
-from continual_trainer.config import BatchSpec, DataSpec, KubernetesProgressSpec, ProgressSpec, TrainerConfig
+from continual_trainer.config import (
+    BatchSpec,
+    DataSpec,
+    KubernetesProgressSpec,
+    ObjectStoreClientSpec,
+    ProgressSpec,
+    TrainerConfig,
+)
 
 #: Where the run's volume is mounted in the trainer pod.
 DATA_MOUNT = "/data"
@@ -54,6 +61,8 @@ TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 #: The non-root user of the trainer image.
 TRAINER_UID = 1000
 TRAINER_COMMAND = ("continual-trainer", "--config", f"{CONFIG_MOUNT}/{CONFIG_KEY}")
+#: Where the object store's CA bundle Secret is mounted (read-only); the file keeps the Secret key's name.
+CA_BUNDLE_MOUNT = "/etc/continual/object-store-ca"
 
 
 # -- paths --------------------------------------------------------------------------------------------
@@ -170,11 +179,39 @@ def get_trainer_config(
         training=spec.training,
         batch=BatchSpec(
             id=batch_id(batch.metadata.name),
-            data=DataSpec(path=data_path(spec, batch.spec.data.path), format=batch.spec.data.format),
+            data=_trainer_data(spec, batch),
         ),
         progress=ProgressSpec(every_steps=progress.every_steps, kubernetes=kubernetes),
+        object_store=object_store_client(spec),
         termination_message_path=TERMINATION_MESSAGE_PATH,
         abandon_batches=list(abandon_batches),
+    )
+
+
+def object_store_client(spec: ContinualTrainingRunSpec) -> ObjectStoreClientSpec | None:
+    """The trainer's view of ``spec.objectStore``: where the store is, never the credentials.
+
+    The credentials reach the pod as environment variables from the Secret (:func:`_object_store_env`),
+    and the CA bundle as a mounted Secret file, whose path is what the trainer is told.
+    """
+    store = spec.object_store
+    if store is None:
+        return None
+    ca = store.ca_bundle_secret_ref
+    return ObjectStoreClientSpec(
+        endpoint_url=store.endpoint_url,
+        region=store.region,
+        addressing_style=store.addressing_style,
+        ca_bundle_path=posixpath.join(CA_BUNDLE_MOUNT, ca.key) if ca is not None else None,
+    )
+
+
+def _trainer_data(spec: ContinualTrainingRunSpec, batch: TrainingBatch) -> DataSpec:
+    """The batch's data as the pod sees it: a volume path made absolute, or the URI unchanged."""
+    data = batch.spec.data
+    path = data_path(spec, data.path) if data.path is not None else None
+    return DataSpec(
+        path=path, uri=data.uri, sha256=data.sha256, keep_cache=data.keep_cache, format=data.format
     )
 
 
@@ -224,8 +261,40 @@ def _env(run: ContinualTrainingRun) -> list[dict[str, Any]]:
         env += [{"name": "HF_HUB_OFFLINE", "value": "1"}, {"name": "TRANSFORMERS_OFFLINE", "value": "1"}]
     if (ref := spec.base_model.token_secret_ref) is not None:
         env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
+    env += _object_store_env(spec)
     env += [e.model_dump(mode="json", by_alias=True, exclude_none=True) for e in spec.env]
     return env
+
+
+def _object_store_env(spec: ContinualTrainingRunSpec) -> list[dict[str, Any]]:
+    """The object store's access keys from their Secret, as the standard AWS variables boto3 reads.
+
+    Only references: the values never pass through the operator, the ConfigMap or the status. Without a
+    credentialsSecretRef nothing is set, so IRSA or an instance role (the boto3 chain) works unchanged.
+    """
+    store = spec.object_store
+    creds = store.credentials_secret_ref if store is not None else None
+    if creds is None:
+        return []
+    keys = [
+        ("AWS_ACCESS_KEY_ID", creds.access_key_id_key),
+        ("AWS_SECRET_ACCESS_KEY", creds.secret_access_key_key),
+    ]
+    if creds.session_token_key is not None:
+        keys.append(("AWS_SESSION_TOKEN", creds.session_token_key))
+    return [
+        {"name": var, "valueFrom": {"secretKeyRef": {"name": creds.name, "key": key}}} for var, key in keys
+    ]
+
+
+def _ca_bundle_volume(spec: ContinualTrainingRunSpec) -> dict[str, Any] | None:
+    store = spec.object_store
+    ca = store.ca_bundle_secret_ref if store is not None else None
+    if ca is None:
+        return None
+    # Only the one key, read-only for the trainer's user: a Secret with other keys exposes nothing else.
+    items = [{"key": ca.key, "path": ca.key, "mode": 0o444}]
+    return {"name": "object-store-ca", "secret": {"secretName": ca.name, "items": items}}
 
 
 def _resources(spec: ContinualTrainingRunSpec) -> dict[str, Any]:
@@ -267,6 +336,10 @@ def _container(run: ContinualTrainingRun) -> dict[str, Any]:
         "terminationMessagePath": TERMINATION_MESSAGE_PATH,
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
+    if _ca_bundle_volume(spec) is not None:
+        container["volumeMounts"].append(
+            {"name": "object-store-ca", "mountPath": CA_BUNDLE_MOUNT, "readOnly": True}
+        )
     if spec.env_from:
         container["envFrom"] = [
             e.model_dump(mode="json", by_alias=True, exclude_none=True) for e in spec.env_from
@@ -300,6 +373,8 @@ def _pod_spec(run: ContinualTrainingRun, config_map: str) -> dict[str, Any]:
             {"name": "tmp", "emptyDir": {}},
         ],
     }
+    if (ca_volume := _ca_bundle_volume(spec)) is not None:
+        pod["volumes"].append(ca_volume)
     if scheduling.node_selector:
         pod["nodeSelector"] = dict(scheduling.node_selector)
     if scheduling.tolerations:

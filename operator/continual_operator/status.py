@@ -26,7 +26,7 @@ from continual_operator.api.meta import Condition, ConditionStatus
 
 #: The reason of a batch whose ``spec.runName`` names no run (yet).
 RUN_NOT_FOUND = "RunNotFound"
-_TERMINAL = frozenset({"Succeeded", "Failed", "Skipped"})
+_TERMINAL = frozenset({"Succeeded", "Failed"})
 
 
 def rfc3339(when: dt.datetime) -> str:

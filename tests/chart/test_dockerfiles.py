@@ -143,8 +143,6 @@ def test_multi_stage_with_a_copied_virtualenv(path: Path) -> None:
     assert final.all("COPY") == ["--from=build /opt/venv /opt/venv"]
     assert final.pairs("ENV")["PATH"] == "/opt/venv/bin:$PATH"
     assert "pip install" not in final.run, "installs belong in the build stage"
-    # kubernetes + botocore make pip backtrack for minutes without this bound (see pyproject.toml).
-    assert '"python-dateutil>=2.8,<3"' in build.run
     assert "--no-cache-dir" in build.run
 
 
@@ -153,7 +151,7 @@ def test_oci_labels(path: Path) -> None:
     labels = parse(path).final.pairs("LABEL")
     for key in ("title", "description", "version", "licenses"):
         assert labels.get(f"org.opencontainers.image.{key}"), key
-    assert labels["org.opencontainers.image.licenses"] == PYPROJECT["project"]["license"]["text"]
+    assert labels["org.opencontainers.image.licenses"] == PYPROJECT["project"]["license"]
 
 
 @pytest.mark.parametrize("path", [OPERATOR_DOCKERFILE, TRAINER_DOCKERFILE], ids=["operator", "trainer"])
@@ -175,7 +173,7 @@ def test_build_context_holds_what_is_copied(path: Path) -> None:
 def test_operator_image_has_no_torch(operator: Dockerfile) -> None:
     build = operator.stages[0]
     assert operator.resolve(build.base).startswith("python:3.11-slim")
-    assert 'pip install --no-cache-dir "python-dateutil>=2.8,<3" .' in build.run
+    assert "pip install --no-cache-dir . " in build.run
     assert "[train]" not in build.run
     installs = [cmd for cmd in re.split(r"&&|\n", build.run) if "pip install" in cmd]
     assert installs

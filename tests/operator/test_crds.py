@@ -190,7 +190,14 @@ def test_the_variant_without_cel_differs_only_by_the_rules(info: Any) -> None:
 # -- examples and invalid manifests ---------------------------------------------------------------------------
 def test_examples_exist() -> None:
     names = [p.name for p in examples()]
-    assert names == ["batch-001.yaml", "batch-002.yaml", "batch-003.yaml", "run.yaml"]
+    assert names == [
+        "batch-001.yaml",
+        "batch-002.yaml",
+        "batch-003.yaml",
+        "batch-s3-001.yaml",
+        "run-s3.yaml",
+        "run.yaml",
+    ]
 
 
 @pytest.mark.parametrize("path", examples(), ids=lambda p: p.name)

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from pathlib import Path
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from continual_operator.local_inbox import FolderInbox, SourceRecord, content_digest
-from continual_operator.naming import source_batch_name
+from continual_operator.naming import object_name_problem, source_batch_name
+from continual_trainer.config import is_valid_batch_id
 
 
 def _old(path: Path, seconds: float = 3600) -> Path:
@@ -114,3 +119,27 @@ def test_a_change_after_taken_is_reported_once_and_a_touch_or_a_deletion_is_not(
 def test_records_round_trip_through_json() -> None:
     record = SourceRecord("b1", "b1", "a" * 64, 3, 4, files=2, changed_sha256="b" * 64)
     assert SourceRecord.from_json(record.to_json()) == record
+
+
+_FILE_NAMES = st.text(
+    st.characters(blacklist_characters="/\x00", blacklist_categories=("Cs",)), min_size=1, max_size=40
+).filter(lambda n: n not in {".", ".."} and len(n.encode()) <= 255)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(_FILE_NAMES, min_size=1, max_size=12, unique=True), st.booleans())
+def test_property_every_entry_of_any_inbox_gets_its_own_valid_batch_name(
+    names: list[str], twice: bool
+) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        inbox = FolderInbox(Path(folder), settle_seconds=0)
+        half = len(names) // 2 if twice else len(names)
+        for batch in (names[:half], names[half:]):  # entries arriving over two looks, too
+            for name in batch:
+                (Path(folder) / name).write_text("x\n")
+            inbox.scan()
+        expected = {n for n in names if not n.startswith(".") and n != "_SUCCESS"}
+        assert set(inbox.records) == expected
+        batch_names = [r.name for r in inbox.records.values()]
+        assert len(set(batch_names)) == len(batch_names)
+        assert all(is_valid_batch_id(n) and object_name_problem(n) is None for n in batch_names)

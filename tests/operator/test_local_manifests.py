@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from continual_operator import crdgen
 from continual_operator.api.run import RUN_INFO, ContinualTrainingRunSpec
@@ -54,7 +55,7 @@ def test_a_quantity_error_says_what_to_write(tmp_path: Path) -> None:
     assert "[0-9]" not in message  # no regex
     spec = copy.deepcopy(yaml.safe_load(DEMO.read_text())["spec"])
     spec["resources"] = {"memory": "64GB"}
-    with pytest.raises(ValueError) as caught:
+    with pytest.raises(ValidationError) as caught:
         ContinualTrainingRunSpec.model_validate(spec)
     assert "spec.resources.memory: '64GB' is not a Kubernetes quantity" in describe_validation_error(
         caught.value  # type: ignore[arg-type]

@@ -85,7 +85,7 @@ def test_files_become_distinct_batches_and_a_change_after_training_is_reported(
     assert event["type"] == "Warning" and event["name"] == "x-data.2024-01"
     assert "not retrained under this batch" in event["message"]
     assert any("[Warning] TrainingBatch/x-data.2024-01 SourceChanged" in line for line in out)
-    assert any(line.startswith("changed after they were taken") for line in out)
+    assert any(line.startswith("changed after their batch started") for line in out)
     assert json.loads((options.state / "batches.json").read_text()) == batches
     assert json.loads((options.state / "status.json").read_text())["globalStep"] == 4
     assert run_local(options, out=out.append) == EXIT_SOURCE_CHANGED  # still changed: still exit 3 ...
@@ -139,3 +139,27 @@ def test_a_file_still_being_written_is_not_a_batch_yet_and_keeps_local_mode_wait
     assert json.loads((options.state / "sources.json").read_text())["batch-001.jsonl"]["size"] == len(
         _lines("complete", 12)
     )
+
+
+def test_a_file_changed_before_its_batch_started_trains_the_new_content(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (tmp_path / "run.yaml").write_text(DEMO.read_text())
+    options = LocalOptions(
+        manifest=tmp_path / "run.yaml",
+        volume=tmp_path / "v",
+        state=tmp_path / "s",
+        inbox=inbox,
+        settle_seconds=0,
+    )
+    out: list[str] = []
+    state = LocalRun(options, out=out.append)
+    (inbox / "b1.jsonl").write_text(_lines("first"))
+    state.refresh()
+    assert state.batches["b1"].status.phase is None  # taken, not started
+    (inbox / "b1.jsonl").write_text(_lines("second", 9))
+    state.refresh()
+    assert any("SourceUpdated" in line and "it trains the new content" in line for line in out)
+    assert state.changed_sources() == []
+    recorded = json.loads((options.state / "sources.json").read_text())["b1.jsonl"]
+    assert recorded["size"] == len(_lines("second", 9)) and "changed_sha256" not in recorded

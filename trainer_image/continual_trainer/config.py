@@ -198,15 +198,82 @@ class TrainingSpec(Model):
     max_grad_norm: float = Field(default=1.0, ge=0.0, description="Gradient clipping (0 disables it).")
 
 
-class DataSpec(Model):
-    """One data batch."""
+#: A pinned content checksum: 64 lowercase hex digits (what ``sha256sum`` prints).
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
 
-    path: str = Field(
+
+class DataSpec(Model):
+    """One data batch: a path on the run's volume, or an object-store URI (exactly one of them)."""
+
+    path: str | None = Field(
+        default=None,
         description="A file or a folder of files (read in name order). *.jsonl: objects with 'text', or with "
-        "'prompt' and 'completion'; *.txt: one sample per non-empty line."
+        "'prompt' and 'completion'; *.txt: one sample per non-empty line.",
+    )
+    uri: str | None = Field(
+        default=None,
+        description="An object store location instead of a path: s3://bucket/key (one object) or "
+        "s3://bucket/prefix/ (every object below the prefix, in key order). The objects are downloaded to "
+        "cache/<batch>/ on the run's volume, verified, and trained from there (see docs/data.md).",
+    )
+    sha256: str | None = Field(
+        default=None,
+        pattern=SHA256_PATTERN,
+        description="uri only: pins the content (64 lowercase hex digits): the sha256 of the object, or for a "
+        "prefix the sha256 of its canonical listing (docs/data.md). Other bytes are refused (exit 64).",
+    )
+    keep_cache: bool = Field(
+        default=False,
+        description="uri only: keep the downloaded copy in cache/<batch>/ after the batch completed "
+        "(default: deleted at the batch end).",
     )
     format: Literal["auto", "jsonl", "text"] = Field(
         default="auto", description="auto: by extension (.jsonl/.json -> jsonl, anything else -> text)."
+    )
+
+    @field_validator("uri")
+    @classmethod
+    def _valid_uri(cls, value: str | None) -> str | None:
+        if value is not None:
+            from continual_trainer.objectstore import parse_s3_uri
+
+            parse_s3_uri(value)  # a ValueError names the URI and the expected form
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Self:
+        if (self.path is None) == (self.uri is None):
+            raise ValueError(
+                "data: set exactly one of 'path' (a file or folder on the run's volume) or 'uri' "
+                "(s3://bucket/key or s3://bucket/prefix/)."
+            )
+        if self.path is not None and (self.sha256 is not None or self.keep_cache):
+            raise ValueError(
+                "data: 'sha256' and 'keepCache' apply to 'uri' data only; remove them from a 'path' batch."
+            )
+        return self
+
+
+class ObjectStoreClientSpec(Model):
+    """How the trainer reaches the object store. Credentials are never here: the standard boto3 chain
+    (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN in the environment, IRSA, instance
+    roles) supplies them."""
+
+    endpoint_url: str | None = Field(
+        default=None,
+        alias="endpointURL",
+        description="The S3 endpoint (e.g. https://minio.example:9000); empty: AWS S3 for the region.",
+    )
+    region: str | None = Field(default=None, description="The region (empty: the boto3 default chain).")
+    addressing_style: Literal["auto", "path", "virtual"] = Field(
+        default="auto",
+        description="Bucket in the path (path: what MinIO and most self-hosted stores need) or in the host "
+        "name (virtual); auto lets botocore decide.",
+    )
+    ca_bundle_path: str | None = Field(
+        default=None,
+        description="A PEM file of CA certificates the endpoint's TLS certificate is checked against "
+        "(empty: the system's CAs).",
     )
 
 
@@ -268,6 +335,11 @@ class TrainerConfig(Model):
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     batch: BatchSpec
     progress: ProgressSpec = Field(default_factory=ProgressSpec)
+    object_store: ObjectStoreClientSpec | None = Field(
+        default=None,
+        description="How to reach the object store holding uri batches (empty: AWS S3 with the boto3 "
+        "defaults).",
+    )
     termination_message_path: str | None = Field(
         default="/dev/termination-log",
         description="Where the result record goes for Kubernetes (null: nowhere).",

@@ -7,7 +7,9 @@ the truth).
 * :class:`StdoutSink` -- JSON lines on standard output (``kubectl logs``, local mode);
 * :class:`StatusFileSink` -- ``status.json`` on the run's volume, replaced atomically;
 * :class:`KubernetesStatusSink` -- merge-patches the run's custom-resource status (inside a Job, through
-  a ServiceAccount allowed to patch only that one object's status).
+  a ServiceAccount allowed to patch only that one object's status);
+* :class:`~continual_trainer.history.HistorySink` -- ``history.jsonl`` on the volume: every event,
+  appended, for the training curve (``continual-training report``); see :mod:`continual_trainer.history`.
 """
 
 from __future__ import annotations

@@ -18,7 +18,10 @@ TERMINATION_MESSAGE_LIMIT = 4096
 
 #: ``checkpoint-rebuilt``: a damaged batch-end checkpoint was re-trained bit for bit before the batch that
 #: starts from it (``message`` says which, from which checkpoint, and why it was rejected).
-EventKind = Literal["progress", "checkpoint", "checkpoint-rebuilt", "batch-started", "batch-finished"]
+#: ``batch-preempted``: SIGTERM stopped the batch at a checkpoint (it resumes from there on a retry).
+EventKind = Literal[
+    "progress", "checkpoint", "checkpoint-rebuilt", "batch-started", "batch-finished", "batch-preempted"
+]
 
 
 class TruncationSummary(Model):

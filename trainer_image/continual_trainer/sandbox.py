@@ -64,6 +64,7 @@ def _resolve(path: Path) -> Path:
 
 def batch_data_path(config: TrainerConfig) -> Path:
     """The batch's path as given (relative paths are inside the run's folder), not yet confined."""
+    assert config.batch.data.path is not None, "a uri batch has no data path (it is read by S3Source)"
     path = Path(config.batch.data.path)
     return path if path.is_absolute() else config.root / path
 

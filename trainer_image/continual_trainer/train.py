@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from continual_trainer import checkpoints as ckpts
 from continual_trainer import preemption, runrecord, sandbox
 from continual_trainer.config import BatchSpec, DataSpec, TrainerConfig, TrainingSpec
-from continual_trainer.data import LoadedBatch, LocalSource, load_batch
+from continual_trainer.data import BatchSource, LoadedBatch, LocalSource, load_batch
 from continual_trainer.exitcodes import (
     ExitCode,
     IntegrityError,
@@ -40,6 +40,7 @@ from continual_trainer.exitcodes import (
     TransientError,
 )
 from continual_trainer.fsutil import atomic_symlink, exclusive_lock, fsync_tree
+from continual_trainer.history import HistorySink
 from continual_trainer.identity import require_base_model_folder
 from continual_trainer.ledger import BatchRecord, Ledger, Rebuild, utcnow
 from continual_trainer.plan import build_plan, total_steps
@@ -85,6 +86,11 @@ class RunLayout:
         return self.root / "status.json"
 
     @property
+    def history_file(self) -> Path:
+        """Every progress event, appended (the report's source: see ``progress.HistorySink``)."""
+        return self.root / "history.jsonl"
+
+    @property
     def trace_file(self) -> Path:
         return self.root / "trace.jsonl"
 
@@ -95,7 +101,7 @@ class RunLayout:
 
 def make_sinks(config: TrainerConfig, layout: RunLayout) -> Broadcast:
     """The progress sinks the config asks for."""
-    sinks: list[ProgressSink] = []
+    sinks: list[ProgressSink] = [HistorySink(layout.history_file)]
     if config.progress.stdout:
         sinks.append(StdoutSink())
     if config.progress.status_file:
@@ -110,9 +116,24 @@ def resolve_data_path(config: TrainerConfig) -> Path:
     return sandbox.batch_data_path(config)
 
 
+def batch_source(config: TrainerConfig) -> BatchSource:
+    """Where the batch's bytes come from: the run's volume (data.path) or an object store (data.uri)."""
+    if config.batch.data.uri is not None:
+        from continual_trainer.s3source import s3_batch_source
+
+        return s3_batch_source(config)
+    return LocalSource.from_config(config)
+
+
 def load_data(config: TrainerConfig) -> LoadedBatch:
     """Read and check the config's batch: the one way data is read, to train it and to rebuild it."""
-    return load_batch(LocalSource.from_config(config), config.batch.data.format)
+    return load_batch(batch_source(config), config.batch.data.format)
+
+
+def data_location(config: TrainerConfig) -> str:
+    """Where the batch's data is, for messages: the resolved path on the volume, or the URI."""
+    uri = config.batch.data.uri
+    return uri if uri is not None else str(resolve_data_path(config))
 
 
 def recorded_config(config: TrainerConfig, record: BatchRecord) -> TrainerConfig:
@@ -147,12 +168,14 @@ def _main_locked(config: TrainerConfig, layout: RunLayout) -> BatchResult:
     runrecord.check(config, run_record, root)
     batch_id = config.batch.id
     record = ledger.read_batch(batch_id)
-    data_path = resolve_data_path(config)
 
     if record is not None and record.state == "completed":
-        _check_same_data(record, data_path, config)
+        _check_same_data(record, config)
         assert record.result is not None
         log.info("batch %s already completed at step %s: nothing to do", batch_id, record.target_step)
+        from continual_trainer.s3source import release_cache
+
+        release_cache(config)  # a cache left behind by a process killed right after completing
         return record.result.model_copy(update={"outcome": "AlreadyCompleted", "duration_seconds": 0.0})
     if record is not None and record.state == "failed":
         raise PermanentError(
@@ -255,14 +278,24 @@ def _main_locked(config: TrainerConfig, layout: RunLayout) -> BatchResult:
         record.model_copy(update={"state": "completed", "completed_at": utcnow(), "result": result})
     )
     ckpts.retain(ckpts.list_published(layout.checkpoints), training.checkpoints_kept, {record.target_step})
+    from continual_trainer.s3source import release_cache
+
+    release_cache(config)
     sinks.emit(
         event("batch-finished", record.target_step, ckpts.Checkpoint(final, record.target_step), meter.mean)
     )
     return result
 
 
-def _check_same_data(record: BatchRecord, data_path: Path, config: TrainerConfig) -> None:
-    """A completed batch re-submitted with other data is an error, not a silent no-op."""
+def _check_same_data(record: BatchRecord, config: TrainerConfig) -> None:
+    """A completed batch re-submitted with other data is an error, not a silent no-op.
+
+    A uri batch is not read from the store again once completed (that would download the whole batch for a
+    no-op); the record's digest keeps what it trained.
+    """
+    if config.batch.data.uri is not None:
+        return
+    data_path = resolve_data_path(config)
     if not data_path.exists():
         return  # the data may have been cleaned up after training: nothing to compare with
     digest = load_data(config).digest
@@ -310,7 +343,7 @@ def _plan_batch(config: TrainerConfig, ledger: Ledger, layout: RunLayout, loaded
     return BatchRecord(
         batch_id=config.batch.id,
         sequence=len(records) + 1,
-        data_path=config.batch.data.path,
+        data_path=config.batch.data.path or str(config.batch.data.uri),
         data=config.batch.data,
         data_digest=loaded.digest,
         samples=len(loaded.samples),
@@ -408,12 +441,15 @@ def rebuild_phase(session: Session, record: BatchRecord, valid: list[ckpts.Check
     source = recorded_config(config, previous)
     try:
         loaded = load_data(source)
+        from continual_trainer.s3source import release_cache
+
+        release_cache(source)  # the samples are in memory: a uri batch's re-download is not kept
     except PermanentError as exc:
         problems.append(f"batch {previous.batch_id!r}'s data cannot be read again: {exc.message}")
     else:
         if loaded.digest != previous.data_digest:
             problems.append(
-                f"batch {previous.batch_id!r}'s data at {resolve_data_path(source)} changed since it trained "
+                f"batch {previous.batch_id!r}'s data at {data_location(source)} changed since it trained "
                 f"(recorded {previous.data_digest}, now {loaded.digest})"
             )
     if problems or loaded is None:
@@ -484,7 +520,7 @@ def _cannot_rebuild(
     moved = ", ".join(p.name for p in ckpts.quarantined(layout.root, step)) or "none"
     fixes = []
     if previous is not None and data_problem:
-        data = resolve_data_path(recorded_config(session.config, previous))
+        data = data_location(recorded_config(session.config, previous))
         fixes.append(
             f"put batch {previous.batch_id!r}'s data back at {data} exactly as it trained ({previous.data_digest}): "
             "the trainer then rebuilds the checkpoint itself"
@@ -624,6 +660,7 @@ def _train(
         checkpoint = latest[0]
         if checkpoint is None or checkpoint.step != step:
             raise IntegrityError(f"preempted at step {step} but no checkpoint was published at that step")
+        sinks.emit(event("batch-preempted", step, checkpoint))
         return BatchResult(
             batch_id=record.batch_id,
             outcome="Preempted",

@@ -64,8 +64,18 @@ each watched namespace. Exactly what the handlers and kopf use; docs/deploy.md s
 # The API: watch runs and batches, patch them (kopf's finalizers and progress annotations), and
 # write their status.
 - apiGroups: ["continual.dev"]
-  resources: ["continualtrainingruns", "trainingbatches"]
+  resources: ["continualtrainingruns"]
   verbs: ["get", "list", "watch", "patch", "update"]
+# create: a run's S3 inbox (spec.inbox) creates one TrainingBatch per new object (docs/inbox.md).
+- apiGroups: ["continual.dev"]
+  resources: ["trainingbatches"]
+  verbs: ["get", "list", "watch", "create", "patch", "update"]
+# The S3 inbox lists its bucket with the credentials of spec.objectStore.credentialsSecretRef (and
+# trusts the CA of caBundleSecretRef): get only, so the operator reads a Secret it is named, never
+# lists them. The values stay in memory for one poll; they are never logged or stored (docs/inbox.md).
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get"]
 # get and patch on runs' status are also what lets the operator create each run's trainer Role, which
 # grants them: the API server only lets a subject grant permissions it holds itself.
 - apiGroups: ["continual.dev"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from continual_operator.api.meta import (
     API_VERSION,
@@ -23,13 +23,18 @@ from continual_operator.api.meta import (
 )
 from continual_trainer.config import DataSpec, Model
 
-BatchPhase = Literal["Queued", "Training", "Succeeded", "Failed", "Skipped"]
+#: No "Skipped": a batch given up on under ``onPermanentFailure: SkipBatch`` is Failed (it did fail; the run
+#: goes on), and nothing else skips a batch. A phase that is never set only makes clients handle a ghost.
+BatchPhase = Literal["Queued", "Training", "Succeeded", "Failed"]
 
 
 class BatchData(DataSpec):
-    """Where the batch's data is."""
+    """Where the batch's data is: exactly one of path (on the run's volume) or uri (an object store)."""
 
-    path: str = Field(
+    model_config = ConfigDict(json_schema_extra={"oneOf": [{"required": ["path"]}, {"required": ["uri"]}]})
+
+    path: str | None = Field(
+        default=None,
         min_length=1,
         description="A file or a folder of files (read in name order) on the run's volume: relative to the "
         "run folder, or absolute (the volume is mounted at /data). *.jsonl: objects with 'text', or with "
@@ -54,8 +59,8 @@ class TrainingBatchStatus(StatusModel):
 
     phase: BatchPhase | None = Field(
         default=None,
-        description="Queued, Training, Succeeded, Failed (permanently, or out of retries), Skipped (reserved "
-        "for batches the operator decides not to train; this version sets Failed instead).",
+        description="Queued, Training, Succeeded, Failed (permanently, or out of retries; also under "
+        "onPermanentFailure SkipBatch, where the run goes on with the next batch).",
     )
     attempts: int | None = Field(default=None, description="Jobs started for the batch (the latest attempt).")
     preemptions: int | None = Field(

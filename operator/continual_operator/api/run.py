@@ -22,6 +22,7 @@ from typing import Annotated, Literal, Self
 
 from pydantic import AfterValidator, ConfigDict, Field, field_validator, model_validator
 
+from continual_operator.api.inbox import InboxSpec, InboxStatus
 from continual_operator.api.meta import (
     API_VERSION,
     Condition,
@@ -145,6 +146,66 @@ class StorageSpec(Model):
         return None if normal == "." else normal
 
 
+class CredentialsSecretRef(Model):
+    """A Secret holding the object store's access keys. Its keys reach the trainer pod as environment
+    variables (secretKeyRef), never the ConfigMap, the status, Events or logs."""
+
+    name: str = Field(min_length=1, description="The Secret's name (same namespace as the run).")
+    access_key_id_key: str = Field(
+        default="AWS_ACCESS_KEY_ID",
+        min_length=1,
+        alias="accessKeyIDKey",
+        description="The key holding the access key id (given to the trainer as AWS_ACCESS_KEY_ID).",
+    )
+    secret_access_key_key: str = Field(
+        default="AWS_SECRET_ACCESS_KEY",
+        min_length=1,
+        description="The key holding the secret access key (given to the trainer as AWS_SECRET_ACCESS_KEY).",
+    )
+    session_token_key: str | None = Field(
+        default=None,
+        min_length=1,
+        description="The key holding a session token, for temporary credentials (AWS_SESSION_TOKEN).",
+    )
+
+
+class CABundleSecretRef(Model):
+    """A Secret key holding PEM CA certificates for a store whose TLS certificate is not publicly signed."""
+
+    name: str = Field(min_length=1, description="The Secret's name (same namespace as the run).")
+    key: str = Field(default="ca.crt", min_length=1, description="The key holding the PEM bundle.")
+
+
+class ObjectStoreSpec(Model):
+    """How the run's Jobs reach the object store holding its uri batches (AWS S3, MinIO, Ceph RGW, R2...).
+
+    Everything is optional: without it, uri batches are read from AWS S3 with the standard boto3 chain
+    (IRSA, instance roles, the pod's environment)."""
+
+    endpoint_url: str | None = Field(
+        default=None,
+        alias="endpointURL",
+        pattern=r"^https?://[^\s/]+(/.*)?$",
+        description="The S3 endpoint, e.g. https://minio.example.com:9000 (empty: AWS S3 for the region).",
+    )
+    region: str | None = Field(default=None, min_length=1, description="The region (e.g. us-east-1).")
+    addressing_style: Literal["auto", "path", "virtual"] = Field(
+        default="auto",
+        description="path: the bucket in the URL path (MinIO and most self-hosted stores); virtual: in the "
+        "host name; auto: botocore decides.",
+    )
+    credentials_secret_ref: CredentialsSecretRef | None = Field(
+        default=None,
+        description="A Secret with the access keys (empty: the standard boto3 chain, e.g. IRSA or an "
+        "instance role).",
+    )
+    ca_bundle_secret_ref: CABundleSecretRef | None = Field(
+        default=None,
+        description="A Secret key with the CA bundle the endpoint's certificate is verified against; "
+        "mounted read-only into the trainer pod.",
+    )
+
+
 class ResourcesSpec(Model):
     """Compute for each trainer pod."""
 
@@ -261,6 +322,16 @@ class ContinualTrainingRunSpec(Model):
         description="Time the trainer gets after SIGTERM (preemption, suspend) to save a checkpoint.",
     )
     progress: ProgressReporting = Field(default_factory=ProgressReporting, description="Progress reporting.")
+    object_store: ObjectStoreSpec | None = Field(
+        default=None,
+        description="How to reach the object store for batches with data.uri (empty: AWS S3 with the "
+        "standard boto3 credential chain).",
+    )
+    inbox: InboxSpec | None = Field(
+        default=None,
+        description="Create a TrainingBatch for every new object (or completed sub-prefix) below an S3 "
+        "prefix, in key order, exactly once (see docs/inbox.md). Reached with spec.objectStore.",
+    )
 
 
 class TrainedStorage(StatusModel):
@@ -322,9 +393,12 @@ class ContinualTrainingRunStatus(StatusModel):
         description="What the run trained with (baseModel, lora, the storage folder), recorded when its first "
         "Job was created; a spec that differs there is refused.",
     )
+    inbox: InboxStatus | None = Field(
+        default=None, description="How far spec.inbox has been ingested (the watermark), and its last error."
+    )
     conditions: list[Condition] = Field(
         default_factory=list,
-        description="Ready, Training, Degraded and Suspended.",
+        description="Ready, Training, Degraded and Suspended; InboxReady with spec.inbox.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
 
