@@ -47,9 +47,10 @@ def make_config(
     data_root: Path | None = None,
 ) -> TrainerConfig:
     # The tests read the demo batches from the checkout and their own files from tmp folders: by default
-    # the data root is the folder holding both run and data (the sandbox itself: test_data_sandbox.py).
-    # A relative data path is inside the run folder, as the trainer reads it.
-    root = data_root if data_root is not None else Path(os.path.commonpath([run_dir, run_dir / data]))
+    # the data root is the folder holding the batch's data (a relative path counts from the run folder, as
+    # the trainer reads it), so a model elsewhere is off the volume, as the run-record tests expect. The
+    # sandbox itself is tested in test_data_sandbox.py.
+    root = data_root if data_root is not None else (run_dir / data).parent
     return TrainerConfig.model_validate(
         {
             "runName": "test",
