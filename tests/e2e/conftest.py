@@ -14,6 +14,8 @@ Fixtures, from the outside in:
 * `make_pod_runner` (function): a factory of started `PodRunner`s (keyword arguments as `PodRunner`'s;
   default namespace: the test's) that are stopped at teardown, failing the test if a runner recorded
   internal errors. `pod_runner` is one such runner with the defaults.
+* `world` (function): the operator under test, started with the chart's RBAC and watching the test's
+  namespace, as an `operator_world.World` (skips when the chart cannot be rendered).
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ import pytest
 from .controlplane import AssetsMissingError, ControlPlane, assets_from_env
 from .crds import InstalledCrds, install_crds
 from .kubeapi import ApiError, RawApi
+from .operator_process import HelmUnavailableError, helm_binary, running_operator
+from .operator_world import World
 from .podrunner import PodRunner
 from .sandbox import probe
 
@@ -133,3 +137,20 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             terminalreporter.write_line(
                 f"e2e control plane: CRDs in {folder} were not pre-installed: {error}"
             )
+
+
+@pytest.fixture
+def world(
+    control_plane: ControlPlane, crds: object, namespace: str, pod_runner: PodRunner, tmp_path: Path
+) -> Iterator[World]:
+    """The operator, started with the chart's RBAC, watching the test's namespace."""
+    try:
+        helm_binary()
+    except HelmUnavailableError as error:
+        pytest.skip(f"the chart's RBAC cannot be rendered: {error}")
+    with running_operator(control_plane, namespace, tmp_path / "operator") as (operator, _):
+        world = World(control_plane, namespace, pod_runner, operator)
+        try:
+            yield world
+        finally:
+            world.close()

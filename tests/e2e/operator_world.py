@@ -85,6 +85,26 @@ def run_manifest(name: str, storage: JSON, *, training: JSON | None = None, **sp
     }
 
 
+def pvc_manifest(name: str) -> JSON:
+    """A 1Gi ReadWriteOnce claim (the pod runner bind-mounts a folder for it)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": name},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+    }
+
+
+def status(obj: JSON) -> JSON:
+    """An object's status ({} before the operator wrote one)."""
+    return obj.get("status") or {}
+
+
+def condition(obj: JSON, type_: str) -> JSON:
+    """The condition ``type_`` of an object's status."""
+    return next(c for c in status(obj).get("conditions") or [] if c["type"] == type_)
+
+
 def batch_manifest(name: str, run: str, data_file: str) -> JSON:
     """A TrainingBatch whose data is `inbox/<data_file>` in the run folder."""
     return {

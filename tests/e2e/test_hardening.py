@@ -12,23 +12,22 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from .controlplane import ControlPlane
 from .kubeapi import JSON
-from .operator_process import HelmUnavailableError, helm_binary, running_operator
 from .operator_world import (
     DEMO_BATCHES,
     TRAINER_UID,
     World,
     batch_manifest,
+    condition,
     prepare_volume,
+    pvc_manifest,
     run_manifest,
+    status,
 )
-from .podrunner import PodRunner
 
 pytestmark = pytest.mark.e2e
 
@@ -36,40 +35,6 @@ pytestmark = pytest.mark.e2e
 TRAINING_TIMEOUT = 180
 MISSING_SECRET = "missing-hf-token"  # noqa: S105 - the name of a Secret that does not exist
 UNPULLABLE_IMAGE = "registry.invalid/continual/trainer:0"
-
-
-@pytest.fixture
-def world(
-    control_plane: ControlPlane, crds: object, namespace: str, pod_runner: PodRunner, tmp_path: Path
-) -> Iterator[World]:
-    """The operator, started with the chart's RBAC, watching the test's namespace."""
-    try:
-        helm_binary()
-    except HelmUnavailableError as error:
-        pytest.skip(f"the chart's RBAC cannot be rendered: {error}")
-    with running_operator(control_plane, namespace, tmp_path / "operator") as (operator, _):
-        world = World(control_plane, namespace, pod_runner, operator)
-        try:
-            yield world
-        finally:
-            world.close()
-
-
-def pvc_manifest(name: str) -> JSON:
-    return {
-        "apiVersion": "v1",
-        "kind": "PersistentVolumeClaim",
-        "metadata": {"name": name},
-        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
-    }
-
-
-def status(obj: JSON) -> JSON:
-    return obj.get("status") or {}
-
-
-def condition(obj: JSON, type_: str) -> JSON:
-    return next(c for c in status(obj).get("conditions") or [] if c["type"] == type_)
 
 
 def events_of(world: World, name: str, reason: str) -> list[JSON]:

@@ -21,6 +21,7 @@ from .conftest import HARNESS_CRDS
 from .controlplane import ControlPlane
 from .crds import install_crds
 from .kubeapi import JSON, ApiError, RawApi
+from .operator_world import pvc_manifest
 from .podrunner import PodRunner
 from .waiting import wait_until
 
@@ -45,15 +46,6 @@ def job_manifest(name: str, pod_spec: JSON, **metadata: Any) -> JSON:
         "kind": "Job",
         "metadata": {"name": name, **metadata},
         "spec": {"backoffLimit": 0, "template": {"spec": {"restartPolicy": "Never", **pod_spec}}},
-    }
-
-
-def pvc_manifest(name: str) -> JSON:
-    return {
-        "apiVersion": "v1",
-        "kind": "PersistentVolumeClaim",
-        "metadata": {"name": name},
-        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
     }
 
 

@@ -17,7 +17,6 @@ import datetime as dt
 import re
 import signal
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,7 +29,6 @@ from continual_trainer.config import TrainerConfig, parse_config
 
 from .controlplane import ControlPlane
 from .kubeapi import JSON, ApiError
-from .operator_process import HelmUnavailableError, helm_binary, running_operator
 from .operator_world import (
     DEMO_BATCHES,
     DEMO_STEPS,
@@ -38,51 +36,19 @@ from .operator_world import (
     Recorded,
     World,
     batch_manifest,
+    condition,
     job_finished,
     prepare_volume,
+    pvc_manifest,
     run_manifest,
     signal_pending,
+    status,
 )
-from .podrunner import PodRunner
 
 pytestmark = pytest.mark.e2e
 
 #: A trainer process (torch import, model load, 6 steps, checkpoints) takes 5-10 s on two busy cores.
 TRAINING_TIMEOUT = 180
-
-
-@pytest.fixture
-def world(
-    control_plane: ControlPlane, crds: object, namespace: str, pod_runner: PodRunner, tmp_path: Path
-) -> Iterator[World]:
-    """The operator, started with the chart's RBAC, watching the test's namespace."""
-    try:
-        helm_binary()
-    except HelmUnavailableError as error:
-        pytest.skip(f"the chart's RBAC cannot be rendered: {error}")
-    with running_operator(control_plane, namespace, tmp_path / "operator") as (operator, _):
-        world = World(control_plane, namespace, pod_runner, operator)
-        try:
-            yield world
-        finally:
-            world.close()
-
-
-def pvc_manifest(name: str) -> JSON:
-    return {
-        "apiVersion": "v1",
-        "kind": "PersistentVolumeClaim",
-        "metadata": {"name": name},
-        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
-    }
-
-
-def status(obj: JSON) -> JSON:
-    return obj.get("status") or {}
-
-
-def condition(obj: JSON, type_: str) -> JSON:
-    return next(c for c in status(obj).get("conditions") or [] if c["type"] == type_)
 
 
 def job_name(run: str, batch: str, attempt: int = 1) -> str:

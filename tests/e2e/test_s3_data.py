@@ -11,16 +11,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from tests.s3server import S3Server
 
-from .controlplane import ControlPlane
-from .operator_process import HelmUnavailableError, helm_binary, running_operator
 from .operator_world import DEMO_DATA, World, prepare_volume, run_manifest
-from .podrunner import PodRunner
 
 pytestmark = pytest.mark.e2e
 
@@ -28,22 +24,6 @@ TRAINING_TIMEOUT = 180
 #: Not moto's business (it accepts any keys), but what the test greps everything for.
 SECRET_VALUE = "e2e-s3-secret-7f1d9c2b5a"  # noqa: S105 - a fake value for a fake server
 ACCESS_KEY = "AKIAE2ES3DATA0000001"
-
-
-@pytest.fixture
-def world(
-    control_plane: ControlPlane, crds: object, namespace: str, pod_runner: PodRunner, tmp_path: Path
-) -> Iterator[World]:
-    try:
-        helm_binary()
-    except HelmUnavailableError as error:
-        pytest.skip(f"the chart's RBAC cannot be rendered: {error}")
-    with running_operator(control_plane, namespace, tmp_path / "operator") as (operator, _):
-        world = World(control_plane, namespace, pod_runner, operator)
-        try:
-            yield world
-        finally:
-            world.close()
 
 
 def test_a_uri_batch_trains_from_s3_with_credentials_from_a_secret_that_leak_nowhere(

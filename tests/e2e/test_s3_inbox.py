@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,32 +18,21 @@ from tests.s3server import ACCESS_KEY_ID, SECRET_ACCESS_KEY, S3Server
 
 from continual_operator.inbox.decide import inbox_batch_name
 
-from .controlplane import ControlPlane
-from .operator_process import HelmUnavailableError, helm_binary, running_operator
-from .operator_world import DEMO_BATCHES, DEMO_DATA, World, prepare_volume, run_manifest
-from .podrunner import PodRunner
-from .test_operator import TRAINING_TIMEOUT, condition, pvc_manifest, status
+from .operator_world import (
+    DEMO_BATCHES,
+    DEMO_DATA,
+    World,
+    condition,
+    prepare_volume,
+    pvc_manifest,
+    run_manifest,
+    status,
+)
+from .test_operator import TRAINING_TIMEOUT
 
 pytestmark = pytest.mark.e2e
 
 BUCKET = "e2e-inbox"
-
-
-@pytest.fixture
-def world(
-    control_plane: ControlPlane, crds: object, namespace: str, pod_runner: PodRunner, tmp_path: Path
-) -> Iterator[World]:
-    """The operator, started with the chart's RBAC, watching the test's namespace (as test_operator's)."""
-    try:
-        helm_binary()
-    except HelmUnavailableError as error:
-        pytest.skip(f"the chart's RBAC cannot be rendered: {error}")
-    with running_operator(control_plane, namespace, tmp_path / "operator") as (operator, _):
-        world = World(control_plane, namespace, pod_runner, operator)
-        try:
-            yield world
-        finally:
-            world.close()
 
 
 def test_objects_put_in_the_inbox_train_in_key_order_and_the_credentials_leak_nowhere(

@@ -7,36 +7,17 @@ and review the diff: they are the reviewable record of what the operator creates
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
 import pytest
 import yaml
+from golden import EXPECTED, KUBERNETES_VERSION, BlockDumper, load
 
 from continual_operator import resources
 from continual_operator.api import ContinualTrainingRun, TrainingBatch
 from continual_operator.naming import LABEL_KUEUE_QUEUE
 from continual_trainer.config import parse_config
-
-EXPECTED = Path(__file__).parent / "expected"
-KUBERNETES_VERSION = "1.30"
-
-
-class _BlockDumper(yaml.SafeDumper):
-    """Multi-line strings (the trainer config) as readable ``|`` blocks."""
-
-
-_BlockDumper.add_representer(
-    str,
-    lambda dumper, value: dumper.represent_scalar(
-        "tag:yaml.org,2002:str", value, style="|" if "\n" in value else None
-    ),
-)
-
-
-def load(name: str) -> Any:
-    return yaml.safe_load((EXPECTED / name).read_text())
 
 
 def rich_run() -> ContinualTrainingRun:
@@ -70,7 +51,7 @@ def produced() -> dict[str, Any]:
 def test_objects_match_expected_yaml(name: str) -> None:
     obj = produced()[name]
     if os.environ.get("UPDATE_EXPECTED"):
-        (EXPECTED / name).write_text(yaml.dump(obj, Dumper=_BlockDumper, sort_keys=False, width=110))
+        (EXPECTED / name).write_text(yaml.dump(obj, Dumper=BlockDumper, sort_keys=False, width=110))
     assert obj == load(name)
 
 

@@ -13,30 +13,12 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+from golden import EXPECTED, KUBERNETES_VERSION, BlockDumper, load
 from pydantic import ValidationError
 
 from continual_operator import resources
 from continual_operator.api import ContinualTrainingRun, TrainingBatch
 from continual_trainer.config import parse_config
-
-EXPECTED = Path(__file__).parent / "expected"
-KUBERNETES_VERSION = "1.30"
-
-
-class _BlockDumper(yaml.SafeDumper):
-    """Multi-line strings (the trainer config) as readable ``|`` blocks."""
-
-
-_BlockDumper.add_representer(
-    str,
-    lambda dumper, value: dumper.represent_scalar(
-        "tag:yaml.org,2002:str", value, style="|" if "\n" in value else None
-    ),
-)
-
-
-def load(name: str) -> Any:
-    return yaml.safe_load((EXPECTED / name).read_text())
 
 
 def s3_run(**store: Any) -> ContinualTrainingRun:
@@ -63,7 +45,7 @@ def test_s3_objects_match_expected_yaml_and_are_valid_kubernetes(name: str) -> N
     obj = produced()[name]
     path = EXPECTED / name
     if os.environ.get("UPDATE_EXPECTED"):
-        path.write_text(yaml.dump(obj, Dumper=_BlockDumper, sort_keys=False, width=110))
+        path.write_text(yaml.dump(obj, Dumper=BlockDumper, sort_keys=False, width=110))
     assert obj == yaml.safe_load(path.read_text())
     kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
 
