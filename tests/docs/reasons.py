@@ -106,6 +106,11 @@ def reasons() -> set[str]:
                     for k, v in zip(node.keys, node.values, strict=True)
                     if isinstance(k, ast.Constant) and k.value == "reason"
                 ]
+            elif isinstance(node, ast.FunctionDef) and "reason" in node.name:
+                # a helper that computes a reason: everything it returns
+                exprs += [
+                    r.value for r in ast.walk(node) if isinstance(r, ast.Return) and r.value is not None
+                ]
             elif isinstance(node, ast.Tuple) and _condition_tuple(node):
                 exprs.append(node.elts[1])
             elif isinstance(node, ast.Call):
