@@ -66,7 +66,7 @@ def _constraints(node: dict[str, Any]) -> str:
         if key in node
     ]
     if "pattern" in node:
-        bounds.append(f"pattern `{node['pattern']}`")
+        bounds.append(f"pattern `{node['pattern']}`".replace("|", "\\|"))  # a table cell
     return f" ({', '.join(bounds)})" if bounds else ""
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -47,3 +48,10 @@ def test_rows_carry_type_default_and_immutability() -> None:
     assert rows["spec.scheduling.tolerations"].type == "[]object"
     assert "spec.scheduling.tolerations[].key" in rows
     assert "status.conditions[].reason" in rows
+
+
+def test_every_table_row_has_five_cells() -> None:
+    """An unescaped '|' in a description, enum or pattern would split a cell and break the table."""
+    rows = [line for line in apidocs.render().splitlines() if line.startswith("| `")]
+    assert rows
+    assert [r for r in rows if len(re.findall(r"(?<!\\)\|", r)) != 6] == []
