@@ -343,8 +343,11 @@ class KubernetesStorage:
         """
         return await self._list(BATCHES, namespace)
 
-    async def list_events(self, namespace: str, kind: Kind, name: str | None = None) -> list[dict[str, Any]]:
-        """The core/v1 Events about an object of ``kind`` named ``name`` (None: about any of that kind).
+    async def list_events(
+        self, namespace: str | None, kind: Kind, name: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The core/v1 Events about an object of ``kind`` named ``name`` (None: about any of that kind),
+        in a namespace (None: in every namespace).
 
         Selected on the server by ``involvedObject`` fields and checked again here, so that a server
         (or a test double) that ignores field selectors still answers only what was asked.

@@ -41,8 +41,9 @@ CURVE_NOTE = (
     "the volume; `continual-training report --volume ...` on the volume draws the per-step curve)."
 )
 NO_PLOTTING = (
-    "No curve: this operator image has no matplotlib; install the package with the `report` extra "
-    "(pip install 'continual-training[report]') to draw it here."
+    "No curve: matplotlib is not installed where the operator runs (the default image leaves it out); "
+    "an image built FROM it with `pip install 'continual-training[report]'` draws it here. The batch "
+    "table below has each batch's mean loss."
 )
 _STATES = {"Succeeded": "completed", "Failed": "failed"}
 
@@ -155,6 +156,7 @@ class ClusterSource:
         return read
 
     async def _fetch(self) -> _Read:
+        """Four LISTs per watched namespace (or four across the cluster): runs, batches, their Events."""
         scopes: list[str | None] = list(self.namespaces) if self.namespaces else [None]
         runs: list[RunView] = []
         curves: dict[str, RunCurve] = {}
@@ -162,56 +164,68 @@ class ClusterSource:
         for scope in scopes:
             run_items = await self.storage.list_runs(scope)
             batch_items = await self.storage.list_all_batches(scope)
+            events = await self.storage.list_events(scope, RUNS) + await self.storage.list_events(
+                scope, BATCHES
+            )
             for run in sorted(run_items, key=_key):
-                view, curve, record = await self._run_view(run, batch_items)
+                view, curve = _run_view(run, batch_items, events)
                 runs.append(view)
-                raw["runs"].append(record)
+                raw["runs"].append(
+                    {
+                        "namespace": view.namespace,
+                        "run": view.name,
+                        "status": view.status,
+                        "batches": view.batches,
+                    }
+                )
                 if curve is not None and view.curve_path is not None:
                     curves[view.curve_path] = curve
         return _Read(runs, curves, raw)
 
-    async def _run_view(
-        self, run: dict[str, Any], batch_items: list[dict[str, Any]]
-    ) -> tuple[RunView, RunCurve | None, dict[str, Any]]:
-        meta = run.get("metadata") or {}
-        namespace, name = str(meta.get("namespace", "")), str(meta.get("name", ""))
-        mine = sorted(
-            (
-                b
-                for b in batch_items
-                if (b.get("metadata") or {}).get("namespace") == namespace
-                and (b.get("spec") or {}).get("runName") == name
-            ),
-            key=_key,
-        )
-        batches = {str(b["metadata"]["name"]): dict(b.get("status") or {}) for b in mine}
-        events = await self.storage.list_events(namespace, RUNS, name)
-        names = set(batches)
-        if names:
-            events += [
-                e
-                for e in await self.storage.list_events(namespace, BATCHES)
-                if (e.get("involvedObject") or {}).get("name") in names
-            ]
-        rows = sorted((_event_row(e) for e in events), key=lambda r: str(r["time"]), reverse=True)
-        curve = status_curve(f"{namespace}/{name}", batches)
-        path = f"/runs/{namespace}/{name}/curve.png"
-        note = CURVE_NOTE
-        if curve is None:
-            note = "No finished batch yet: no curve to draw."
-        elif not _can_draw():
-            note = NO_PLOTTING
-        view = RunView(
-            name=name,
-            namespace=namespace,
-            status=dict(run.get("status") or {}),
-            batches=batches,
-            events=rows[:EVENTS_SHOWN],
-            curve_path=path if curve is not None and _can_draw() else None,
-            curve_note=note,
-        )
-        record = {"namespace": namespace, "run": name, "status": view.status, "batches": batches}
-        return view, curve, record
+
+def _in(item: dict[str, Any], namespace: str) -> bool:
+    return (item.get("metadata") or {}).get("namespace") == namespace
+
+
+def _run_view(
+    run: dict[str, Any], batch_items: list[dict[str, Any]], events: list[dict[str, Any]]
+) -> tuple[RunView, RunCurve | None]:
+    """One run's section: its batches (``spec.runName``) and the Events about it or them."""
+    meta = run.get("metadata") or {}
+    namespace, name = str(meta.get("namespace", "")), str(meta.get("name", ""))
+    mine = sorted(
+        (b for b in batch_items if _in(b, namespace) and (b.get("spec") or {}).get("runName") == name),
+        key=_key,
+    )
+    batches = {str(b["metadata"]["name"]): dict(b.get("status") or {}) for b in mine}
+    about = {(RUNS.kind, name)} | {(BATCHES.kind, b) for b in batches}
+    rows = sorted(
+        (
+            _event_row(e)
+            for e in events
+            if _in(e, namespace)
+            and ((e.get("involvedObject") or {}).get("kind"), (e.get("involvedObject") or {}).get("name"))
+            in about
+        ),
+        key=lambda r: str(r["time"]),
+        reverse=True,
+    )
+    curve = status_curve(f"{namespace}/{name}", batches)
+    drawn = curve is not None and _can_draw()
+    if curve is None:
+        note = "No finished batch yet: no curve to draw."
+    else:
+        note = CURVE_NOTE if drawn else NO_PLOTTING
+    view = RunView(
+        name=name,
+        namespace=namespace,
+        status=dict(run.get("status") or {}),
+        batches=batches,
+        events=rows[:EVENTS_SHOWN],
+        curve_path=f"/runs/{namespace}/{name}/curve.png" if drawn else None,
+        curve_note=note,
+    )
+    return view, curve
 
 
 def _key(item: dict[str, Any]) -> tuple[str, str]:
