@@ -17,12 +17,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import kmock
+import kubernetes
 import pytest
 from tests.observe.test_status_page import CHROMIUM, CHROMIUM_ARGS, CURVE_SIZE, image_size
 from tests.operator.kube_world import BATCHES, EVENTS, NS, RUNS, T0, KubeWorld, batch_body, run_body
 
 from continual_operator import web
 from continual_operator.cli import build_parser
+from continual_operator.k8s import KubernetesStorage
 from continual_operator.web_cluster import ClusterSource
 
 RUN_STATUS = {
@@ -146,7 +148,7 @@ def fetch(url: str, method: str = "GET") -> tuple[int, bytes]:
         with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310
             return answer.status, answer.read()
     except urllib.error.HTTPError as error:
-        return error.code, b""
+        return error.code, error.read()
 
 
 async def test_the_operator_s_page_refuses_writes_and_reads_the_cluster_once_per_period(cluster):
@@ -177,3 +179,29 @@ def test_the_operator_flag_and_its_environment_variable(monkeypatch: pytest.Monk
         ["operator", "--status-page-port", "9000", "--status-page-host", "10.0.0.7"]
     )
     assert (args.status_page_port, args.status_page_host) == (9000, "10.0.0.7")
+
+
+async def test_an_operator_watching_the_cluster_shows_every_namespace_s_runs(cluster):
+    world, _, _ = cluster
+    storage = world.storage()
+    source = ClusterSource(storage, asyncio.get_running_loop(), None)
+    try:
+        runs = await asyncio.to_thread(source.runs)
+    finally:
+        storage.close()
+    assert sorted(run.title for run in runs) == ["ml/demo", "ml/second", "not-watched/elsewhere"]
+
+
+async def test_an_api_server_that_does_not_answer_is_a_503_naming_the_call():
+    storage = KubernetesStorage(
+        kubernetes.client.ApiClient(kubernetes.client.Configuration(host="http://127.0.0.1:9")),
+        request_timeout=2,
+    )
+    page = web.start(ClusterSource(storage, asyncio.get_running_loop(), [NS]), 0)
+    try:
+        code, body = await asyncio.to_thread(fetch, page.url)
+    finally:
+        page.close()
+        storage.close()
+    assert code == 503
+    assert b"continualtrainingruns" in body  # the failed call, named
