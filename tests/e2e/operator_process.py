@@ -146,8 +146,18 @@ class OperatorProcess:
     """`continual-training operator --standalone --namespace <ns>` as a child process (see the module
     docstring). Every start appends to the same log file, with a header line per start."""
 
-    def __init__(self, kubeconfig: Path, namespace: str, log_path: Path, *, standalone: bool = True) -> None:
+    def __init__(
+        self,
+        kubeconfig: Path,
+        namespace: str,
+        log_path: Path,
+        *,
+        standalone: bool = True,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
         self.kubeconfig = kubeconfig
+        #: More `operator` flags, e.g. ("--status-page-port", "0").
+        self.extra_args = extra_args
         self.namespace = namespace
         #: False: join the chart's peering object (`--peering continual-training`) like a replica would.
         self.standalone = standalone
@@ -169,6 +179,7 @@ class OperatorProcess:
             *(["--standalone"] if self.standalone else ["--peering", "continual-training"]),
             "--namespace",
             self.namespace,
+            *self.extra_args,
         ]
 
     @property

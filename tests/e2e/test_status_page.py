@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -23,8 +24,9 @@ from continual_operator.web_cluster import ClusterSource
 
 from .controlplane import ControlPlane
 from .kubeapi import RawApi
-from .operator_process import OperatorRbac
+from .operator_process import OperatorProcess, OperatorRbac
 from .operator_world import GROUP_VERSION, batch_manifest, run_manifest
+from .waiting import wait_until
 
 FAILED = "line 2 of inbox/b2.jsonl is not JSON: fix the file and create the batch again"
 NOW = "2026-01-01T10:00:00Z"
@@ -123,3 +125,35 @@ def test_without_the_status_page_value_the_service_account_cannot_list_events(
         storage.close()
         rbac.remove()
     assert refused.value.status == 403
+
+
+def test_the_operator_process_serves_the_page_and_stops_it_on_shutdown(
+    control_plane: ControlPlane, raw_api: RawApi, crds: object, namespace: str, tmp_path: Path
+) -> None:
+    rbac = OperatorRbac(control_plane, namespace, tmp_path / "rbac", status_page=True)
+    kubeconfig = rbac.apply()
+    root = f"/apis/{GROUP_VERSION}/namespaces/{namespace}"
+    raw_api.create(f"{root}/continualtrainingruns", run_manifest("demo", {"existingClaim": "data"}))
+    operator = OperatorProcess(
+        kubeconfig, namespace, tmp_path / "operator.log", extra_args=("--status-page-port", "0")
+    )
+    try:
+        operator.start()
+        line = wait_until(
+            lambda: next(
+                (x for x in operator.log().splitlines() if "status page (read-only) at " in x), None
+            ),
+            timeout=30,
+            what="the status page's address in the operator's log",
+            dump=operator.log_tail,
+        )
+        url = line.split("status page (read-only) at ", 1)[1].split()[0]
+        with urllib.request.urlopen(url, timeout=30) as answer:  # noqa: S310 (the operator's 127.0.0.1 page)
+            html = answer.read().decode()
+        assert f'id="run-{namespace}-demo"' in html
+        operator.stop()
+        with pytest.raises(urllib.error.URLError, match="Connection refused"):
+            urllib.request.urlopen(url, timeout=5)  # noqa: S310
+    finally:
+        operator.stop()
+        rbac.remove()
