@@ -85,3 +85,13 @@ def test_status_page_values_are_checked(helm, values_file) -> None:  # noqa: F81
     )
     assert result.returncode != 0
     assert "statusPage" in result.stderr
+
+
+def test_the_notes_say_how_to_reach_the_page(helm, values_file) -> None:  # noqa: F811
+    def notes(values: dict[str, Any]) -> str:
+        result = helm("install", "x", "charts/continual-training", "--dry-run", "-f", values_file(values))
+        assert result.returncode == 0, result.stderr
+        return result.stdout.split("NOTES:", 1)[1]
+
+    assert "status-page" not in notes({})
+    assert "port-forward svc/x-continual-training-status-page 8090" in notes(ENABLED)
