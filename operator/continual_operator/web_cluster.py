@@ -113,6 +113,10 @@ class ClusterSource:
     _read_at: float = field(default=0.0, init=False, repr=False)
     _pngs: dict[str, tuple[Any, bytes]] = field(default_factory=dict, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    #: One round of LISTs at a time: browsers that load at once after the period wait for it, not repeat it.
+    _fetching: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    #: One drawing at a time: pyplot is not thread-safe (as in web.py's local curve cache).
+    _drawing: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     # -- PageSource -----------------------------------------------------------------------------------
     def runs(self) -> list[RunView]:
@@ -124,23 +128,33 @@ class ClusterSource:
         if curve is None:
             return None
         key = [(b.batch_id, b.state, b.start_step, b.end_step, b.mean_loss) for b in curve.batches]
-        with self._lock:
+        with self._drawing:
             cached = self._pngs.get(path)
-            if cached is not None and cached[0] == key:
-                return cached[1]
-        png = render_png(curve)  # outside the lock: drawing takes a moment
-        with self._lock:
-            self._pngs[path] = (key, png)
-        return png
+            if cached is None or cached[0] != key:
+                cached = (key, render_png(curve))
+                # only the runs of the last read: a deleted run's picture goes
+                self._pngs = {p: v for p, v in self._pngs.items() if p in read.curves} | {path: cached}
+            return cached[1]
 
     def snapshot(self) -> dict[str, Any]:
         return self._current().raw
 
     # -- reading --------------------------------------------------------------------------------------
-    def _current(self) -> _Read:
+    def _fresh(self) -> _Read | None:
         with self._lock:
             if self._read is not None and self.clock() - self._read_at < self.ttl_seconds:
                 return self._read
+        return None
+
+    def _current(self) -> _Read:
+        if (read := self._fresh()) is not None:
+            return read
+        with self._fetching:
+            if (read := self._fresh()) is not None:  # another thread read it while this one waited
+                return read
+            return self._fetch_now()
+
+    def _fetch_now(self) -> _Read:
         future = asyncio.run_coroutine_threadsafe(self._fetch(), self.loop)
         try:
             read = future.result(timeout=READ_TIMEOUT_SECONDS)

@@ -165,8 +165,9 @@ async def test_the_operator_s_page_refuses_writes_and_reads_the_cluster_once_per
     assert b'"run": "demo"' in body
     assert len(world.requests("GET", RUNS)) == 1  # four loads within the cache period: one LIST
     clock.now += 60
-    await asyncio.to_thread(fetch, page.url)
-    assert len(world.requests("GET", RUNS)) == 2
+    codes = await asyncio.gather(*(asyncio.to_thread(fetch, page.url) for _ in range(4)))
+    assert [code for code, _ in codes] == [200] * 4
+    assert len(world.requests("GET", RUNS)) == 2  # four browsers at once after the period: one LIST
     assert {r.method for r in world.server if r.resource != EVENTS} == {"GET"}
 
 
