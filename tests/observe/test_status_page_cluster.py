@@ -22,7 +22,7 @@ import pytest
 from tests.observe.test_status_page import CHROMIUM, CHROMIUM_ARGS, CURVE_SIZE, image_size
 from tests.operator.kube_world import BATCHES, EVENTS, NS, RUNS, T0, KubeWorld, batch_body, run_body
 
-from continual_operator import web
+from continual_operator import web, web_cluster
 from continual_operator.cli import build_parser
 from continual_operator.k8s import KubernetesStorage
 from continual_operator.web_cluster import ClusterSource
@@ -206,3 +206,20 @@ async def test_an_api_server_that_does_not_answer_is_a_503_naming_the_call():
         storage.close()
     assert code == 503
     assert b"continualtrainingruns" in body  # the failed call, named
+
+
+async def test_without_matplotlib_the_page_says_how_to_get_the_curve(
+    cluster, monkeypatch: pytest.MonkeyPatch
+):
+    world, _, _ = cluster
+    monkeypatch.setattr(web_cluster, "_can_draw", lambda: False)  # as in the operator image
+    storage = world.storage()
+    source = ClusterSource(storage, asyncio.get_running_loop(), [NS])
+    try:
+        demo = (await asyncio.to_thread(source.runs))[0]
+        assert await asyncio.to_thread(source.curve_png, f"/runs/{NS}/demo/curve.png") is None
+    finally:
+        storage.close()
+    assert demo.curve_path is None
+    assert "continual-training[report]" in demo.curve_note
+    assert demo.batches["b1"]["meanLoss"] == 2.5  # the table still has the numbers
