@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import shlex
 import signal
 import subprocess
@@ -29,6 +30,10 @@ from continual_operator.local import (
     run_local,
 )
 from continual_operator.local_inbox import DEFAULT_MARKER, DEFAULT_SETTLE_SECONDS
+
+#: The operator's status page, from the environment when no flag is given (the chart sets flags).
+STATUS_PAGE_PORT_ENV = "CONTINUAL_STATUS_PAGE_PORT"
+STATUS_PAGE_HOST_ENV = "CONTINUAL_STATUS_PAGE_HOST"
 
 
 def _local_options(args: argparse.Namespace, manifest: Path) -> LocalOptions:
@@ -98,6 +103,8 @@ def cmd_operator(args: argparse.Namespace) -> int:
         peering=args.peering,
         metrics_port=args.metrics_port,
         liveness=args.liveness_endpoint,
+        status_page_port=args.status_page_port,
+        status_page_host=args.status_page_host,
     )
     return 0
 
@@ -188,6 +195,17 @@ def build_parser() -> argparse.ArgumentParser:
     op.add_argument("--peering", default="continual-training", help="kopf peering object name")
     op.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port")
     op.add_argument("--liveness-endpoint", default=None, help="e.g. http://0.0.0.0:8081/healthz")
+    op.add_argument(
+        "--status-page-port",
+        type=int,
+        default=os.environ.get(STATUS_PAGE_PORT_ENV),  # argparse applies type=int to it
+        help=f"serve the read-only status page on this port (default: ${STATUS_PAGE_PORT_ENV}, else off)",
+    )
+    op.add_argument(
+        "--status-page-host",
+        default=os.environ.get(STATUS_PAGE_HOST_ENV, "127.0.0.1"),
+        help=f"the address the status page binds (default: ${STATUS_PAGE_HOST_ENV}, else 127.0.0.1)",
+    )
     op.set_defaults(func=cmd_operator)
 
     crds = sub.add_parser("crds", help="write the CRD manifests generated from the API models")

@@ -29,6 +29,7 @@ Kubernetes Events from WARNING up (the planner already posts the Events that tel
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -58,6 +59,12 @@ class OperatorOptions:
     resync_seconds: float = 300.0
     #: Concurrent Kubernetes API calls of the reconciler.
     api_workers: int = 8
+    #: Serve the read-only status page on this port (None: no page; see continual_operator.web_cluster).
+    status_page_port: int | None = None
+    #: The address the status page binds.
+    status_page_host: str = "127.0.0.1"
+    #: The namespaces the operator watches (empty: all): the page shows their runs.
+    namespaces: tuple[str, ...] = ()
 
 
 def configure(settings: kopf.OperatorSettings) -> None:
@@ -98,10 +105,24 @@ async def startup(
         metrics.serve(options.metrics_port)
     storage = KubernetesStorage.from_environment(max_workers=options.api_workers)
     memo["reconciler"] = Reconciler(storage, metrics=metrics, resync_seconds=options.resync_seconds)
+    if options.status_page_port is not None:
+        from continual_operator.web_cluster import start_page  # the page's modules only when asked for
+
+        page = start_page(
+            storage,
+            asyncio.get_running_loop(),
+            options.status_page_port,
+            host=options.status_page_host,
+            namespaces=options.namespaces,
+        )
+        memo["status_page"] = page
+        logging.getLogger(__name__).info(f"status page (read-only) at {page.url}")
 
 
 async def cleanup(*, memo: kopf.Memo, **_: Any) -> None:
-    """Stop pending requeues and release the API client."""
+    """Stop the status page and pending requeues, and release the API client."""
+    if (page := memo.get("status_page")) is not None:
+        page.close()
     reconciler = memo.get("reconciler")
     if isinstance(reconciler, Reconciler):
         await reconciler.close()

@@ -108,10 +108,10 @@ class Kind:
         group = self.api_version.rpartition("/")[0]
         return f"{self.plural}.{group}" if group else self.plural
 
-    def path(self, namespace: str, name: str | None = None, subresource: str | None = None) -> str:
-        """The collection, object or subresource URL path in a namespace."""
+    def path(self, namespace: str | None, name: str | None = None, subresource: str | None = None) -> str:
+        """The collection, object or subresource URL path in a namespace (None: every namespace's)."""
         root = f"/apis/{self.api_version}" if "/" in self.api_version else f"/api/{self.api_version}"
-        parts = [root, "namespaces", namespace, self.plural]
+        parts = [root, "namespaces", namespace, self.plural] if namespace is not None else [root, self.plural]
         parts += [name] if name is not None else []
         parts += [subresource] if subresource is not None else []
         return "/".join(parts)
@@ -276,10 +276,13 @@ class KubernetesStorage:
 
     @staticmethod
     def _doing(
-        method: str, kind: Kind, namespace: str, name: str | None = None, sub: str | None = None
+        method: str, kind: Kind, namespace: str | None, name: str | None = None, sub: str | None = None
     ) -> str:
         resource = f"{kind.resource}/{sub}" if sub else kind.resource
-        where = f"{namespace}/{name}" if name else f"in namespace {namespace}"
+        if namespace is None:
+            where = "in all namespaces"
+        else:
+            where = f"{namespace}/{name}" if name else f"in namespace {namespace}"
         verb = "list" if method == "GET" and name is None else _VERBS[method]
         return f"{verb} {resource} {where}"
 
@@ -303,13 +306,19 @@ class KubernetesStorage:
             return None
 
     async def _list(
-        self, kind: Kind, namespace: str, label_selector: str | None = None
+        self,
+        kind: Kind,
+        namespace: str | None,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
     ) -> list[dict[str, Any]]:
-        """All objects of a kind in a namespace, page by page."""
+        """All objects of a kind in a namespace (None: in every namespace), page by page."""
         items: list[dict[str, Any]] = []
         query = {"limit": str(LIST_PAGE_SIZE)}
         if label_selector:
             query["labelSelector"] = label_selector
+        if field_selector:
+            query["fieldSelector"] = field_selector
         while True:
             page = await self._request(
                 "GET", kind.path(namespace), query=query, doing=self._doing("GET", kind, namespace)
@@ -320,9 +329,39 @@ class KubernetesStorage:
                 return items
             query = {**query, "continue": str(token)}
 
-    async def list_runs(self, namespace: str) -> list[dict[str, Any]]:
-        """The namespace's runs (one folder per run: the planner checks that no two share one)."""
+    async def list_runs(self, namespace: str | None) -> list[dict[str, Any]]:
+        """The namespace's runs (one folder per run: the planner checks that no two share one).
+
+        ``None``: the runs of every namespace (the status page of an operator watching the cluster).
+        """
         return await self._list(RUNS, namespace)
+
+    async def list_all_batches(self, namespace: str | None) -> list[dict[str, Any]]:
+        """Every TrainingBatch of a namespace (None: of every namespace), whichever run it names.
+
+        One LIST for a page that shows all runs, rather than one per run (:meth:`list_batches`).
+        """
+        return await self._list(BATCHES, namespace)
+
+    async def list_events(
+        self, namespace: str | None, kind: Kind, name: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The core/v1 Events about an object of ``kind`` named ``name`` (None: about any of that kind),
+        in a namespace (None: in every namespace).
+
+        Selected on the server by ``involvedObject`` fields and checked again here, so that a server
+        (or a test double) that ignores field selectors still answers only what was asked.
+        """
+        selector = f"involvedObject.kind={kind.kind}"
+        if name is not None:
+            selector += f",involvedObject.name={name}"
+        items = await self._list(EVENTS, namespace, field_selector=selector)
+        return [
+            e
+            for e in items
+            if (e.get("involvedObject") or {}).get("kind") == kind.kind
+            and (name is None or (e.get("involvedObject") or {}).get("name") == name)
+        ]
 
     async def list_batches(self, namespace: str, run: str) -> list[dict[str, Any]]:
         """The run's TrainingBatches (``spec.runName``), as stored.

@@ -31,13 +31,23 @@ def run_operator(
     liveness: str | None = None,
     priority: int | None = None,
     resync_seconds: float = OperatorOptions.resync_seconds,
+    status_page_port: int | None = None,
+    status_page_host: str = OperatorOptions.status_page_host,
 ) -> None:
     """Run the operator until it is stopped (SIGINT/SIGTERM).
 
     ``namespaces``: watch only these (None or empty: the whole cluster). ``liveness``: kopf's liveness
     endpoint, e.g. ``http://0.0.0.0:8081/healthz``. ``priority``: the peering priority (default: random).
+    ``status_page_port``: serve the read-only status page there (None: no page), bound to
+    ``status_page_host``.
     """
-    options = OperatorOptions(metrics_port=metrics_port, resync_seconds=resync_seconds)
+    options = OperatorOptions(
+        metrics_port=metrics_port,
+        resync_seconds=resync_seconds,
+        status_page_port=status_page_port,
+        status_page_host=status_page_host,
+        namespaces=tuple(namespaces or ()),
+    )
     kopf.run(
         registry=build_registry(options),
         clusterwide=not namespaces,

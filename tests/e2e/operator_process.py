@@ -62,7 +62,9 @@ def helm_binary() -> Path:
         raise HelmUnavailableError(str(error)) from error
 
 
-def render_operator_rbac(namespace: str, workdir: Path, *, peering: bool = False) -> list[JSON]:
+def render_operator_rbac(
+    namespace: str, workdir: Path, *, peering: bool = False, status_page: bool = False
+) -> list[JSON]:
     """The chart's ServiceAccount, ClusterRole(Binding), Role and RoleBinding for an operator that
     watches only `namespace` and runs in it. Object names are `<namespace>-operator` so that the
     cluster-scoped ones of different tests never collide."""
@@ -74,6 +76,7 @@ def render_operator_rbac(namespace: str, workdir: Path, *, peering: bool = False
                 "watchNamespaces": [namespace],
                 "peering": {"enabled": peering},
                 "fullnameOverride": f"{namespace}-operator",
+                "statusPage": {"enabled": status_page},
             }
         )
     )
@@ -110,11 +113,17 @@ class OperatorRbac:
     cluster-scoped objects again (the namespaced ones go with the test's namespace)."""
 
     def __init__(
-        self, control_plane: ControlPlane, namespace: str, workdir: Path, *, peering: bool = False
+        self,
+        control_plane: ControlPlane,
+        namespace: str,
+        workdir: Path,
+        *,
+        peering: bool = False,
+        status_page: bool = False,
     ) -> None:
         self.control_plane = control_plane
         self.namespace = namespace
-        self.objects = render_operator_rbac(namespace, workdir, peering=peering)
+        self.objects = render_operator_rbac(namespace, workdir, peering=peering, status_page=status_page)
         accounts = [o for o in self.objects if o["kind"] == "ServiceAccount"]
         if len(accounts) != 1:
             raise RuntimeError(f"the chart rendered {len(accounts)} ServiceAccounts, expected one")
@@ -137,8 +146,18 @@ class OperatorProcess:
     """`continual-training operator --standalone --namespace <ns>` as a child process (see the module
     docstring). Every start appends to the same log file, with a header line per start."""
 
-    def __init__(self, kubeconfig: Path, namespace: str, log_path: Path, *, standalone: bool = True) -> None:
+    def __init__(
+        self,
+        kubeconfig: Path,
+        namespace: str,
+        log_path: Path,
+        *,
+        standalone: bool = True,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
         self.kubeconfig = kubeconfig
+        #: More `operator` flags, e.g. ("--status-page-port", "0").
+        self.extra_args = extra_args
         self.namespace = namespace
         #: False: join the chart's peering object (`--peering continual-training`) like a replica would.
         self.standalone = standalone
@@ -160,6 +179,7 @@ class OperatorProcess:
             *(["--standalone"] if self.standalone else ["--peering", "continual-training"]),
             "--namespace",
             self.namespace,
+            *self.extra_args,
         ]
 
     @property

@@ -121,15 +121,15 @@ def test_the_status_page_shows_the_run_its_curve_and_the_failed_batch(browser, s
     page.goto(url)
     run = page.locator("section#run-demo")
     assert run.locator(".phase").inner_text() == "Halted"
-    assert image_size(page, "#curve") == CURVE_SIZE
-    assert page.locator("#batches tr.state-Succeeded").count() == 1
-    failed = page.locator("#batches tr.state-Failed")
+    assert image_size(page, "section#run-demo img.curve") == CURVE_SIZE
+    assert run.locator(".batches tr.state-Succeeded").count() == 1
+    failed = run.locator(".batches tr.state-Failed")
     assert failed.count() == 1
     assert "Failed" in failed.inner_text()
     assert "batch-002.jsonl" in failed.inner_text()  # the message names the broken file
-    degraded = page.locator("#conditions tr.condition-Degraded").inner_text()
+    degraded = run.locator(".conditions tr.condition-Degraded").inner_text()
     assert "True" in degraded
-    assert page.locator("#events tr.event-Warning").count() >= 1
+    assert run.locator(".events tr.event-Warning").count() >= 1
     page.close()
 
 

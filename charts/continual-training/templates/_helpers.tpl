@@ -116,6 +116,12 @@ each watched namespace. Exactly what the handlers and kopf use; docs/deploy.md s
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+{{- if .Values.statusPage.enabled }}
+# The status page shows recent Events of runs and batches.
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["list"]
+{{- end }}
 {{- if and .Values.peering.enabled .Values.watchNamespaces }}
 # kopf peering, namespaced mode: a KopfPeering in each watched namespace.
 - apiGroups: ["kopf.dev"]
