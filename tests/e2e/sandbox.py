@@ -24,6 +24,7 @@ Three details of running on a shared host rather than in an image:
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shlex
@@ -239,13 +240,42 @@ def probe() -> str | None:
     return None
 
 
+#: Every live pod runner on the machine holds a shared lock on this file; only one that can take it
+#: exclusively (no other runner, of any test session, is alive) removes host mount points.
+HOST_MOUNTS_LOCK = Path("/tmp/continual-e2e-mountpoints.lock")
+
+
 class MountPoints:
-    """Creates top-level mount points on the host and removes the ones it created (if still empty)."""
+    """Creates top-level mount points on the host and removes the ones it created (if still empty).
+
+    Several test sessions may run pod runners on one machine at once (two checkouts, two developers). Since
+    Linux 3.18, removing a folder that is a mount point in another mount namespace detaches that mount
+    there: one session's clean-up would pull ``/data`` out from under the other's running trainer. So the
+    folders are removed only by a runner that finds itself alone (see :data:`HOST_MOUNTS_LOCK`); otherwise
+    they stay, empty, for the last one to leave.
+    """
 
     def __init__(self) -> None:
         self._created: list[Path] = []
         self._fallback_created = False
         self._lock = threading.Lock()
+        self._alive: IO[str] | None = HOST_MOUNTS_LOCK.open("a")
+        fcntl.flock(self._alive, fcntl.LOCK_SH)
+
+    def _alone(self) -> bool:
+        """Whether no other live runner holds the host lock (then this one leaves it: it is done)."""
+        if self._alive is None:
+            return False
+        try:
+            fcntl.flock(self._alive, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+    def _leave(self) -> None:
+        if self._alive is not None:
+            self._alive.close()  # releases the lock
+            self._alive = None
 
     def ensure(self, launch: Launch) -> None:
         """Create the launch's top-level mount points and its staging folder on the host."""
@@ -282,6 +312,10 @@ class MountPoints:
         Call it only once no container process runs: removing a folder that is a mount point in a
         live mount namespace would unmount it there.
         """
+        if not self._alone():
+            self._created.clear()  # another session's runner may have pods on these mount points
+            self._leave()
+            return
         if self._fallback_created:
             shutil.rmtree(FALLBACK_STAGE, ignore_errors=True)
             self._fallback_created = False
@@ -294,3 +328,4 @@ class MountPoints:
             except OSError:
                 continue
         self._created.clear()
+        self._leave()
