@@ -109,8 +109,8 @@ FINISHED_JOBS_KEPT = 3
 NAME_TAKEN_REQUEUE_SECONDS = 5.0
 #: While a Job waits for its container to start, look again this often (pods have no watch of their own).
 STARTING_RECHECK_SECONDS = 10.0
-#: Significant digits of the losses written to status (a float32 loss has about 7; 4 is what people read).
-LOSS_DIGITS = 4
+#: Significant digits of the losses written to status (a float32 loss has about 7; 5 keep the 4 decimals people compare).
+LOSS_DIGITS = 5
 TERMINAL = frozenset({"Succeeded", "Failed"})
 STEPS_NOT_CONTIGUOUS = "StepsNotContiguous"
 START_DEADLINE_EXCEEDED = "StartDeadlineExceeded"

@@ -508,8 +508,8 @@ def test_a_batch_deleted_while_its_job_trained_is_still_reported_when_the_job_fa
 
 # -- 7: cosmetics ----------------------------------------------------------------------------------------
 def test_losses_in_status_are_rounded() -> None:
-    assert round_loss(2.3456789012345) == 2.346
-    assert round_loss(0.000123456789) == 0.0001235
+    assert round_loss(2.3456789012345) == 2.3457
+    assert round_loss(0.000123456789) == 0.00012346
     message = BatchResult(
         batch_id="b1",
         outcome="Succeeded",
@@ -527,8 +527,8 @@ def test_losses_in_status_are_rounded() -> None:
         [job("b1", 1, "Succeeded", exit_code=0, termination_message=message)],
     )
     p = world.plan()
-    assert batch_patch(p, "b1")["meanLoss"] == 2.346
-    assert run_patch(p)["lastLoss"] == 2.346
+    assert batch_patch(p, "b1")["meanLoss"] == 2.3457
+    assert run_patch(p)["lastLoss"] == 2.3457
 
 
 def test_a_batch_of_a_suspended_run_does_not_show_training() -> None:
@@ -676,4 +676,4 @@ def test_the_trainers_progress_patch_rounds_its_loss_like_the_operator() -> None
         loss=2.3456789012,
         time="2026-01-01T00:00:00Z",
     )
-    assert status_patch(event)["status"]["lastLoss"] == round_loss(2.3456789012) == 2.346
+    assert status_patch(event)["status"]["lastLoss"] == round_loss(2.3456789012) == 2.3457

@@ -70,8 +70,8 @@ def status_patch(event: ProgressEvent) -> dict[str, Any]:
     if event.latest_checkpoint is not None:
         status["latestCheckpoint"] = event.latest_checkpoint
     if event.loss is not None:
-        # 4 significant digits, as the operator writes losses (kubectl prints what is stored).
-        status["lastLoss"] = float(f"{event.loss:.4g}")
+        # 5 significant digits, as the operator writes losses (kubectl prints what is stored).
+        status["lastLoss"] = float(f"{event.loss:.5g}")
     if event.learning_rate is not None:
         status["lastLearningRate"] = event.learning_rate
     return {"status": status}
