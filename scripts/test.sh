@@ -19,5 +19,5 @@ fi
 echo "== ruff";          ruff check . && ruff format --check .
 echo "== mypy";          mypy
 echo "== import-linter"; lint-imports
-echo "== crds";          python -m continual_operator.crdgen --check
+echo "== crds";          python -m continual_operator.crdgen --check && python -m continual_operator.apidocs --check
 echo "== pytest";        python -m pytest -ra "$@"

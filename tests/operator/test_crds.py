@@ -57,8 +57,14 @@ def validator(kind: str) -> jsonschema.Draft4Validator:
     return jsonschema.Draft4Validator(as_json_schema(schema_of(info)))
 
 
-def examples() -> list[Path]:
-    return sorted(EXAMPLES.glob("*.yaml"))
+def example_documents() -> list[tuple[str, dict[str, Any]]]:
+    """Every ContinualTrainingRun/TrainingBatch document of every YAML file under examples/ (recursively)."""
+    found = []
+    for path in sorted(EXAMPLES.rglob("*.yaml")):
+        for index, doc in enumerate(yaml.safe_load_all(path.read_text())):
+            if isinstance(doc, dict) and doc.get("kind") in KIND_MODELS:
+                found.append((f"{path.relative_to(EXAMPLES)}#{index}", doc))
+    return found
 
 
 # -- generated == committed ---------------------------------------------------------------------------------
@@ -122,6 +128,7 @@ def test_names_short_names_categories_and_columns() -> None:
     assert version["subresources"] == {"status": {}}
     columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"] if not c.get("priority")}
     assert columns == {
+        "Ready": '.status.conditions[?(@.type=="Ready")].status',
         "Phase": ".status.phase",
         "Step": ".status.globalStep",
         "Batches": ".status.batchesCompleted",
@@ -132,6 +139,10 @@ def test_names_short_names_categories_and_columns() -> None:
         c["name"] for c in batch["versions"][0]["additionalPrinterColumns"] if not c.get("priority")
     ]
     assert batch_columns == ["Run", "Phase", "Start", "End", "Loss", "Age"]
+    wide = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"] if c.get("priority")}
+    assert wide["Message"] == '.status.conditions[?(@.type=="Ready")].message'
+    batch_wide = [c["name"] for c in batch["versions"][0]["additionalPrinterColumns"] if c.get("priority")]
+    assert batch_wide[-2:] == ["Reason", "Message"]
 
 
 def test_status_has_the_fields_the_trainer_patches_and_no_defaults() -> None:
@@ -188,21 +199,21 @@ def test_the_variant_without_cel_differs_only_by_the_rules(info: Any) -> None:
 
 
 # -- examples and invalid manifests ---------------------------------------------------------------------------
-def test_examples_exist() -> None:
-    names = [p.name for p in examples()]
-    assert names == [
-        "batch-001.yaml",
-        "batch-002.yaml",
-        "batch-003.yaml",
-        "batch-s3-001.yaml",
-        "run-s3.yaml",
-        "run.yaml",
-    ]
+def test_examples_are_found_in_every_folder() -> None:
+    names = {name.split("#")[0] for name, _ in example_documents()}
+    assert {"run.yaml", "batch-001.yaml", "gpu-kueue/run.yaml", "s3-inbox/run.yaml"} <= names
+    # a YAML file under examples/ that is neither one of ours nor a known Kubernetes/Argo CD kind is a typo
+    kinds = {
+        doc.get("kind")
+        for path in EXAMPLES.rglob("*.yaml")
+        for doc in yaml.safe_load_all(path.read_text())
+        if isinstance(doc, dict)
+    }
+    assert kinds <= {*KIND_MODELS, "Secret", "ConfigMap", "Application"}, kinds
 
 
-@pytest.mark.parametrize("path", examples(), ids=lambda p: p.name)
-def test_examples_validate_against_the_crd_and_the_models(path: Path) -> None:
-    manifest = yaml.safe_load(path.read_text())
+@pytest.mark.parametrize(("name", "manifest"), example_documents(), ids=[n for n, _ in example_documents()])
+def test_examples_validate_against_the_crd_and_the_models(name: str, manifest: dict[str, Any]) -> None:
     validator(manifest["kind"]).validate(manifest)
     parsed = KIND_MODELS[manifest["kind"]].model_validate(manifest)
     assert parsed.metadata.name == manifest["metadata"]["name"]

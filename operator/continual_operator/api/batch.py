@@ -117,6 +117,10 @@ BATCH_INFO = ResourceInfo(
         PrinterColumn("Attempts", "integer", ".status.attempts", "Jobs started.", priority=1),
         PrinterColumn("Job", "string", ".status.job", "Latest Job.", priority=1),
         PrinterColumn("Age", "date", ".metadata.creationTimestamp", "Time since creation."),
+        PrinterColumn("Reason", "string", ".status.reason", "Why the batch is in its phase.", priority=1),
+        PrinterColumn(
+            "Message", "string", ".status.message", "Details and, for failures, the fix.", priority=1
+        ),
     ),
     immutable=(
         ImmutableField(

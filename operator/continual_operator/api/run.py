@@ -424,6 +424,9 @@ RUN_INFO = ResourceInfo(
     spec_model=ContinualTrainingRunSpec,
     status_model=ContinualTrainingRunStatus,
     printer_columns=(
+        PrinterColumn(
+            "Ready", "string", '.status.conditions[?(@.type=="Ready")].status', "The Ready condition."
+        ),
         PrinterColumn("Phase", "string", ".status.phase", "Where the run stands."),
         PrinterColumn("Step", "integer", ".status.globalStep", "Global optimizer step."),
         PrinterColumn("Batches", "integer", ".status.batchesCompleted", "Batches trained."),
@@ -432,6 +435,13 @@ RUN_INFO = ResourceInfo(
         PrinterColumn("Failed", "integer", ".status.batchesFailed", "Batches failed.", priority=1),
         PrinterColumn("Batch", "string", ".status.currentBatch", "Batch being trained.", priority=1),
         PrinterColumn("Age", "date", ".metadata.creationTimestamp", "Time since creation."),
+        PrinterColumn(
+            "Message",
+            "string",
+            '.status.conditions[?(@.type=="Ready")].message',
+            "Why the run is (not) ready, and what to do.",
+            priority=1,
+        ),
     ),
     immutable=(
         ImmutableField(
