@@ -21,6 +21,7 @@ how long it waited in the queue (created to first Job). docs/observability.md li
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -29,8 +30,9 @@ from typing import Any, TypeVar
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from pydantic import ValidationError
 
-from continual_operator.api import ContinualTrainingRun, TrainingBatch
+from continual_operator.api import ContinualTrainingRun, ContinualTrainingRunStatus, TrainingBatch
 from continual_operator.status import parse_time
 
 RunKey = tuple[str, str]
@@ -242,6 +244,26 @@ class Metrics:
     def observe_run(self, key: RunKey, run: ContinualTrainingRun, batches: Iterable[TrainingBatch]) -> None:
         """Remember what the scrape shows of a run: its status and its batches' statuses."""
         self._snapshots[key] = RunSnapshot.of(run, batches)
+
+    def progress(self, key: RunKey, status: Mapping[str, Any]) -> None:
+        """The trainer's progress from a run's status (a watch event's body): step, loss, learning rate and
+        ``lastProgressTime`` of a run a reconcile already observed (a deleted run does not come back)."""
+        if (snap := self._snapshots.get(key)) is None:
+            return
+        fields = ("globalStep", "lastLoss", "lastLearningRate", "lastProgressTime")
+        try:
+            parsed = ContinualTrainingRunStatus.model_validate({k: status[k] for k in fields if k in status})
+        except ValidationError:
+            return  # a status the reconcile will report on; the metrics keep the last good values
+        self._snapshots[key] = dataclasses.replace(
+            snap,
+            global_step=parsed.global_step if parsed.global_step is not None else snap.global_step,
+            last_loss=parsed.last_loss if parsed.last_loss is not None else snap.last_loss,
+            last_learning_rate=parsed.last_learning_rate
+            if parsed.last_learning_rate is not None
+            else snap.last_learning_rate,
+            last_progress=_time(parsed.last_progress_time) or snap.last_progress,
+        )
 
     def batch_changed(self, key: RunKey, batch: TrainingBatch, patch: Mapping[str, Any]) -> None:
         """Feed the histograms from one merge patch of a batch's status (``batch`` holds the old one)."""

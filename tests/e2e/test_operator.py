@@ -175,8 +175,14 @@ def test_batches_train_in_order_with_live_progress_across_an_operator_restart(
 
         table = world.control_plane.kubectl("get", "ctr,tbatch", "-n", world.namespace).stdout
         header_run, row_run = table.splitlines()[:2]
-        assert header_run.split() == ["NAME", "PHASE", "STEP", "BATCHES", "LOSS", "AGE"], table
-        assert row_run.split()[:4] == [f"continualtrainingrun.continual.dev/{run}", "Idle", "18", "3"], table
+        assert header_run.split() == ["NAME", "READY", "PHASE", "STEP", "BATCHES", "LOSS", "AGE"], table
+        assert row_run.split()[:5] == [
+            f"continualtrainingrun.continual.dev/{run}",
+            "True",
+            "Idle",
+            "18",
+            "3",
+        ], table
         for batch, (start, end) in DEMO_STEPS.items():
             row = next(
                 line.split()

@@ -498,6 +498,20 @@ async def test_a_deleted_run_is_forgotten(world: KubeWorld, reconciler: Reconcil
     assert registry.get_sample_value("continual_batch_queue_wait_seconds_count", labels) == 1
     assert registry.get_sample_value("continual_run_degraded", labels) == 0
 
+    # The trainer's progress patches reach the metrics through the run-event filter, without a reconcile.
+    progress = {"globalStep": 4, "lastLoss": 1.5, "lastProgressTime": "2025-03-01T12:00:00Z"}
+    event = {"type": "MODIFIED", "object": {"metadata": {"namespace": NS, "name": RUN}, "status": progress}}
+    assert handlers.run_deleted(event, memo=memo) is False
+    assert registry.get_sample_value("continual_run_global_step", labels) == 4
+    assert registry.get_sample_value("continual_run_last_loss", labels) == 1.5
+    other = {
+        "type": "MODIFIED",
+        "object": {"metadata": {"namespace": NS, "name": "other"}, "status": progress},
+    }
+    assert handlers.run_deleted(other, memo=memo) is False  # not reconciled yet: no series of its own
+    assert registry.get_sample_value("continual_run_global_step", {"namespace": NS, "run": "other"}) is None
+    assert handlers.run_deleted({"type": "DELETED"}, memo=memo) is True
+
     world.unstore(RUNS, RUN)  # what a DELETED event reports
     await handlers.on_run_event(event={"type": "DELETED"}, namespace=NS, name=RUN, memo=memo)
 
