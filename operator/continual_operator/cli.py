@@ -51,6 +51,7 @@ def _local_options(args: argparse.Namespace, manifest: Path) -> LocalOptions:
         poll_seconds=getattr(args, "poll_seconds", 2.0),
         settle_seconds=args.settle_seconds,
         marker=args.marker,
+        metrics_port=args.metrics_port,
     )
     return dataclasses.replace(options, trainer_command=command) if command else options
 
@@ -173,6 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
             type=int,
             metavar="PORT",
             help="serve a read-only status page on http://127.0.0.1:PORT/ (0: any free port)",
+        )
+        p.add_argument(
+            "--metrics-port",
+            type=int,
+            metavar="PORT",
+            help="serve Prometheus metrics on http://127.0.0.1:PORT/metrics (0: any free port; "
+            "docs/observability.md)",
         )
 
     demo = sub.add_parser("demo", help="quickstart: tiny model, three toy batches, local mode")

@@ -164,13 +164,22 @@ def batch_changed(event_type: str | None, body: Mapping[str, Any]) -> bool:
     )
 
 
-def run_deleted(event: Mapping[str, Any], **_: Any) -> bool:
+def run_deleted(event: Mapping[str, Any], memo: kopf.Memo | None = None, **_: Any) -> bool:
     """kopf's filter of the run-event handler: only a deletion matters to it.
 
     A filter rather than a check inside the handler: kopf logs every handler call at INFO ("Handler
     'run-event' succeeded."), and the trainer patches the run's status with every progress update.
+    Those updates feed the run's progress metrics here, from the event's body (no reconcile, no API call):
+    between reconciles the step, loss and learning rate would otherwise lag (docs/observability.md).
     """
-    return event.get("type") == "DELETED"
+    if event.get("type") == "DELETED":
+        return True
+    reconciler, body = memo.get("reconciler") if memo is not None else None, event.get("object")
+    if isinstance(reconciler, Reconciler) and isinstance(body, Mapping):
+        meta = body.get("metadata") or {}
+        key = run_key(meta.get("namespace"), str(meta.get("name", "")))
+        reconciler.metrics.progress(key, body.get("status") or {})
+    return False
 
 
 def batch_event_matters(event: Mapping[str, Any], body: Mapping[str, Any], **_: Any) -> bool:

@@ -35,6 +35,7 @@ from types import FrameType
 from typing import Any
 
 import yaml
+from prometheus_client import start_http_server
 from pydantic import ValidationError
 
 from continual_operator import resources
@@ -65,6 +66,7 @@ from continual_operator.local_state import (
     run_uid,
     save_sources,
 )
+from continual_operator.metrics import Metrics
 from continual_operator.naming import object_name_problem
 from continual_operator.planner import plan
 from continual_operator.status import describe_validation_error, rfc3339
@@ -107,6 +109,8 @@ class LocalOptions:
     trainer_command: tuple[str, ...] = (sys.executable, "-m", "continual_trainer.cli")
     #: Seconds a stopped trainer gets to save its checkpoint before it is killed.
     stop_grace_seconds: float = 60.0
+    #: ``--metrics-port``: serve the operator's Prometheus metrics on 127.0.0.1 (docs/observability.md).
+    metrics_port: int | None = None
 
 
 # -- reading the inputs --------------------------------------------------------------------------------
@@ -305,6 +309,9 @@ class LocalRun:
     _spec_seen: dict[str, Any] = field(default_factory=dict)
     _last_progress: float = 0.0
     s3: LocalS3Inbox | None = None
+    metrics: Metrics | None = None
+    #: When this invocation first saw each batch: the local creationTimestamp only orders batches.
+    _seen_at: dict[str, dt.datetime] = field(default_factory=dict)
 
     # -- one reconcile ---------------------------------------------------------------------------------
     def refresh(self) -> None:
@@ -546,6 +553,8 @@ class LocalRun:
 
     def _patch_batch(self, action: UpdateBatchStatus) -> None:
         batch = self.batches[action.batch]
+        if self.metrics is not None and self.run is not None:
+            self.metrics.batch_changed(self._key(), self._for_metrics(batch), action.patch)
         status = type(batch.status).model_validate(_merged(batch.status, action.patch))
         self.batches[action.batch] = batch.model_copy(update={"status": status})
         if action.patch.get("phase") == "Succeeded":
@@ -604,6 +613,22 @@ class LocalRun:
             },
         )
         atomic_write_json(state / "seen.json", self.first_seen)
+        if self.metrics is not None:
+            self.metrics.run_phase(self._key(), self.run.status.phase)
+            self.metrics.observe_run(
+                self._key(), self.run, [self._for_metrics(b) for b in self.batches.values()]
+            )
+
+    def _key(self) -> tuple[str, str]:
+        assert self.run is not None
+        return LOCAL_NAMESPACE, self.run.metadata.name
+
+    def _for_metrics(self, batch: TrainingBatch) -> TrainingBatch:
+        """The batch as the metrics see it: created when this invocation first saw it."""
+        seen = self._seen_at.setdefault(batch.metadata.name, _now())
+        return batch.model_copy(
+            update={"metadata": batch.metadata.model_copy(update={"creation_timestamp": seen})}
+        )
 
     # -- loop ------------------------------------------------------------------------------------------
     def idle(self) -> bool:
@@ -705,22 +730,45 @@ def run_local(options: LocalOptions, out: Callable[[str], None] = print) -> int:
     with locked(options.state / "lock", options.volume / ".continual-local.lock"):
         claim(options.state, name)
         state = LocalRun(options, out=out)
-        interrupts = Interrupts()
-        with interrupts.installed():
-            while not interrupts.count:
-                state.refresh()
-                state.poll_jobs()
-                decided = state.reconcile()
-                if not options.watch and state.idle():
-                    break
-                if decided.of(CreateJob):
-                    continue  # plan again at once: record the Job as Training
-                interrupts.sleep(min(decided.requeue_after or options.poll_seconds, options.poll_seconds))
-            if interrupts.count:
-                what = state.stop(interrupts, options.stop_grace_seconds)
-                out(f"interrupted: {what}. Run the same command again to continue")
-                return EXIT_SIGNAL_BASE + (interrupts.signum or signal.SIGINT)
-        return _summary(state, out)
+        with _metrics_served(state, options.metrics_port, out):
+            return _loop(state, options, out)
+
+
+@contextmanager
+def _metrics_served(state: LocalRun, port: int | None, out: Callable[[str], None]) -> Iterator[None]:
+    """``--metrics-port``: the operator's metrics, fed from the status local mode writes, on 127.0.0.1."""
+    if port is None:
+        yield
+        return
+    state.metrics = Metrics()
+    server, thread = start_http_server(port, addr="127.0.0.1", registry=state.metrics.registry)
+    out(f"metrics on http://127.0.0.1:{server.server_port}/metrics")
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def _loop(state: LocalRun, options: LocalOptions, out: Callable[[str], None]) -> int:
+    """Reconcile until the run is idle (or, with --watch, until interrupted); the exit code."""
+    interrupts = Interrupts()
+    with interrupts.installed():
+        while not interrupts.count:
+            state.refresh()
+            state.poll_jobs()
+            decided = state.reconcile()
+            if not options.watch and state.idle():
+                break
+            if decided.of(CreateJob):
+                continue  # plan again at once: record the Job as Training
+            interrupts.sleep(min(decided.requeue_after or options.poll_seconds, options.poll_seconds))
+        if interrupts.count:
+            what = state.stop(interrupts, options.stop_grace_seconds)
+            out(f"interrupted: {what}. Run the same command again to continue")
+            return EXIT_SIGNAL_BASE + (interrupts.signum or signal.SIGINT)
+    return _summary(state, out)
 
 
 def _summary(state: LocalRun, out: Callable[[str], None]) -> int:

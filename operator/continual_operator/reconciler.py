@@ -57,7 +57,7 @@ from continual_operator.api import (
 from continual_operator.errors import KubernetesApiError, RejectedObjectError
 from continual_operator.inbox.sync import InboxSync
 from continual_operator.k8s import KubernetesStorage, Subject
-from continual_operator.metrics import Metrics
+from continual_operator.metrics import Metrics, patched
 from continual_operator.naming import claim_name
 from continual_operator.planner import PlanContext
 from continual_operator.planner import plan as make_plan
@@ -415,13 +415,20 @@ class Reconciler:
     ) -> None:
         """Metrics of a carried-out plan."""
         self.metrics.jobs_created.inc(created)
-        old = {b.metadata.name: b.status for b in batches}
+        by_name = {b.metadata.name: b for b in batches}
+        patches: dict[str, dict[str, Any]] = {}
         for update in the_plan.of(UpdateBatchStatus):
+            batch = by_name.get(update.batch)
             if (
-                outcome := _outcome(update.patch, old.get(update.batch) or TrainingBatchStatus())
+                outcome := _outcome(update.patch, batch.status if batch else TrainingBatchStatus())
             ) is not None:
                 self.metrics.batch_outcomes.labels(outcome=outcome[0], reason=outcome[1]).inc()
-        phase = run.status.phase
+            if batch is not None:
+                self.metrics.batch_changed(key, batch, update.patch)
+            patches.setdefault(update.batch, {}).update(update.patch)
+        run_patch: dict[str, Any] = {}
         for run_update in the_plan.of(UpdateRunStatus):
-            phase = run_update.patch.get("phase", phase)
-        self.metrics.run_phase(key, phase)
+            run_patch.update(run_update.patch)
+        after = patched(run, run_patch)
+        self.metrics.run_phase(key, after.status.phase)
+        self.metrics.observe_run(key, after, [patched(b, patches.get(n)) for n, b in by_name.items()])

@@ -10,8 +10,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = [ROOT / "README.md", ROOT / "examples" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 LINK = re.compile(r"\]\(([^)\s]+)\)")
-#: Written on another branch (h9-metrics) at the same time; drop once merged.
-PENDING = {ROOT / "docs" / "observability.md"}
 
 
 def _anchors(page: Path) -> set[str]:
@@ -28,8 +26,6 @@ def test_relative_links_resolve(page: Path) -> None:
             continue
         path, _, anchor = target.partition("#")
         file = (page.parent / path).resolve() if path else page
-        if file in PENDING and not file.exists():
-            continue
         if not file.exists() or (anchor and file.suffix == ".md" and anchor not in _anchors(file)):
             broken.append(target)
     assert broken == [], f"{page.relative_to(ROOT)}: broken links {broken}"

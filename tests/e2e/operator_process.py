@@ -28,6 +28,7 @@ from typing import IO, TYPE_CHECKING
 
 import yaml
 
+from .controlplane import free_port
 from .kubeapi import JSON
 from .lifetime import die_with_parent
 from .waiting import AbortWaitError, tail, wait_until
@@ -162,6 +163,8 @@ class OperatorProcess:
         #: False: join the chart's peering object (`--peering continual-training`) like a replica would.
         self.standalone = standalone
         self.log_path = log_path
+        #: `--metrics-port`: the same port across restarts, so a test scrapes whichever process runs.
+        self.metrics_port = free_port()
         self.starts = 0
         self._process: subprocess.Popen[bytes] | None = None
         self._log_file: IO[bytes] | None = None
@@ -179,6 +182,8 @@ class OperatorProcess:
             *(["--standalone"] if self.standalone else ["--peering", "continual-training"]),
             "--namespace",
             self.namespace,
+            "--metrics-port",
+            str(self.metrics_port),
             *self.extra_args,
         ]
 

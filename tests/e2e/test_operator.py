@@ -16,11 +16,13 @@ from __future__ import annotations
 import datetime as dt
 import re
 import signal
+import urllib.request
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from continual_operator.api import ContinualTrainingRun, TrainingBatch
 from continual_operator.naming import claim_name
@@ -173,8 +175,14 @@ def test_batches_train_in_order_with_live_progress_across_an_operator_restart(
 
         table = world.control_plane.kubectl("get", "ctr,tbatch", "-n", world.namespace).stdout
         header_run, row_run = table.splitlines()[:2]
-        assert header_run.split() == ["NAME", "PHASE", "STEP", "BATCHES", "LOSS", "AGE"], table
-        assert row_run.split()[:4] == [f"continualtrainingrun.continual.dev/{run}", "Idle", "18", "3"], table
+        assert header_run.split() == ["NAME", "READY", "PHASE", "STEP", "BATCHES", "LOSS", "AGE"], table
+        assert row_run.split()[:5] == [
+            f"continualtrainingrun.continual.dev/{run}",
+            "True",
+            "Idle",
+            "18",
+            "3",
+        ], table
         for batch, (start, end) in DEMO_STEPS.items():
             row = next(
                 line.split()
@@ -187,8 +195,35 @@ def test_batches_train_in_order_with_live_progress_across_an_operator_restart(
         assert "Forbidden" not in world.operator.log()
         assert world.operator.starts == 2
 
+        # A real scrape of the (second) operator's /metrics: the run's training series, from its statuses.
+        scraped = scrape_metrics(world.operator.metrics_port)
+        labels = (("namespace", world.namespace), ("run", run))
+        assert scraped[("continual_run_global_step", labels)] == 18
+        assert scraped[("continual_run_trained_samples_total", labels)] == sum(
+            status(world.batch(b))["samples"] for b, _ in DEMO_BATCHES
+        )
+        assert scraped[("continual_run_trained_tokens_total", labels)] > 0
+        assert scraped[("continual_run_batches", (labels[0], ("phase", "Succeeded"), labels[1]))] == 3
+        assert scraped[("continual_run_oldest_queued_batch_age_seconds", labels)] == 0
+        assert scraped[("continual_run_degraded", labels)] == 0
+        assert ("continual_run_seconds_since_last_checkpoint", labels) in scraped
+        # this process saw batch-002 and batch-003 succeed, and batch-003 leave the queue
+        assert scraped[("continual_batch_duration_seconds_count", labels)] == 2
+        assert scraped[("continual_batch_queue_wait_seconds_count", labels)] == 1
+
 
 # --- 2 + 6 + suspend: a killed trainer, a suspended run, exact weights, a deleted run ----------------
+
+
+def scrape_metrics(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """GET /metrics of the operator: ``(sample, sorted labels) -> value``."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def trainer_configs(world: World, config_maps: list[Recorded], run: str) -> dict[str, TrainerConfig]:

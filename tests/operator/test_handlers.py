@@ -490,12 +490,33 @@ def test_a_jobs_run_is_its_full_name_from_the_annotation() -> None:
 async def test_a_deleted_run_is_forgotten(world: KubeWorld, reconciler: Reconciler, memo: kopf.Memo) -> None:
     seed(world, "b1")
     await reconciler.reconcile((NS, RUN))
-    assert reconciler.metrics.registry.get_sample_value("continual_runs", {"phase": "Training"}) == 1
+    registry = reconciler.metrics.registry
+    assert registry.get_sample_value("continual_runs", {"phase": "Training"}) == 1
+    # the run's training series, from the statuses this reconcile wrote (no extra API call)
+    labels = {"namespace": NS, "run": RUN}
+    assert registry.get_sample_value("continual_run_batches", {**labels, "phase": "Training"}) == 1
+    assert registry.get_sample_value("continual_batch_queue_wait_seconds_count", labels) == 1
+    assert registry.get_sample_value("continual_run_degraded", labels) == 0
+
+    # The trainer's progress patches reach the metrics through the run-event filter, without a reconcile.
+    progress = {"globalStep": 4, "lastLoss": 1.5, "lastProgressTime": "2025-03-01T12:00:00Z"}
+    event = {"type": "MODIFIED", "object": {"metadata": {"namespace": NS, "name": RUN}, "status": progress}}
+    assert handlers.run_deleted(event, memo=memo) is False
+    assert registry.get_sample_value("continual_run_global_step", labels) == 4
+    assert registry.get_sample_value("continual_run_last_loss", labels) == 1.5
+    other = {
+        "type": "MODIFIED",
+        "object": {"metadata": {"namespace": NS, "name": "other"}, "status": progress},
+    }
+    assert handlers.run_deleted(other, memo=memo) is False  # not reconciled yet: no series of its own
+    assert registry.get_sample_value("continual_run_global_step", {"namespace": NS, "run": "other"}) is None
+    assert handlers.run_deleted({"type": "DELETED"}, memo=memo) is True
 
     world.unstore(RUNS, RUN)  # what a DELETED event reports
     await handlers.on_run_event(event={"type": "DELETED"}, namespace=NS, name=RUN, memo=memo)
 
-    assert reconciler.metrics.registry.get_sample_value("continual_runs", {"phase": "Training"}) is None
+    assert registry.get_sample_value("continual_runs", {"phase": "Training"}) is None
+    assert not [s for f in registry.collect() for s in f.samples if s.labels.get("run") == RUN]
     assert (NS, RUN) not in reconciler._timers
 
 
