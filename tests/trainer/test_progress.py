@@ -76,3 +76,17 @@ def test_status_file_and_a_failing_sink(tmp_path):
     assert data["batchProgress"] == 0.5
     assert json.loads(path.read_text()) == data
     assert read_status(tmp_path / "absent.json") is None
+
+
+def test_the_status_file_keeps_the_last_reported_loss_and_learning_rate(tmp_path):
+    path = tmp_path / "status.json"
+    sink = StatusFileSink(path)
+    sink.emit(event(8))
+    # a boundary event has no learning rate (and a checkpoint event no loss) of its own
+    sink.emit(event(9, "checkpoint").model_copy(update={"loss": None, "learning_rate": None}))
+    written = read_status(path)
+    assert (written["kind"], written["globalStep"]) == ("checkpoint", 9)
+    assert (written["loss"], written["learningRate"]) == (1.25, 1e-4)
+    finished = event(12, "batch-finished").model_copy(update={"loss": 1.5, "learning_rate": None})
+    sink.emit(finished)
+    assert (read_status(path)["loss"], read_status(path)["learningRate"]) == (1.5, 1e-4)  # the batch mean

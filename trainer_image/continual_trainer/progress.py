@@ -47,14 +47,31 @@ class StdoutSink:
 
 
 class StatusFileSink:
-    """``status.json`` on the volume: the latest event, plus the batch it belongs to."""
+    """``status.json`` on the volume: the latest event, plus the batch it belongs to.
+
+    Boundary events (checkpoint, batch-finished) carry no learning rate, and only the batch mean as loss:
+    the file keeps the last loss and learning rate a progress event reported, so that whoever reads it
+    only now and then (local mode mirrors it into the run's status) still sees them, as the merge-patched
+    custom-resource status does in a cluster.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._loss: float | None = None
+        self._learning_rate: float | None = None
 
     def emit(self, event: ProgressEvent) -> None:
         """Replace the status file."""
-        data = event.model_dump(mode="json", by_alias=True, exclude_none=True)
+        if event.kind == "progress":
+            self._loss = event.loss if event.loss is not None else self._loss
+            self._learning_rate = (
+                event.learning_rate if event.learning_rate is not None else self._learning_rate
+            )
+        filled = {
+            "loss": event.loss if event.loss is not None else self._loss,
+            "learning_rate": event.learning_rate if event.learning_rate is not None else self._learning_rate,
+        }
+        data = event.model_copy(update=filled).model_dump(mode="json", by_alias=True, exclude_none=True)
         data["batchProgress"] = round(event.batch_progress, 6)
         atomic_write_json(self.path, data)
 
