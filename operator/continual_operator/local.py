@@ -479,7 +479,8 @@ class LocalRun:
         """Turn finished processes into finished Job views (exit code + termination message)."""
         # The trainer's last progress first, while its Job still counts as running: a short batch may end
         # between two polls, and its loss and learning rate would otherwise never reach the status.
-        self._mirror_progress()
+        if self.run is not None:
+            self._mirror_progress()
         for job in self.jobs.values():
             if job.process is None or job.process.poll() is None:
                 continue
