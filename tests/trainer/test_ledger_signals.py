@@ -93,3 +93,25 @@ def test_sigterm_at_any_moment_of_start_up_is_preempted(tiny_model, tmp_path, de
         if proc.poll() is None:
             proc.kill()
     assert_preempted(proc.returncode, stderr)
+
+
+def test_a_sigterm_a_library_wrapped_in_its_own_error_is_still_preempted(tmp_path, monkeypatch):
+    """transformers' lazy imports re-raise what an import raised as ModuleNotFoundError (seen in CI at 0.5 s)."""
+    from continual_trainer import cli, preemption, train
+
+    def main_hit_during_a_lazy_import(config):
+        try:
+            preemption._handler(signal.SIGTERM, None)  # what the SIGTERM does inside the import
+        except BaseException as exc:
+            raise ModuleNotFoundError("Could not import module 'GenerationMixin'") from exc
+
+    monkeypatch.setattr(train, "main", main_hit_during_a_lazy_import)
+    monkeypatch.setattr(preemption, "_state", preemption._State(phase="model"))
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(preemption.Preempted) as caught:
+            cli.execute(make_config(tmp_path / "run", tmp_path / "model", B1, P1))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert caught.value.phase == "model"
+    assert "nothing was trained" in caught.value.message

@@ -56,7 +56,11 @@ def execute(config: TrainerConfig) -> tuple[ExitCode, BatchResult]:
     from continual_trainer.train import main
 
     try:
-        result = main(config)
+        try:
+            result = main(config)
+        except Exception as exc:
+            preemption.raise_if_requested(exc)  # a SIGTERM a library wrapped in an error of its own
+            raise
     except TrainerError as exc:
         code = exc.exit_code
         result = BatchResult(

@@ -85,6 +85,16 @@ def phase(name: str) -> None:
         raise Preempted(name)
 
 
+def raise_if_requested(cause: BaseException) -> None:
+    """Raise :class:`Preempted` if a SIGTERM arrived before ``cause``: a library turned ours into its own error.
+
+    transformers' lazy imports, for one, re-raise whatever an import raised as ``ModuleNotFoundError``; a
+    SIGTERM during such an import must still end as "preempted" (85), not as an unexpected error.
+    """
+    if _state.requested:
+        raise Preempted(_state.phase) from cause
+
+
 def _failpoint(name: str) -> None:
     spec = os.environ.get("CONTINUAL_TRAINER_FAILPOINTS")
     if not spec:
