@@ -27,6 +27,8 @@ from continual_trainer.config import is_valid_batch_id
 LABEL_RUN = "continual.dev/run"
 LABEL_BATCH = "continual.dev/batch"
 LABEL_ATTEMPT = "continual.dev/attempt"
+#: The workload kind of a Job (:mod:`continual_operator.workloads`); Jobs of operators before it have none: train.
+LABEL_KIND = "continual.dev/kind"
 LABEL_COMPONENT = "app.kubernetes.io/component"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_NAME = "app.kubernetes.io/name"

@@ -5,7 +5,7 @@ The spec embeds the trainer's own contract (:mod:`continual_trainer.config`: ``b
 where the run lives (storage), how its Jobs look (resources, scheduling, image, env) and how failures are
 handled. ``baseModel``, ``lora`` and ``storage`` are immutable (CEL rules in the CRD): the checkpoints on the
 volume were trained with them. Where the API server does not enforce CEL, the operator refuses a change
-itself against ``status.trainedWith`` (:mod:`continual_operator.refusals`), and the trainer refuses one
+itself against ``status.trainedWith`` (:mod:`continual_operator.planning.refusals`), and the trainer refuses one
 anyway (configuration drift).
 
 The status has two writers. The operator owns phase, counters, conditions, ``currentJob`` and

@@ -1,7 +1,7 @@
 """The only module that talks to the Kubernetes API: reads a run's world, carries out plans.
 
 Everything else in the operator sees plain dicts going in (objects as the API server stores them) and
-:class:`~continual_operator.actions.Plan` actions going out; the planner and the builders never touch the
+:class:`~continual_operator.planning.actions.Plan` actions going out; the planner and the builders never touch the
 network, and the handlers never see an ``ApiException``: failures come out of here as the project's own
 errors (:mod:`continual_operator.errors`), each naming the call that failed and what to do about it.
 
@@ -9,8 +9,8 @@ How it talks. The official ``kubernetes`` client is used at its transport level 
 ``call_api``): it brings authentication (in-cluster tokens that rotate, kubeconfig contexts, client
 certificates) and TLS, while bodies stay plain JSON dicts both ways. The typed APIs would convert every
 dict into generated models and back, with the client's own idea of each field; a manifest built by
-:mod:`continual_operator.resources` goes out byte for byte as built, and what comes back is exactly what
-:mod:`continual_operator.views` parses. The client is synchronous, so calls run on a small thread pool of
+:mod:`continual_operator.workloads.resources` goes out byte for byte as built, and what comes back is exactly what
+:mod:`continual_operator.workloads.views` parses. The client is synchronous, so calls run on a small thread pool of
 their own: the event loop (kopf's watches, other runs' reconciles) never waits on a socket, and the pool's
 size bounds the operator's concurrent API calls.
 
@@ -45,22 +45,12 @@ import kubernetes
 import urllib3
 from kubernetes.client.exceptions import ApiException
 
-from continual_operator.actions import (
-    CreateJob,
-    DeleteJob,
-    EmitEvent,
-    Plan,
-    RequeueAfter,
-    UpdateBatchStatus,
-    UpdateRunStatus,
-)
 from continual_operator.api import (
     API_VERSION,
     BATCH_INFO,
     RUN_INFO,
     ContinualTrainingRun,
     ObjectMeta,
-    TrainingBatch,
 )
 from continual_operator.errors import (
     ConflictError,
@@ -72,15 +62,18 @@ from continual_operator.errors import (
     error_for_status,
 )
 from continual_operator.naming import ANNOTATION_RUN, LABEL_RUN, MANAGED_BY, label_value
-from continual_operator.resources import (
-    get_claim,
-    get_config_map,
-    get_job,
-    get_role,
-    get_role_binding,
-    get_service_account,
+from continual_operator.planning.actions import (
+    CreateWorkload,
+    DeleteWorkload,
+    EmitEvent,
+    Plan,
+    RequeueAfter,
+    UpdateBatchStatus,
+    UpdateRunStatus,
 )
-from continual_operator.status import rfc3339
+from continual_operator.planning.executor import Executed
+from continual_operator.planning.status import rfc3339
+from continual_operator.workloads.kinds import ObjectRef, Workload
 
 logger = logging.getLogger(__name__)
 
@@ -139,11 +132,13 @@ _KINDS = {
         Kind("rbac.authorization.k8s.io/v1", "rolebindings", "RoleBinding"),
     )
 }
+#: Kinds by their Kubernetes kind name: what a workload's owned objects (:class:`ObjectRef`) name.
+_BY_KIND = {k.kind: k for k in _KINDS.values()}
 _VERBS = {"GET": "get", "POST": "create", "PATCH": "patch", "DELETE": "delete", "PUT": "update"}
 
 
 def kind_of(manifest: Mapping[str, Any]) -> Kind:
-    """The :class:`Kind` of a manifest built by :mod:`continual_operator.resources`."""
+    """The :class:`Kind` of a manifest built by :mod:`continual_operator.workloads.resources`."""
     return _KINDS[(manifest["apiVersion"], manifest["kind"])]
 
 
@@ -172,25 +167,17 @@ def load_configuration() -> kubernetes.client.Configuration:
 class Subject:
     """The run and batches a plan was made from: what its actions need besides their own fields.
 
-    ``run`` is None when the run's spec did not validate (such a plan never creates a Job);
-    ``batch_metas`` holds every listed batch of the run, valid or not, so that Events find their object.
+    ``run`` is None when the run's spec did not validate; ``batch_metas`` holds every listed batch of the
+    run, valid or not, so that Events find their object.
     """
 
     run_meta: ObjectMeta
     run: ContinualTrainingRun | None = None
-    batches: Mapping[str, TrainingBatch] = field(default_factory=dict)
     batch_metas: Mapping[str, ObjectMeta] = field(default_factory=dict)
 
     @property
     def namespace(self) -> str:
         return self.run_meta.namespace or "default"
-
-
-@dataclass(frozen=True)
-class Executed:
-    """What :meth:`KubernetesStorage.execute` actually changed (for metrics and logs)."""
-
-    jobs_created: tuple[str, ...] = ()
 
 
 # -- the storage --------------------------------------------------------------------------------------
@@ -466,21 +453,6 @@ class KubernetesStorage:
         }
         await self.create(event)
 
-    async def ensure_run_objects(self, run: ContinualTrainingRun) -> None:
-        """The per-run ServiceAccount, Role, RoleBinding and (from the template) volume claim exist.
-
-        Create-or-leave-alone: an existing object is not changed, so a claim the user resized or a binding
-        an admin extended stays as it is.
-        """
-        manifests = [get_service_account(run), get_role(run), get_role_binding(run)]
-        if (claim := get_claim(run)) is not None:
-            manifests.append(claim)
-        for manifest in manifests:
-            if await self.create(manifest):
-                logger.info(
-                    f"created {manifest['kind']} {manifest['metadata']['name']} for run {run.metadata.name}"
-                )
-
     # -- plans ----------------------------------------------------------------------------------------
     async def execute(self, plan: Plan, subject: Subject, *, now: dt.datetime) -> Executed:
         """Carry out a plan's actions in order; stop at the first error (it propagates).
@@ -490,14 +462,11 @@ class KubernetesStorage:
         namespace = subject.namespace
         created: list[str] = []
         for action in plan.actions:
-            if isinstance(action, CreateJob):
-                if subject.run is None:
-                    raise ValueError("a plan for a run whose spec does not validate cannot create Jobs")
-                if await self._create_job(subject.run, subject.batches[action.batch], action):
+            if isinstance(action, CreateWorkload):
+                if await self.create_workload(action.workload):
                     created.append(action.job_name)
-            elif isinstance(action, DeleteJob):
-                await self.delete(JOBS, namespace, action.name, action.propagation)
-                await self.delete(CONFIG_MAPS, namespace, action.name)
+            elif isinstance(action, DeleteWorkload):
+                await self.delete_workload(namespace, action)
             elif isinstance(action, UpdateBatchStatus):
                 await self.patch_status(BATCHES, namespace, action.batch, action.patch)
             elif isinstance(action, UpdateRunStatus):
@@ -508,18 +477,36 @@ class KubernetesStorage:
                 assert isinstance(action, RequeueAfter)
         return Executed(tuple(created))
 
-    async def _create_job(self, run: ContinualTrainingRun, batch: TrainingBatch, action: CreateJob) -> bool:
-        """The objects the Job needs, its ConfigMap, then the Job itself; True when the Job is new.
+    async def create_workload(self, workload: Workload) -> bool:
+        """Create a built workload's manifests in order (the per-run objects first, the Job last), each
+        create-or-leave-alone; True when its Job is new.
 
-        The per-run objects are ensured here rather than on every reconcile: they are needed only by
-        trainer pods, and this costs four requests per Job instead of four per reconcile.
+        An object the API server refuses as invalid (422) was built from a spec that passed validation: it
+        is a :class:`~continual_operator.errors.RejectedObjectError`, put on the run's status by the reconciler.
         """
+        new = False
         try:
-            await self.ensure_run_objects(run)
-            await self.create(get_config_map(run, batch, action.attempt, action.abandon_batches))
-            return await self.create(get_job(run, batch, action.attempt))
+            for manifest in workload.manifests:
+                new = await self.create(manifest)
+                if new and manifest["metadata"]["name"] != workload.name:  # a per-run object
+                    logger.info(
+                        f"created {manifest['kind']} {manifest['metadata']['name']} for {workload.name}"
+                    )
         except InvalidObjectError as error:
             raise RejectedObjectError(error.doing, error.status, error.reason, error.message) from error
+        return new
+
+    async def delete_workload(self, namespace: str, action: DeleteWorkload) -> bool:
+        """Delete a workload's Job (with the action's propagation) and the other objects it owns (in the
+        background); False when its Job was gone already."""
+        objects = action.objects or (ObjectRef("Job", action.name),)
+        gone = True
+        for ref in objects:
+            propagation = action.propagation if ref.kind == "Job" else "Background"
+            deleted = await self.delete(_BY_KIND[ref.kind], namespace, ref.name, propagation)
+            if ref.kind == "Job":
+                gone = deleted
+        return gone
 
     async def _emit(self, action: EmitEvent, subject: Subject, now: dt.datetime) -> None:
         """Post a plan's Event; a failure is logged, not raised (Events are informational)."""

@@ -2,7 +2,7 @@
 
 A :class:`Plan` is an ordered tuple of actions. The handler layer carries them out in order and stops at the
 first error: the order is chosen so that stopping anywhere leaves a state the next reconcile completes
-(a batch is marked Training before its Job is created, and a Job found without that mark is adopted; the
+(a batch is marked Training before its workload is created, and a Job found without that mark is adopted; the
 run's status is patched before finished Jobs are deleted, so that nothing is forgotten with them).
 
 Status patches are JSON merge patches of the object's ``status`` (camelCase keys; ``None`` deletes a key),
@@ -15,37 +15,56 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
+from continual_operator.workloads.kinds import ObjectRef, Workload
+
 EventType = Literal["Normal", "Warning"]
 ObjectKind = Literal["ContinualTrainingRun", "TrainingBatch"]
+Propagation = Literal["Foreground", "Background"]
 
 
 @dataclass(frozen=True)
-class CreateJob:
-    """Create the trainer ConfigMap and Job of one attempt (see :mod:`continual_operator.resources`).
+class CreateWorkload:
+    """Create a workload its kind built (:class:`~continual_operator.workloads.kinds.Workload`): every
+    manifest, in order. Executors apply it as it is; they build nothing themselves.
 
     Idempotent by name: a 409 AlreadyExists means an earlier reconcile created it, and is not an error.
     """
 
-    batch: str
-    attempt: int
-    job_name: str
-    #: Trainer batch ids of the run's Failed batches: the trainer closes their unfinished ledger records
-    #: and sets their checkpoints aside, so that a SkipBatch policy can go on past them.
+    workload: Workload
+    #: For a train workload: the trainer batch ids of the run's Failed batches the trainer sets aside (the
+    #: ConfigMap in ``workload`` already says so; kept here for the plan's readers and tests).
     abandon_batches: tuple[str, ...] = ()
+
+    @property
+    def kind(self) -> str:
+        return self.workload.kind
+
+    @property
+    def job_name(self) -> str:
+        return self.workload.name
+
+    @property
+    def batch(self) -> str:
+        return self.workload.batch
+
+    @property
+    def attempt(self) -> int:
+        return self.workload.attempt
 
 
 @dataclass(frozen=True)
-class DeleteJob:
-    """Delete a Job, and the trainer ConfigMap of the same name.
+class DeleteWorkload:
+    """Delete a workload: its Job and the objects its kind owns with it (``objects``, the Job first).
 
-    ``Foreground`` propagation keeps the Job object until its pod is gone: used to stop a running trainer
+    ``Foreground`` propagation keeps the Job object until its pod is gone: used to stop a running workload
     (it gets SIGTERM and ``terminationGracePeriodSeconds`` to checkpoint), so that the planner keeps seeing
     a writer on the volume until there is none. Finished Jobs are deleted in the ``Background``.
     """
 
     name: str
     reason: str
-    propagation: Literal["Foreground", "Background"] = "Background"
+    propagation: Propagation = "Background"
+    objects: tuple[ObjectRef, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -81,8 +100,10 @@ class RequeueAfter:
     seconds: float
 
 
-Action = CreateJob | DeleteJob | UpdateBatchStatus | UpdateRunStatus | EmitEvent | RequeueAfter
-_A = TypeVar("_A", CreateJob, DeleteJob, UpdateBatchStatus, UpdateRunStatus, EmitEvent, RequeueAfter)
+Action = CreateWorkload | DeleteWorkload | UpdateBatchStatus | UpdateRunStatus | EmitEvent | RequeueAfter
+_A = TypeVar(
+    "_A", CreateWorkload, DeleteWorkload, UpdateBatchStatus, UpdateRunStatus, EmitEvent, RequeueAfter
+)
 
 
 @dataclass(frozen=True)

@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from continual_operator.actions import EmitEvent, EventType, Plan, UpdateRunStatus
 from continual_operator.api import ContinualTrainingRun, InboxSpec, InboxStatus
 from continual_operator.api.meta import ConditionStatus
+from continual_operator.cluster.k8s import BATCHES, KubernetesStorage, Subject
 from continual_operator.errors import KubernetesApiError
 from continual_operator.inbox.decide import (
     ANNOTATION_SOURCE_REPORTED,
@@ -44,8 +44,8 @@ from continual_operator.inbox.decide import (
     retry_seconds,
 )
 from continual_operator.inbox.store import InboxLister, InboxStoreError
-from continual_operator.k8s import BATCHES, KubernetesStorage, Subject
-from continual_operator.status import parse_time, rfc3339, set_condition, wire
+from continual_operator.planning.actions import EmitEvent, EventType, Plan, UpdateRunStatus
+from continual_operator.planning.status import parse_time, rfc3339, set_condition, wire
 from continual_trainer.config import ObjectStoreClientSpec
 from continual_trainer.objectstore import Credentials, make_client
 

@@ -14,7 +14,7 @@ read anything yet, so it will see whatever those triggers were about (a burst of
 reconcile, not one each).
 
 **Validation at the edge.** Raw dicts become models here; a run whose spec does not validate gets the
-Degraded condition and a Warning Event naming the field (:func:`~continual_operator.status.plan_invalid_spec`)
+Degraded condition and a Warning Event naming the field (:func:`~continual_operator.planning.status.plan_invalid_spec`)
 and raises :class:`InvalidSpecError`; the same happens when the API server refuses an object built from a
 spec that passed (:class:`~continual_operator.errors.RejectedObjectError`), after which the run waits for a
 new generation of its spec instead of being retried in a loop. An invalid batch is marked Failed on its
@@ -44,7 +44,6 @@ from typing import Any, NoReturn
 
 from pydantic import BaseModel, ValidationError
 
-from continual_operator.actions import Plan, UpdateBatchStatus, UpdateRunStatus
 from continual_operator.api import (
     ContinualTrainingRun,
     ContinualTrainingRunSpec,
@@ -54,27 +53,28 @@ from continual_operator.api import (
     TrainingBatchSpec,
     TrainingBatchStatus,
 )
+from continual_operator.cluster.executor import ClusterExecutor
+from continual_operator.cluster.inbox_sync import InboxSync
+from continual_operator.cluster.k8s import KubernetesStorage, Subject
 from continual_operator.errors import KubernetesApiError, RejectedObjectError
-from continual_operator.inbox.sync import InboxSync
-from continual_operator.k8s import KubernetesStorage, Subject
-from continual_operator.metrics import Metrics, patched
 from continual_operator.naming import claim_name
-from continual_operator.planner import PlanContext
-from continual_operator.planner import plan as make_plan
-from continual_operator.refusals import volume_key
-from continual_operator.status import (
+from continual_operator.observe.metrics import Metrics, patched
+from continual_operator.planning.actions import Plan, UpdateBatchStatus, UpdateRunStatus
+from continual_operator.planning.planner import PlanContext
+from continual_operator.planning.planner import plan as make_plan
+from continual_operator.planning.refusals import volume_key
+from continual_operator.planning.status import (
     describe_validation_error,
     plan_batches_without_run,
     plan_invalid_batch,
     plan_invalid_spec,
 )
-from continual_operator.views import job_views
 
 logger = logging.getLogger(__name__)
 
 #: A run, as ``(namespace, name)``.
 RunKey = tuple[str, str]
-#: The reason :func:`~continual_operator.status.plan_invalid_spec` gives its conditions.
+#: The reason :func:`~continual_operator.planning.status.plan_invalid_spec` gives its conditions.
 INVALID_SPEC = "InvalidSpec"
 #: Retry delay after an error that is neither the API's nor the spec's (a bug).
 UNEXPECTED_ERROR_RETRY_SECONDS = 60.0
@@ -334,20 +334,19 @@ class Reconciler:
     async def _plan_and_execute(self, key: RunKey, run: ContinualTrainingRun, now: dt.datetime) -> Plan:
         namespace, name = key
         meta, status = run.metadata, run.status
-        raw_batches, raw_jobs, raw_pods, raw_runs = await asyncio.gather(
+        executor = ClusterExecutor(self.storage, Subject(meta, run))
+        raw_batches, workloads, raw_runs = await asyncio.gather(
             self.storage.list_batches(namespace, name),
-            self.storage.list_jobs(namespace, name),
-            self.storage.list_pods(namespace, name),
+            executor.workloads(),
             self.storage.list_runs(namespace),
         )
         batches, batch_metas, invalid = self._parse_batches(raw_batches, now)
         others = _other_runs(raw_runs, name, volume_key(run)[0])
         context = PlanContext(other_runs=others, check_paths=True)
-        the_plan = make_plan(run, batches, job_views(raw_jobs, raw_pods), now=now, context=context)
+        the_plan = make_plan(run, batches, workloads, now=now, context=context)
         the_plan = Plan(invalid.actions + the_plan.actions)
-        subject = Subject(meta, run, {b.metadata.name: b for b in batches}, batch_metas)
         try:
-            executed = await self.storage.execute(the_plan, subject, now=now)
+            executed = await executor.with_batches(batch_metas).apply(the_plan, now=now)
         except RejectedObjectError as error:
             await self._invalid(meta, status, error, now)
 

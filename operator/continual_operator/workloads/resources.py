@@ -4,8 +4,9 @@ Every ``get_*`` function takes the parsed run (and batch), calls nothing and ret
 the I/O module creates them (create-or-leave-alone, by their deterministic names). Their docstrings say
 *why* an object looks the way it does; the shape of each is pinned by expected-YAML tests.
 
-Per run: a ServiceAccount, a Role and a RoleBinding that let the trainer patch only this run's status, and
-the volume claim when the run asks for one. Per batch attempt: the trainer's ConfigMap (its
+Per run (:func:`run_objects`): a ServiceAccount, a Role and a RoleBinding that let the trainer patch only
+this run's status, and the volume claim when the run asks for one. Per batch attempt (the ``train`` kind,
+:mod:`continual_operator.workloads.train`): the trainer's ConfigMap (its
 :class:`~continual_trainer.config.TrainerConfig`, rendered) and the Job running the trainer image.
 """
 
@@ -31,6 +32,7 @@ from continual_operator.naming import (
     LABEL_ATTEMPT,
     LABEL_BATCH,
     LABEL_COMPONENT,
+    LABEL_KIND,
     LABEL_KUEUE_QUEUE,
     LABEL_MANAGED_BY,
     LABEL_NAME,
@@ -42,7 +44,7 @@ from continual_operator.naming import (
     label_value,
     trainer_account_name,
 )
-from continual_operator.views import TRAINER_CONTAINER
+from continual_operator.workloads.views import TRAINER_CONTAINER
 from continual_trainer.config import (
     BatchSpec,
     DataSpec,
@@ -61,6 +63,8 @@ TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 #: The non-root user of the trainer image.
 TRAINER_UID = 1000
 TRAINER_COMMAND = ("continual-trainer", "--config", f"{CONFIG_MOUNT}/{CONFIG_KEY}")
+#: The workload kind of the objects built here (:mod:`continual_operator.workloads.train`).
+TRAIN_KIND = "train"
 #: Where the object store's CA bundle Secret is mounted (read-only); the file keeps the Secret key's name.
 CA_BUNDLE_MOUNT = "/etc/continual/object-store-ca"
 
@@ -134,8 +138,9 @@ def _metadata(run: ContinualTrainingRun, name: str, component: str, *, owned: bo
 def attempt_labels(
     run: ContinualTrainingRun, batch: TrainingBatch, attempt: int, component: str
 ) -> dict[str, str]:
-    """Run labels plus the batch and the attempt number."""
+    """Run labels plus the workload kind, the batch and the attempt number."""
     return run_labels(run, component) | {
+        LABEL_KIND: TRAIN_KIND,
         LABEL_BATCH: label_value(batch.metadata.name),
         LABEL_ATTEMPT: str(attempt),
     }
@@ -421,6 +426,15 @@ def get_job(run: ContinualTrainingRun, batch: TrainingBatch, attempt: int) -> di
 
 
 # -- per run: identity and storage --------------------------------------------------------------------
+def run_objects(run: ContinualTrainingRun) -> list[dict[str, Any]]:
+    """The per-run objects every workload's pod needs: ServiceAccount, Role, RoleBinding and (from the
+    template) the volume claim. Created with the first workload, create-or-leave-alone."""
+    manifests = [get_service_account(run), get_role(run), get_role_binding(run)]
+    if (claim := get_claim(run)) is not None:
+        manifests.append(claim)
+    return manifests
+
+
 def get_service_account(run: ContinualTrainingRun) -> dict[str, Any]:
     """The trainer pods' identity, one per run so that its Role can name exactly one object.
 

@@ -33,7 +33,7 @@ from prometheus_client.registry import Collector
 from pydantic import ValidationError
 
 from continual_operator.api import ContinualTrainingRun, ContinualTrainingRunStatus, TrainingBatch
-from continual_operator.status import parse_time
+from continual_operator.planning.status import parse_time
 
 RunKey = tuple[str, str]
 _Resource = TypeVar("_Resource", ContinualTrainingRun, TrainingBatch)

@@ -7,7 +7,7 @@
   ``uid: local:<name>``, as local mode renders them to the trainer); another run's manifest is refused before
   anything is written, so it can neither continue the first run's adapter nor overwrite its statuses.
 * **inbox records**: ``STATE/sources.json``, what was taken from the folder inbox
-  (:class:`continual_operator.local_inbox.SourceRecord`).
+  (:class:`continual_operator.local.folder_inbox.SourceRecord`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from continual_operator.local_inbox import SourceRecord
+from continual_operator.local.folder_inbox import SourceRecord
 from continual_trainer.fsutil import atomic_write_json
 
 LOCAL_NAMESPACE = "local"

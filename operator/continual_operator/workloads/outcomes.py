@@ -26,7 +26,7 @@ from typing import Literal
 
 from pydantic import ValidationError
 
-from continual_operator.views import JobView
+from continual_operator.workloads.views import JobView
 from continual_trainer.exitcodes import ExitCode
 from continual_trainer.records import BatchResult
 

@@ -18,7 +18,7 @@ rules are those of the S3 inbox, applied to a folder:
   whose content later differs is reported (once), never retrained under the same batch and never ignored.
   A deleted entry is fine: its batch stays as it is.
 
-This module only looks at the folder; :mod:`continual_operator.local` turns what it finds into
+This module only looks at the folder; :mod:`continual_operator.local.mode` turns what it finds into
 ``TrainingBatch`` objects, events and the exit code.
 """
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import kopf
 
-from continual_operator.handlers import OperatorOptions, build_registry
+from continual_operator.cluster.handlers import OperatorOptions, build_registry
 
 #: The kopf peering object the chart creates.
 PEERING_NAME = "continual-training"

@@ -30,7 +30,7 @@ from typing import Any
 
 from continual_operator.api import ContinualTrainingRun, TrainingBatch
 from continual_operator.api.run import TrainedStorage, TrainedWith
-from continual_operator.resources import DATA_MOUNT, base_model_path, data_path, volume_claim_name
+from continual_operator.workloads.resources import DATA_MOUNT, base_model_path, data_path, volume_claim_name
 
 DATA_PATH_OUTSIDE_VOLUME = "DataPathOutsideVolume"
 BASE_MODEL_PATH_OUTSIDE_VOLUME = "BaseModelPathOutsideVolume"

@@ -1,8 +1,8 @@
-"""The kopf handlers: thin adapters from kopf's events to :class:`~continual_operator.reconciler.Reconciler`.
+"""The kopf handlers: thin adapters from kopf's events to :class:`~continual_operator.cluster.reconciler.Reconciler`.
 
 Every handler does the same three things: find the run the event is about, hand it to the reconciler,
 and turn the outcome into what kopf understands. None of them decides anything (the planner does), none
-talks to the API server (:mod:`continual_operator.k8s` does), and none returns a value, so that kopf never
+talks to the API server (:mod:`continual_operator.cluster.k8s` does), and none returns a value, so that kopf never
 writes handler results into ``.status`` (that belongs to the planner and the trainer).
 
 What triggers a reconcile of a run:
@@ -20,7 +20,7 @@ What triggers a reconcile of a run:
   every object with a timer, and a run must stay deletable without a running operator.
 
 The handlers get the parsed-and-validated objects from the reconciler's fresh read, not from ``body``:
-the body of an event may be older than the last status patch (see :mod:`continual_operator.reconciler`).
+the body of an event may be older than the last status patch (see :mod:`continual_operator.cluster.reconciler`).
 
 Operator-wide settings (:func:`configure`): kopf keeps its own bookkeeping in annotations prefixed with
 ``continual.dev`` (never in ``.status``, whose schema is the API's); kopf's own log records become
@@ -38,11 +38,11 @@ from typing import Any
 import kopf
 
 from continual_operator.api import BATCH_INFO, GROUP, RUN_INFO, VERSION
+from continual_operator.cluster.k8s import KubernetesStorage
+from continual_operator.cluster.reconciler import InvalidSpecError, Reconciler, RunKey
 from continual_operator.errors import KubernetesApiError
-from continual_operator.k8s import KubernetesStorage
-from continual_operator.metrics import Metrics
 from continual_operator.naming import ANNOTATION_RUN, LABEL_RUN, MANAGED_BY
-from continual_operator.reconciler import InvalidSpecError, Reconciler, RunKey
+from continual_operator.observe.metrics import Metrics
 
 RUNS = (GROUP, VERSION, RUN_INFO.plural)
 BATCHES = (GROUP, VERSION, BATCH_INFO.plural)
@@ -59,7 +59,7 @@ class OperatorOptions:
     resync_seconds: float = 300.0
     #: Concurrent Kubernetes API calls of the reconciler.
     api_workers: int = 8
-    #: Serve the read-only status page on this port (None: no page; see continual_operator.web_cluster).
+    #: Serve the read-only status page on this port (None: no page; see continual_operator.cluster.page).
     status_page_port: int | None = None
     #: The address the status page binds.
     status_page_host: str = "127.0.0.1"
@@ -106,7 +106,7 @@ async def startup(
     storage = KubernetesStorage.from_environment(max_workers=options.api_workers)
     memo["reconciler"] = Reconciler(storage, metrics=metrics, resync_seconds=options.resync_seconds)
     if options.status_page_port is not None:
-        from continual_operator.web_cluster import start_page  # the page's modules only when asked for
+        from continual_operator.cluster.page import start_page  # the page's modules only when asked for
 
         page = start_page(
             storage,

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from continual_operator.curve import BatchCurve, RunCurve, find_runs, load_curve
+from continual_operator.observe.curve import BatchCurve, RunCurve, find_runs, load_curve
 
 #: The PNG's size: 1200 x 700 pixels, wide enough for a few hundred batches' boundaries.
 FIGURE_INCHES = (12.0, 7.0)

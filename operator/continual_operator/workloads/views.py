@@ -1,7 +1,9 @@
-"""What the planner needs to know about a trainer Job, distilled from the Job and its pod.
+"""What the planner needs to know about a workload's Job, distilled from the Job and its pod.
 
-The planner never sees raw Kubernetes objects: the handler layer lists a run's Jobs and their pods and
-turns each pair into a :class:`JobView` with :func:`job_view`. Everything the planner decides on is here:
+The planner never sees raw Kubernetes objects: the handler layer lists a run's Jobs and their pods, and
+each Job's kind (:mod:`continual_operator.workloads.registry`) turns it into a :class:`JobView` with
+:func:`read_job` (the kind says who the Job is for; this module reads how it is doing, the same for every
+kind). Everything the planner decides on is here:
 whether the Job may still write to the volume, how its container ended (exit code, the trainer's result
 record in the termination message), what the cluster said about it (eviction, preemption, Kueue), and,
 while its container has not started, why it waits (``waiting_reason``: a missing Secret, an image that
@@ -15,10 +17,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from continual_operator.naming import ANNOTATION_BATCH, LABEL_ATTEMPT, LABEL_BATCH
-
 JobPhase = Literal["Active", "Succeeded", "Failed"]
-#: The container that runs the trainer in every Job pod.
+#: The container that runs the trainer image in every Job pod (of every kind).
 TRAINER_CONTAINER = "trainer"
 #: Waiting reasons (a container's, or the pod's ``PodScheduled`` condition's) that mean the pod cannot start
 #: until someone fixes something: a Secret or ConfigMap named in env/envFrom is missing, the image cannot be
@@ -39,7 +39,7 @@ STARTUP_PROBLEMS = frozenset(
 
 @dataclass(frozen=True)
 class JobView:
-    """One trainer Job of a run.
+    """One workload Job of a run: its kind, who it is for (a train Job: batch and attempt), how it is doing.
 
     ``phase`` follows the Job's terminal conditions (Complete, Failed); everything else is Active, including
     a Job that Kueue keeps suspended (``suspended``) and one being deleted whose pod still runs
@@ -50,6 +50,10 @@ class JobView:
     batch: str
     attempt: int
     phase: JobPhase = "Active"
+    #: The workload kind (the Job's kind label; none: ``train``, as every Job of earlier operators).
+    kind: str = "train"
+    #: The kind writes the run's volume (or must never run beside a writer): it holds the writer lease.
+    writes_volume: bool = True
     exit_code: int | None = None
     termination_message: str | None = None
     #: Why the pod or container ended, as the cluster says: Evicted, Preempted, DeadlineExceeded, OOMKilled,
@@ -76,7 +80,7 @@ class JobView:
     @property
     def writing(self) -> bool:
         """The Job may still write to the run's volume: the single-writer rule counts it."""
-        return not self.finished
+        return self.writes_volume and not self.finished
 
     @property
     def cannot_start(self) -> bool:
@@ -164,17 +168,19 @@ def _pod_reason(job: Mapping[str, Any], pod: Mapping[str, Any], terminated: Mapp
     return None
 
 
-def job_view(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]] = ()) -> JobView | None:
-    """A view of a Job created by :func:`continual_operator.resources.get_job` (None for other Jobs).
+@dataclass(frozen=True)
+class Identity:
+    """Who a Job is for, as its kind reads it from the Job's labels and annotations."""
 
-    ``pods`` are the Job's pods (any order); the newest one tells how the trainer ended.
-    """
-    labels = _get(job, "metadata", "labels") or {}
-    annotations = _get(job, "metadata", "annotations") or {}
-    batch = annotations.get(ANNOTATION_BATCH) or labels.get(LABEL_BATCH)
-    attempt = labels.get(LABEL_ATTEMPT)
-    if not batch or not str(attempt or "").isdigit():
-        return None
+    kind: str
+    batch: str
+    attempt: int
+    writes_volume: bool = True
+
+
+def read_job(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], identity: Identity) -> JobView:
+    """The view of a Job of a known kind; ``pods`` are the Job's pods (any order): the newest one tells how
+    its container ended."""
     newest = max(
         pods,
         key=lambda p: (_get(p, "metadata", "creationTimestamp") or "", _get(p, "metadata", "name") or ""),
@@ -190,8 +196,10 @@ def job_view(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]] = ()) -> 
     )
     return JobView(
         name=str(_get(job, "metadata", "name")),
-        batch=str(batch),
-        attempt=int(str(attempt)),
+        batch=identity.batch,
+        attempt=identity.attempt,
+        kind=identity.kind,
+        writes_volume=identity.writes_volume,
         phase=phase,
         exit_code=int(exit_code) if exit_code is not None else None,
         termination_message=terminated.get("message") or None,
@@ -206,14 +214,17 @@ def job_view(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]] = ()) -> 
     )
 
 
-def job_views(jobs: Sequence[Mapping[str, Any]], pods: Sequence[Mapping[str, Any]]) -> list[JobView]:
-    """Views of a run's Jobs, each with its own pods (matched by owner reference, which every Kubernetes
-    version sets, unlike the ``job-name``/``batch.kubernetes.io/job-name`` labels). Foreign Jobs are skipped.
-    """
+def get(obj: Mapping[str, Any], *path: str) -> Any:
+    """``obj[path[0]][path[1]]...``, None where a step is missing (for kinds reading their labels)."""
+    return _get(obj, *path)
+
+
+def pods_by_job(pods: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
+    """Pods grouped by the uid of the Job that owns them (matched by owner reference, which every Kubernetes
+    version sets, unlike the ``job-name``/``batch.kubernetes.io/job-name`` labels)."""
     by_owner: dict[str, list[Mapping[str, Any]]] = {}
     for pod in pods:
         for owner in _get(pod, "metadata", "ownerReferences") or []:
             if owner.get("kind") == "Job" and owner.get("uid"):
                 by_owner.setdefault(str(owner["uid"]), []).append(pod)
-    views = (job_view(job, by_owner.get(str(_get(job, "metadata", "uid")), [])) for job in jobs)
-    return [view for view in views if view is not None]
+    return by_owner

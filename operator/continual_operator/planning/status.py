@@ -20,9 +20,9 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from pydantic.alias_generators import to_camel
 
-from continual_operator.actions import EmitEvent, Plan, UpdateBatchStatus, UpdateRunStatus
 from continual_operator.api import ContinualTrainingRunStatus, ObjectMeta, TrainingBatchStatus
 from continual_operator.api.meta import Condition, ConditionStatus
+from continual_operator.planning.actions import EmitEvent, Plan, UpdateBatchStatus, UpdateRunStatus
 
 #: The reason of a batch whose ``spec.runName`` names no run (yet).
 RUN_NOT_FOUND = "RunNotFound"

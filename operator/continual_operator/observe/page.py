@@ -1,10 +1,11 @@
 """A small read-only status page: runs, conditions, batches, curve, events.
 
-The page is drawn from a :class:`PageSource`. Local mode (``--serve PORT``) uses :class:`RunSource`: what
+The page is drawn from a :class:`PageSource`; each executor brings its own. Local mode (``--serve PORT``,
+:mod:`continual_operator.local.page`) uses :class:`RunSource`: what
 it keeps in its state folder (the run's CR status in ``status.json``, each batch's in ``batches.json``,
-``events.jsonl``) and the training curve drawn from the run's volume (:mod:`continual_operator.curve`,
-rendered by :mod:`continual_operator.report`). The operator (``--status-page-port``) uses
-:class:`continual_operator.web_cluster.ClusterSource`: the runs, batches and Events of the watched
+``events.jsonl``) and the training curve drawn from the run's volume (:mod:`continual_operator.observe.curve`,
+rendered by :mod:`continual_operator.observe.report`). The operator (``--status-page-port``) uses
+:class:`continual_operator.cluster.page.ClusterSource`: the runs, batches and Events of the watched
 namespaces, read from the API server. The page reloads itself every few seconds, so a curve grows
 while a batch trains.
 
@@ -19,17 +20,14 @@ from __future__ import annotations
 import html
 import json
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Protocol
 
-from continual_operator import resources
-from continual_operator.curve import load_curve
-from continual_operator.local import LocalOptions, load_run, localize
-from continual_operator.report import PAGE_STYLE, ReportError, render_png
+from continual_operator.observe.curve import load_curve
+from continual_operator.observe.report import PAGE_STYLE, ReportError, render_png
 
 #: Seconds between reloads of the page.
 REFRESH_SECONDS = 5
@@ -125,13 +123,6 @@ class RunSource:
     state: Path
     run_dir: Path
     _curves: _CurveCache = field(default_factory=_CurveCache, compare=False, repr=False)
-
-    @classmethod
-    def for_local(cls, options: LocalOptions) -> RunSource:
-        """The run a local-mode invocation trains."""
-        run = load_run(options.manifest)
-        run_dir = Path(localize(resources.run_dir(run.spec), options.volume))
-        return cls(run.metadata.name, options.state, run_dir)
 
     @property
     def title(self) -> str:
@@ -334,22 +325,3 @@ def start(source: PageSource, port: int, host: str = "127.0.0.1", *, quiet: bool
     thread = threading.Thread(target=server.serve_forever, name="status-page", daemon=True)
     thread.start()
     return StatusPage(server, thread)
-
-
-def run_with_page(
-    options: LocalOptions, port: int, train: Callable[[], int], out: Callable[[str], None] = print
-) -> int:
-    """Local mode with its status page: serve, train, then (without --watch) keep serving until Ctrl-C."""
-    page = start(RunSource.for_local(options), port)
-    out(f"status page: {page.url}")
-    code: int | None = None
-    try:
-        code = train()
-        if not options.watch:
-            out(f"done (exit code {code}); the status page stays up at {page.url}: Ctrl-C to stop")
-            threading.Event().wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        page.close()
-    return 130 if code is None else code

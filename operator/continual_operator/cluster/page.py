@@ -1,7 +1,7 @@
 """The status page's cluster source: runs, batches and Events of the watched namespaces, from the API server.
 
-The operator serves :mod:`continual_operator.web`'s page with this source (``--status-page-port``). It
-reads through :class:`~continual_operator.k8s.KubernetesStorage` only (LISTs: runs, batches, Events;
+The operator serves :mod:`continual_operator.observe.page`'s page with this source (``--status-page-port``). It
+reads through :class:`~continual_operator.cluster.k8s.KubernetesStorage` only (LISTs: runs, batches, Events;
 nothing that writes) and keeps what it read for ``ttl_seconds``, so a browser reloading every few seconds,
 or several browsers, cost one round of LISTs per period and not one per page load.
 
@@ -26,11 +26,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from continual_operator.curve import BatchCurve, RunCurve, StepPoint
+from continual_operator.cluster.k8s import BATCHES, RUNS, KubernetesStorage
 from continual_operator.errors import KubernetesApiError
-from continual_operator.k8s import BATCHES, RUNS, KubernetesStorage
-from continual_operator.report import render_png
-from continual_operator.web import EVENTS_SHOWN, RunView, SourceUnavailableError, StatusPage, start
+from continual_operator.observe.curve import BatchCurve, RunCurve, StepPoint
+from continual_operator.observe.page import (
+    EVENTS_SHOWN,
+    RunView,
+    SourceUnavailableError,
+    StatusPage,
+    start,
+)
+from continual_operator.observe.report import render_png
 
 #: Seconds a read of the cluster is reused (the page reloads every ``web.REFRESH_SECONDS``).
 CACHE_SECONDS = 3.0
@@ -115,7 +121,7 @@ class ClusterSource:
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     #: One round of LISTs at a time: browsers that load at once after the period wait for it, not repeat it.
     _fetching: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
-    #: One drawing at a time: pyplot is not thread-safe (as in web.py's local curve cache).
+    #: One drawing at a time: pyplot is not thread-safe (as in observe/page.py's curve cache).
     _drawing: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     # -- PageSource -----------------------------------------------------------------------------------

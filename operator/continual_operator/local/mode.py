@@ -18,7 +18,6 @@ trainer at a checkpoint and starts nothing new; a new learning rate applies from
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import json
 import logging
@@ -38,26 +37,19 @@ import yaml
 from prometheus_client import start_http_server
 from pydantic import ValidationError
 
-from continual_operator import resources
-from continual_operator.actions import (
-    CreateJob,
-    DeleteJob,
-    EmitEvent,
-    Plan,
-    UpdateBatchStatus,
-    UpdateRunStatus,
-)
 from continual_operator.api import ContinualTrainingRun, TrainingBatch
 from continual_operator.inbox.local import LocalS3Inbox, client_for, inbox_spec
 from continual_operator.inbox.store import InboxStoreError
-from continual_operator.local_inbox import (
+from continual_operator.local import executor
+from continual_operator.local.executor import LocalJob, local_trainer_config, localize
+from continual_operator.local.folder_inbox import (
     DEFAULT_MARKER,
     DEFAULT_SETTLE_SECONDS,
     Change,
     FolderInbox,
     NotABatch,
 )
-from continual_operator.local_state import (
+from continual_operator.local.state import (
     LOCAL_NAMESPACE,
     LocalModeError,
     claim,
@@ -66,17 +58,34 @@ from continual_operator.local_state import (
     run_uid,
     save_sources,
 )
-from continual_operator.metrics import Metrics
 from continual_operator.naming import object_name_problem
-from continual_operator.planner import plan
-from continual_operator.status import describe_validation_error, rfc3339
-from continual_operator.views import JobPhase, JobView
-from continual_trainer.config import TrainerConfig
+from continual_operator.observe.metrics import Metrics
+from continual_operator.planning.actions import (
+    CreateWorkload,
+    DeleteWorkload,
+    EmitEvent,
+    Plan,
+    UpdateBatchStatus,
+    UpdateRunStatus,
+)
+from continual_operator.planning.executor import Executed
+from continual_operator.planning.planner import plan
+from continual_operator.planning.status import describe_validation_error, rfc3339
+from continual_operator.workloads import resources
+from continual_operator.workloads.views import JobView
 from continual_trainer.fsutil import atomic_write_json
 from continual_trainer.progress import read_status, status_patch
 from continual_trainer.records import ProgressEvent
 
-__all__ = ["LocalModeError", "LocalOptions", "load_run", "run_local"]
+__all__ = [
+    "LocalJob",
+    "LocalModeError",
+    "LocalOptions",
+    "load_run",
+    "local_trainer_config",
+    "localize",
+    "run_local",
+]
 
 log = logging.getLogger(__name__)
 
@@ -234,61 +243,6 @@ def _batch(run: str, name: str, data: str, seen: int) -> TrainingBatch:
 
 
 # -- the executor --------------------------------------------------------------------------------------
-def localize(pod_path: str, volume: Path) -> str:
-    """Map a path as the pod sees it (under ``/data``) to the local folder standing for the volume."""
-    if pod_path == resources.DATA_MOUNT or pod_path.startswith(resources.DATA_MOUNT + "/"):
-        return str(volume / pod_path[len(resources.DATA_MOUNT) :].lstrip("/"))
-    return pod_path
-
-
-def local_trainer_config(
-    config: TrainerConfig, volume: Path, termination: Path, inbox: Path | None = None
-) -> TrainerConfig:
-    """The pod's trainer config with local paths, no Kubernetes progress sink, and a local message file.
-
-    The data root (what the trainer confines data paths to) is the volume's folder, as ``/data`` is in a
-    pod; a batch found in ``--inbox`` (a folder the user named, often beside the volume) is confined to
-    the inbox instead.
-    """
-    base = config.base_model
-    if base.path is not None:
-        base = base.model_copy(update={"path": localize(base.path, volume)})
-    data = config.batch.data
-    in_inbox = False
-    if data.path is not None:  # uri data is read from the store, not the volume
-        data = data.model_copy(update={"path": localize(data.path, volume)})
-        in_inbox = inbox is not None and Path(str(data.path)).is_relative_to(inbox.resolve())
-    batch = config.batch.model_copy(update={"data": data})
-    store = config.object_store
-    if store is not None and store.ca_bundle_path is not None:
-        # The pod's CA bundle is a mounted Secret; a local process uses AWS_CA_BUNDLE like any boto3 program.
-        store = store.model_copy(update={"ca_bundle_path": None})
-    return config.model_copy(
-        update={
-            "object_store": store,
-            "run_dir": localize(config.run_dir, volume),
-            "data_root": str(inbox.resolve() if inbox is not None and in_inbox else volume),
-            # one run per volume: the trainer's run record names its owner (local_state.claim does the same)
-            "run_namespace": LOCAL_NAMESPACE,
-            "run_uid": run_uid(config.run_name),
-            "base_model": base,
-            "batch": batch,
-            "progress": config.progress.model_copy(update={"kubernetes": None, "stdout": True}),
-            "termination_message_path": str(termination),
-        }
-    )
-
-
-@dataclass
-class LocalJob:
-    """A trainer process standing in for a Job."""
-
-    view: JobView
-    process: subprocess.Popen[bytes] | None
-    termination: Path
-    log_path: Path
-
-
 @dataclass
 class LocalRun:
     """The state of one run in local mode: the objects a cluster would store, and the processes."""
@@ -482,27 +436,38 @@ class LocalRun:
         if self.run is not None:
             self._mirror_progress()
         for job in self.jobs.values():
-            if job.process is None or job.process.poll() is None:
-                continue
-            code = job.process.returncode
-            message = job.termination.read_text() if job.termination.exists() else None
-            if code < 0:  # killed by a signal: report it as a container runtime would (128 + signal)
-                code = 128 - code
-            phase: JobPhase = "Succeeded" if code == 0 else "Failed"
-            job.view = dataclasses.replace(job.view, phase=phase, exit_code=code, termination_message=message)
-            job.process = None
+            executor.poll(job)
 
     def reconcile(self) -> Plan:
         """Plan with the pure planner and carry the plan out locally."""
         assert self.run is not None
-        decided = plan(
-            self.run, list(self.batches.values()), [j.view for j in self.jobs.values()], now=_now()
-        )
-        for action in decided.actions:
-            if isinstance(action, CreateJob):
-                self._create(action)
-            elif isinstance(action, DeleteJob):
-                self._delete(action)
+        decided = plan(self.run, list(self.batches.values()), list(executor.views(self.jobs)), now=_now())
+        self.apply_now(decided)
+        self._mirror_progress()
+        self._write_status()
+        return decided
+
+    # -- the executor protocol (continual_operator.planning.executor) -----------------------------------
+    async def apply(self, the_plan: Plan, *, now: dt.datetime) -> Executed:
+        return self.apply_now(the_plan, now=now)
+
+    async def workloads(self) -> list[JobView]:
+        for job in self.jobs.values():
+            executor.poll(job)
+        return list(executor.views(self.jobs))
+
+    def apply_now(self, the_plan: Plan, *, now: dt.datetime | None = None) -> Executed:
+        """Carry out a plan's actions in order (the loop is synchronous; :meth:`apply` is this)."""
+        assert self.run is not None
+        created: list[str] = []
+        for action in the_plan.actions:
+            if isinstance(action, CreateWorkload):
+                if action.job_name not in self.jobs:
+                    view = action.workload.view(created=now or _now())
+                    self.jobs[action.job_name] = executor.launch(action.workload, self._place(), view)
+                    created.append(action.job_name)
+            elif isinstance(action, DeleteWorkload):
+                executor.delete(self.jobs, action.name)
             elif isinstance(action, UpdateBatchStatus):
                 self._patch_batch(action)
             elif isinstance(action, UpdateRunStatus):
@@ -513,47 +478,11 @@ class LocalRun:
                 )
             elif isinstance(action, EmitEvent):
                 self._event(action)
-        self._mirror_progress()
-        self._write_status()
-        return decided
+        return Executed(tuple(created))
 
-    # -- actions ---------------------------------------------------------------------------------------
-    def _create(self, action: CreateJob) -> None:
-        assert self.run is not None
-        batch = self.batches[action.batch]
-        pod_config = resources.get_trainer_config(self.run, batch, action.abandon_batches)
-        jobs_dir = self.options.state / "jobs"
-        jobs_dir.mkdir(parents=True, exist_ok=True)
-        termination = jobs_dir / f"{action.job_name}.termination.json"
-        termination.unlink(missing_ok=True)
-        config = local_trainer_config(pod_config, self.options.volume, termination, self.options.inbox)
-        config_path = jobs_dir / f"{action.job_name}.yaml"
-        config_path.write_text(resources.render_trainer_config(config))
-        log_path = jobs_dir / f"{action.job_name}.log"
-        env = dict(os.environ)
-        if self.run.spec.base_model.path is not None:
-            env.setdefault("HF_HUB_OFFLINE", "1")
-        with log_path.open("ab") as log_file:
-            process = subprocess.Popen(
-                [*self.options.trainer_command, "--config", str(config_path)],
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,  # Ctrl-C goes to us; we forward SIGTERM so the trainer checkpoints
-            )
-        (jobs_dir / f"{action.job_name}.pid").write_text(f"{process.pid}\n")  # for ps/kill, and tests
-        view = JobView(name=action.job_name, batch=action.batch, attempt=action.attempt, created=_now())
-        self.jobs[action.job_name] = LocalJob(view, process, termination, log_path)
-
-    def _delete(self, action: DeleteJob) -> None:
-        job = self.jobs.get(action.name)
-        if job is None:
-            return
-        if job.process is not None and job.process.poll() is None:
-            job.process.send_signal(signal.SIGTERM)  # the trainer checkpoints and exits "preempted"
-            job.view = dataclasses.replace(job.view, deleting=True)
-            return
-        del self.jobs[action.name]
+    def _place(self) -> executor.LocalPlace:
+        options = self.options
+        return executor.LocalPlace(options.volume, options.state, options.inbox, options.trainer_command)
 
     def _patch_batch(self, action: UpdateBatchStatus) -> None:
         batch = self.batches[action.batch]
@@ -765,7 +694,7 @@ def _loop(state: LocalRun, options: LocalOptions, out: Callable[[str], None]) ->
             decided = state.reconcile()
             if not options.watch and state.idle():
                 break
-            if decided.of(CreateJob):
+            if decided.of(CreateWorkload):
                 continue  # plan again at once: record the Job as Training
             interrupts.sleep(min(decided.requeue_after or options.poll_seconds, options.poll_seconds))
         if interrupts.count:
