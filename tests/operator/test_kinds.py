@@ -115,7 +115,9 @@ def test_any_kind_that_writes_the_volume_holds_the_writer_lease(probe: WorkloadK
     assert (running.kind, running.writing) == ("probe", True)
     world = World(make_run(), [make_batch("b1")], [running])
     assert world.step().of(CreateWorkload) == []  # no trainer beside it
-    assert world.run.status.phase == "Training"  # a writer works on the volume
+    training = next(c for c in world.run.status.conditions if c.type == "Training")
+    assert (world.run.status.phase, training.reason) == ("Pending", "WorkloadRunning")  # batches wait for it
+    assert world.run.status.current_job == "demo-probe" and world.run.status.current_batch is None
     (finished,) = job_views([_probe_job("Complete")], [])
     world = World(make_run(), [make_batch("b1")], [finished])
     assert [c.batch for c in world.plan().of(CreateWorkload)] == ["b1"]

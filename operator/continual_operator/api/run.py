@@ -310,8 +310,8 @@ class _Cadence(Model):
 
 
 class SnapshotsSpec(_Cadence):
-    """Verified snapshots of the run folder to S3 (docs/snapshots.md); a snapshot Job never runs beside a
-    trainer."""
+    """Verified snapshots of the run folder to S3 (docs/operations.md, "Backup and restore"); a snapshot Job
+    never runs beside a trainer."""
 
     destination: str = Field(
         pattern=SNAPSHOT_URI_PATTERN,

@@ -15,6 +15,7 @@ from typing import Any
 
 from continual_operator.api import ContinualTrainingRun, TrainingBatch
 from continual_operator.api.batch import TrainingBatchStatus
+from continual_operator.api.meta import ConditionStatus
 from continual_operator.planning.actions import (
     Action,
     CreateWorkload,
@@ -95,6 +96,15 @@ class Draft:
         self.orphan_step: int | None = None
         #: Trainer batch ids of failed batches deleted since (decision 9): abandoned like Failed ones.
         self.removed_failed: list[str] = []
+        #: Run status fields set by artifact results (lastSnapshot, lastConsolidation, inbox after a restore).
+        self.run_fields: dict[str, Any] = {}
+        #: Where a restore left the run: the step the next batch starts from.
+        self.restored_step: int | None = None
+        #: Conditions besides the four the run always has, as (type, status, reason, message).
+        self.extra_conditions: list[tuple[str, ConditionStatus, str, str]] = []
+        #: Why batches may not start although nobody holds the lease (a restore comes first): phase, reason,
+        #: message.
+        self.hold: tuple[str, str, str] | None = None
         others = [r for r in context.other_runs if r.metadata.name != run.metadata.name]
         self.refusal: Refusal | None = run_refusal(run, others, check_paths=context.check_paths)
 
@@ -126,7 +136,9 @@ class Draft:
     def completed_step(self, exclude: str | None = None) -> int | None:
         """Where the last completed batch ended (decision 5): steps only grow, so the maximum is it."""
         steps = [s.end_step for k, s in self.statuses.items() if s.end_step is not None and k != exclude]
-        steps += [s for s in (self.run.status.completed_step, self.orphan_step) if s is not None]
+        steps += [
+            s for s in (self.run.status.completed_step, self.orphan_step, self.restored_step) if s is not None
+        ]
         return max(steps) if steps else None
 
     def writers(self) -> list[JobView]:

@@ -26,11 +26,15 @@ def suspend(draft: Draft, writers: list[JobView]) -> None:
         if job.deleting:
             continue
         draft.delete(job, reason=SUSPENDED, propagation="Foreground")
+        then = (
+            f"so that it checkpoints; batch {job.batch} resumes from that checkpoint"
+            if job.batch
+            else f"({job.kind}: it commits nothing half-done); it runs again"
+        )
         draft.run_event(
             "Normal",
             "Suspending",
-            f"spec.suspend is true: stopping Job {job.name} so that it checkpoints; batch {job.batch} "
-            "resumes from that checkpoint when spec.suspend is false",
+            f"spec.suspend is true: stopping Job {job.name} {then} when spec.suspend is false",
         )
     # A batch whose Job is being stopped (or is gone) no longer shows Training; being deleted, that Job
     # is never recorded, and the same attempt is created again on resume (see queue.start_next).

@@ -9,8 +9,9 @@ nothing.
 
 :func:`plan` composes small deciders, each a function over one :class:`~.draft.Draft` (the snapshot of the
 world and the decisions so far): :mod:`.attempts` and :mod:`.orphans` (results, retries), :mod:`.starting`
-(workloads that do not start), :mod:`.history` (clean-up, halting), :mod:`.queue` (which batch next),
-:mod:`.lease` (the single writer, suspend) and :mod:`.run_status`.
+(workloads that do not start), :mod:`.history` (clean-up, halting), :mod:`.artifacts` (restore, snapshots,
+consolidations), :mod:`.queue` (which batch next), :mod:`.lease` (the single writer, suspend) and
+:mod:`.run_status`.
 
 The decisions, in the order they are applied:
 
@@ -67,6 +68,9 @@ The decisions, in the order they are applied:
     itself (a missing Secret, an image that cannot be pulled, an unschedulable pod) the batch's reason and
     message say so, with a Warning Event, and the run is Pending. Past the deadline the Job is stopped
     (foreground deletion) and the attempt counts as a transient failure: retried after the back-off.
+14. **Artifacts** (:mod:`.artifacts`). A restore (``spec.restoreFrom``) runs before the first batch of a run
+    with no progress; a due snapshot or consolidation runs when nobody holds the lease, before the next
+    batch. Every artifact kind holds the writer lease. Results go into the run's status.
 """
 
 from __future__ import annotations
@@ -75,7 +79,16 @@ import datetime as dt
 from collections.abc import Sequence
 
 from continual_operator.api import ContinualTrainingRun, TrainingBatch
-from continual_operator.planning import attempts, history, lease, orphans, queue, run_status, starting
+from continual_operator.planning import (
+    artifacts,
+    attempts,
+    history,
+    lease,
+    orphans,
+    queue,
+    run_status,
+    starting,
+)
 from continual_operator.planning.actions import Plan
 from continual_operator.planning.attempts import LOSS_DIGITS, round_loss
 from continual_operator.planning.draft import Draft, PlanContext, batch_order_key
@@ -103,6 +116,7 @@ def plan(
     draft = Draft(run, batches, jobs, now, context or PlanContext())
     attempts.record_jobs(draft)  # decisions 3-6
     orphans.record_orphans(draft)  # decision 9
+    artifacts.record_artifacts(draft)  # decision 14
     starting.watch_starting_jobs(draft)  # decision 13
     history.clean_up_history(draft)  # decision 10
     halting = history.halting_batch(draft)  # decision 7
@@ -110,7 +124,7 @@ def plan(
     queue.mark_new_batches_queued(draft)
     if draft.spec.suspend:
         lease.suspend(draft, writers)  # decision 8
-    elif lease.may_start(draft, writers, halting):
+    elif lease.may_start(draft, writers, halting) and not artifacts.start_artifact(draft):  # decision 14
         queue.start_next(draft)  # decisions 1, 3, 12
         halting = history.halting_batch(draft)  # a batch refused on the way may halt the run
     return draft.to_plan(run_status.run_status(draft, halting, writers))  # decisions 11, 12

@@ -17,9 +17,16 @@ from continual_operator.planning.attempts import STEPS_NOT_CONTIGUOUS
 from continual_operator.planning.draft import Draft
 from continual_operator.planning.refusals import trained_with
 from continual_operator.planning.status import merge_patch, rfc3339, set_condition, wire
+from continual_operator.workloads.train import TRAIN
 from continual_operator.workloads.views import JobView
 
 _EPOCH = dt.datetime.min.replace(tzinfo=dt.UTC)
+#: The Training condition's reason while an artifact job holds the volume.
+ARTIFACT_RUNNING = {
+    "snapshot": "SnapshotRunning",
+    "restore": "RestoreRunning",
+    "consolidate": "ConsolidationRunning",
+}
 #: A condition as (status, reason, message).
 Condition = tuple[ConditionStatus, str, str]
 
@@ -31,16 +38,31 @@ def run_status(draft: Draft, halting: str | None, writers: list[JobView]) -> dic
     generation = draft.run.metadata.generation
     kueue = spec.scheduling.kueue_queue_name is not None
     current: tuple[str, str] | None = None
+    current_kind = TRAIN.name
     waiting_for_admission = False
     stuck: JobView | None = None
     if draft.create is not None:
         current, waiting_for_admission = (draft.create.job_name, draft.create.batch), kueue
+        current_kind = draft.create.kind
     elif writers:
         writer = max(writers, key=lambda j: (j.created or _EPOCH, j.name))
         current, waiting_for_admission = (writer.name, writer.batch), writer.suspended
+        current_kind = writer.kind
         stuck = writer if writer.cannot_start and not writer.deleting else None
 
     phase, training = _phase(draft, halting, current, waiting_for_admission, stuck)
+    if phase == "Training" and current is not None and current_kind != TRAIN.name:
+        # An artifact job holds the volume: batches wait for it.
+        phase, training = (
+            "Pending",
+            (
+                "False",
+                ARTIFACT_RUNNING.get(current_kind, "WorkloadRunning"),
+                f"Job {current[0]} runs ({current_kind}): batches wait for it",
+            ),
+        )
+    elif phase == "Idle" and draft.hold is not None:
+        phase, training = draft.hold[0], ("False", draft.hold[1], draft.hold[2])  # type: ignore[assignment]
     conditions = list(old.conditions)
     degraded = _degraded(draft, halting)
     ready: Condition = (
@@ -62,13 +84,14 @@ def run_status(draft: Draft, halting: str | None, writers: list[JobView]) -> dic
         ("Training", training),
         ("Degraded", degraded),
         ("Suspended", suspended),
+        *((type_, (status, reason, message)) for type_, status, reason, message in draft.extra_conditions),
     ):
         conditions = set_condition(
             conditions, type_, status, reason, message, generation=generation, now=draft.now
         )
 
     counts = [draft.statuses[b.metadata.name].phase for b in draft.batches]
-    current_batch = batch_id(current[1]) if current is not None else None
+    current_batch = batch_id(current[1]) if current is not None and current_kind == TRAIN.name else None
     desired = wire(old) | {
         "phase": phase,
         "observedGeneration": generation,
@@ -80,6 +103,7 @@ def run_status(draft: Draft, halting: str | None, writers: list[JobView]) -> dic
         "completedStep": draft.completed_step(),
         "conditions": [wire(c) for c in conditions],
         **draft.progress,
+        **draft.run_fields,
     }
     if current_batch != old.current_batch:
         desired["currentBatchProgress"] = 0.0 if current_batch is not None else None

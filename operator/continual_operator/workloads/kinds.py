@@ -58,6 +58,8 @@ class Workload:
     batch: str = ""
     attempt: int = 1
     writes_volume: bool = True
+    #: What an artifact workload is about (see :mod:`.artifact`); empty for a train workload.
+    key: str = ""
 
     def manifest(self, kind: str) -> Mapping[str, Any]:
         """The workload's own object of a Kubernetes kind (its Job, its ConfigMap)."""
@@ -79,6 +81,7 @@ class Workload:
             attempt=self.attempt,
             kind=self.kind,
             writes_volume=self.writes_volume,
+            key=self.key,
             created=created,
         )
 

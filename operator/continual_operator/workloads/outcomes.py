@@ -22,7 +22,7 @@ bad config or bad data cannot help.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
@@ -45,6 +45,8 @@ class Outcome:
     reason: str
     message: str
     result: BatchResult | None = None
+    #: An artifact job's result record (its JSON, see :mod:`continual_operator.workloads.artifact`).
+    artifact: dict[str, Any] | None = None
 
 
 def parse_result(message: str | None) -> BatchResult | None:

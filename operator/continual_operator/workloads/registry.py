@@ -11,12 +11,15 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from continual_operator.naming import LABEL_KIND
+from continual_operator.workloads.consolidate import CONSOLIDATE
 from continual_operator.workloads.kinds import ObjectRef, WorkloadKind
+from continual_operator.workloads.restore import RESTORE
+from continual_operator.workloads.snapshot import SNAPSHOT
 from continual_operator.workloads.train import TRAIN
 from continual_operator.workloads.views import JobView, get, pods_by_job
 
 #: Every kind, by its label value.
-KINDS: dict[str, WorkloadKind[Any]] = {TRAIN.name: TRAIN}
+KINDS: dict[str, WorkloadKind[Any]] = {kind.name: kind for kind in (TRAIN, SNAPSHOT, RESTORE, CONSOLIDATE)}
 #: The kind of a Job that has no kind label.
 DEFAULT_KIND = TRAIN.name
 

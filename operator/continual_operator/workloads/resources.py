@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import posixpath
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
@@ -316,13 +316,13 @@ def _resources(spec: ContinualTrainingRunSpec) -> dict[str, Any]:
     return {k: v for k, v in (("requests", requests), ("limits", limits)) if v}
 
 
-def _container(run: ContinualTrainingRun) -> dict[str, Any]:
+def _container(run: ContinualTrainingRun, command: Sequence[str] = TRAINER_COMMAND) -> dict[str, Any]:
     spec = run.spec
     container: dict[str, Any] = {"name": TRAINER_CONTAINER, "image": spec.image}
     if spec.image_pull_policy is not None:
         container["imagePullPolicy"] = spec.image_pull_policy
     container |= {
-        "command": list(TRAINER_COMMAND),
+        "command": list(command),
         "env": _env(run),
         "resources": _resources(spec),
         "volumeMounts": [
@@ -352,7 +352,9 @@ def _container(run: ContinualTrainingRun) -> dict[str, Any]:
     return container
 
 
-def _pod_spec(run: ContinualTrainingRun, config_map: str) -> dict[str, Any]:
+def _pod_spec(
+    run: ContinualTrainingRun, config_map: str, command: Sequence[str] = TRAINER_COMMAND
+) -> dict[str, Any]:
     spec = run.spec
     scheduling = spec.scheduling
     pod: dict[str, Any] = {
@@ -371,7 +373,7 @@ def _pod_spec(run: ContinualTrainingRun, config_map: str) -> dict[str, Any]:
             "fsGroupChangePolicy": "OnRootMismatch",
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "containers": [_container(run)],
+        "containers": [_container(run, command)],
         "volumes": [
             {"name": "data", "persistentVolumeClaim": {"claimName": volume_claim_name(run)}},
             {"name": "config", "configMap": {"name": config_map}},
@@ -407,22 +409,52 @@ def get_job(run: ContinualTrainingRun, batch: TrainingBatch, attempt: int) -> di
     name = job_name(run.metadata.name, batch.metadata.name, attempt)
     labels = job_labels(run, batch, attempt)
     annotations = {ANNOTATION_RUN: run.metadata.name, ANNOTATION_BATCH: batch.metadata.name}
+    return workload_job(run, JobParts(name, labels, annotations, TRAINER_COMMAND))
+
+
+class JobParts(NamedTuple):
+    """What differs between the Jobs of workload kinds: the name, labels, annotations and command line."""
+
+    name: str
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    command: Sequence[str]
+
+
+def workload_job(run: ContinualTrainingRun, parts: JobParts) -> dict[str, Any]:
+    """A Job running the trainer image for the run: the pod of :func:`get_job`, with the kind's command
+    (every kind mounts the volume, its ConfigMap of the same name, and gets the same environment)."""
     job_spec: dict[str, Any] = {
         "backoffLimit": 0,
         "completions": 1,
         "parallelism": 1,
         "template": {
             # Copies: the I/O layer may add to either without the other changing (and YAML has no anchors).
-            "metadata": {"labels": dict(labels), "annotations": dict(annotations)},
-            "spec": _pod_spec(run, name),
+            "metadata": {"labels": dict(parts.labels), "annotations": dict(parts.annotations)},
+            "spec": _pod_spec(run, parts.name, parts.command),
         },
     }
     if run.spec.scheduling.kueue_queue_name:
         job_spec["suspend"] = True
-    meta = _metadata(run, name, "trainer")
-    meta["labels"] = labels
-    meta["annotations"] = annotations
+    meta = _metadata(run, parts.name, "trainer")
+    meta["labels"] = dict(parts.labels)
+    meta["annotations"] = dict(parts.annotations)
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": job_spec}
+
+
+def workload_config_map(
+    run: ContinualTrainingRun, name: str, labels: dict[str, str], config: TrainerConfig
+) -> dict[str, Any]:
+    """The ConfigMap holding a workload's trainer config (immutable, named like its Job)."""
+    meta = _metadata(run, name, "trainer-config")
+    meta["labels"] = labels
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": meta,
+        "immutable": True,
+        "data": {CONFIG_KEY: render_trainer_config(config)},
+    }
 
 
 # -- per run: identity and storage --------------------------------------------------------------------

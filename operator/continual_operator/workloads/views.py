@@ -54,6 +54,8 @@ class JobView:
     kind: str = "train"
     #: The kind writes the run's volume (or must never run beside a writer): it holds the writer lease.
     writes_volume: bool = True
+    #: What an artifact Job is about (``s<step>``, or a hash of its source); empty for train Jobs.
+    key: str = ""
     exit_code: int | None = None
     termination_message: str | None = None
     #: Why the pod or container ended, as the cluster says: Evicted, Preempted, DeadlineExceeded, OOMKilled,
@@ -176,6 +178,7 @@ class Identity:
     batch: str
     attempt: int
     writes_volume: bool = True
+    key: str = ""
 
 
 def read_job(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], identity: Identity) -> JobView:
@@ -200,6 +203,7 @@ def read_job(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], identity
         attempt=identity.attempt,
         kind=identity.kind,
         writes_volume=identity.writes_volume,
+        key=identity.key,
         phase=phase,
         exit_code=int(exit_code) if exit_code is not None else None,
         termination_message=terminated.get("message") or None,
