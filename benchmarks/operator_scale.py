@@ -47,8 +47,8 @@ from tests.e2e.kubeapi import RawApi
 from tests.e2e.podrunner import PodRunner
 from tests.e2e.sandbox import probe
 
-from continual_operator.handlers import OperatorOptions
-from continual_operator.planner import FINISHED_JOBS_KEPT
+from continual_operator.cluster.handlers import OperatorOptions
+from continual_operator.planning.planner import FINISHED_JOBS_KEPT
 from kube_bench import (
     ANNOTATION_BATCH,
     BATCHES_PATH,

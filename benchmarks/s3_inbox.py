@@ -35,9 +35,9 @@ from kube_world import BATCHES, NS, RUN, RUNS, KubeWorld, run_body  # noqa: E402
 from tests.s3server import ACCESS_KEY_ID, SECRET_ACCESS_KEY, S3Server, running_s3_server  # noqa: E402
 
 from continual_operator.api import InboxSpec, InboxStatus  # noqa: E402
+from continual_operator.cluster.reconciler import Reconciler  # noqa: E402
 from continual_operator.inbox.decide import decide, inbox_batch_name  # noqa: E402
 from continual_operator.inbox.store import InboxLister  # noqa: E402
-from continual_operator.reconciler import Reconciler  # noqa: E402
 from continual_trainer.config import ObjectStoreClientSpec  # noqa: E402
 from continual_trainer.objectstore import Credentials, make_client  # noqa: E402
 

@@ -1,11 +1,17 @@
-"""The continual-training operator: reconciles ContinualTrainingRuns and TrainingBatches into trainer Jobs.
+"""The continual-training operator: reconciles ContinualTrainingRuns and TrainingBatches into workloads.
 
-Layers (see docs and the import-linter contracts):
+Packages, from the bottom up (each may import only those below it; import-linter enforces it, and
+docs/architecture.md explains it):
 
-* :mod:`continual_operator.api` -- the custom resources as pydantic models, the single source of truth for
-  the CRDs (:mod:`continual_operator.crdgen` generates ``crds/*.yaml`` from them);
-* :mod:`continual_operator.planner` -- the pure decision logic: plain data in, a :class:`~continual_operator.
-  actions.Plan` out; it imports neither kopf nor the Kubernetes client;
-* :mod:`continual_operator.resources` -- pure builders of the Kubernetes objects a run needs;
-* the kopf handlers and the single Kubernetes I/O module carry out the plans.
+* :mod:`~continual_operator.api` -- the custom resources as pydantic models, the single source of truth for
+  the CRDs and docs/api.md;
+* :mod:`~continual_operator.workloads` -- workload kinds (train, ...): how each is named, built, read back
+  and classified; pure;
+* :mod:`~continual_operator.planning` -- the pure planner and its deciders: plain data in, a Plan of actions
+  (with built manifests) out;
+* :mod:`~continual_operator.inbox` and :mod:`~continual_operator.observe` -- the S3 inbox's rules and store;
+  metrics, learning curves, reports and the status page;
+* :mod:`~continual_operator.cluster` and :mod:`~continual_operator.local` -- the two executors: the kopf
+  operator on a cluster, and local mode on one machine (each with its status page source);
+* :mod:`~continual_operator.cli` -- ``continual-training``.
 """

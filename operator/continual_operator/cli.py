@@ -22,14 +22,14 @@ import sys
 from importlib import resources as pkg_resources
 from pathlib import Path
 
-from continual_operator.local import (
+from continual_operator.local.folder_inbox import DEFAULT_MARKER, DEFAULT_SETTLE_SECONDS
+from continual_operator.local.mode import (
     EXIT_INVALID,
     EXIT_SIGNAL_BASE,
     LocalModeError,
     LocalOptions,
     run_local,
 )
-from continual_operator.local_inbox import DEFAULT_MARKER, DEFAULT_SETTLE_SECONDS
 
 #: The operator's status page, from the environment when no flag is given (the chart sets flags).
 STATUS_PAGE_PORT_ENV = "CONTINUAL_STATUS_PAGE_PORT"
@@ -68,7 +68,7 @@ def _run(args: argparse.Namespace, options: LocalOptions) -> int:
     """Local mode, with its status page when --serve is given."""
     if args.serve is None:
         return run_local(options)
-    from continual_operator import web
+    from continual_operator.local import page as web
 
     return web.run_with_page(options, args.serve, lambda: run_local(options))
 
@@ -96,7 +96,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_operator(args: argparse.Namespace) -> int:
     """Run the operator (imports kopf only here)."""
-    from continual_operator.operator_main import run_operator
+    from continual_operator.cluster.operator_main import run_operator
 
     run_operator(
         namespaces=None if args.all_namespaces else (args.namespace or None),
@@ -112,7 +112,7 @@ def cmd_operator(args: argparse.Namespace) -> int:
 
 def cmd_crds(args: argparse.Namespace) -> int:
     """Generate the CRDs (or check the committed ones)."""
-    from continual_operator import crdgen
+    from continual_operator.api import crdgen
 
     argv = [
         "--out",
@@ -129,7 +129,7 @@ def cmd_crds(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Draw the training curve of every run on --volume (imports matplotlib only here)."""
-    from continual_operator.report import ReportError, write_report
+    from continual_operator.observe.report import ReportError, write_report
 
     try:
         written = write_report(args.volume.resolve(), args.out.resolve())

@@ -1,6 +1,6 @@
 """The operator's own errors: what went wrong talking to the Kubernetes API, in terms a handler can act on.
 
-:mod:`continual_operator.k8s` turns every failed API call (an ``ApiException``, an HTTP error status, a
+:mod:`continual_operator.cluster.k8s` turns every failed API call (an ``ApiException``, an HTTP error status, a
 refused connection) into one of these with :func:`error_for_status`, so that nothing above it needs the
 Kubernetes client to tell a missing permission from a busy API server. Each error says what the operator
 was doing, in the terms of an RBAC rule (``create jobs.batch ml/demo-b1-a1``), what the API server

@@ -27,6 +27,10 @@ from continual_trainer.config import is_valid_batch_id
 LABEL_RUN = "continual.dev/run"
 LABEL_BATCH = "continual.dev/batch"
 LABEL_ATTEMPT = "continual.dev/attempt"
+#: The workload kind of a Job (:mod:`continual_operator.workloads`); Jobs of operators before it have none: train.
+LABEL_KIND = "continual.dev/kind"
+#: What an artifact Job (snapshot, restore, consolidate) is about: ``s<step>``, or a hash of its source.
+LABEL_ARTIFACT = "continual.dev/artifact"
 LABEL_COMPONENT = "app.kubernetes.io/component"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_NAME = "app.kubernetes.io/name"
@@ -78,6 +82,21 @@ def job_name(run: str, batch: str, attempt: int) -> str:
     """
     return _bounded(
         f"{run}-{batch}", (run, batch), limit=DNS_LABEL_MAX, invalid=_NOT_DNS_LABEL, suffix=f"-a{attempt}"
+    )
+
+
+def artifact_job_name(run: str, kind: str, key: str, attempt: int) -> str:
+    """``{run}-{kind}-{key}-a{attempt}`` (e.g. ``demo-snapshot-s40-a1``), a DNS label like :func:`job_name`.
+
+    Deterministic like a batch's Job name: a snapshot of the same step, or a restore of the same source,
+    is the same Job, so a repeated plan never starts a second one.
+    """
+    return _bounded(
+        f"{run}-{kind}-{key}",
+        (run, kind, key),
+        limit=DNS_LABEL_MAX,
+        invalid=_NOT_DNS_LABEL,
+        suffix=f"-a{attempt}",
     )
 
 

@@ -26,7 +26,7 @@ import pytest
 import yaml
 from helmbin import HelmNotFoundError, helm_path
 
-from continual_operator import crdgen
+from continual_operator.api import crdgen
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "continual-training"

@@ -17,7 +17,7 @@ import kubernetes_validate
 import pytest
 from test_chart import CHART, K8S_VERSIONS, NAMESPACE, helm, only, render, values_file  # noqa: F401
 
-from continual_operator.metrics import Metrics
+from continual_operator.observe.metrics import Metrics
 
 DASHBOARD = CHART / "dashboards" / "continual-training.json"
 MONITORING = {

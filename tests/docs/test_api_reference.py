@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from continual_operator import apidocs
-from continual_operator.api import RESOURCES, RUN_INFO
+from continual_operator.api import RESOURCES, RUN_INFO, apidocs
 
 ROOT = Path(__file__).resolve().parents[2]
 API_MD = ROOT / "docs" / "api.md"

@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from continual_operator.api import ContinualTrainingRun, TrainingBatch
 from continual_operator.naming import claim_name
-from continual_operator.resources import DATA_MOUNT, get_trainer_config
+from continual_operator.workloads.resources import DATA_MOUNT, get_trainer_config
 from continual_trainer.config import TrainerConfig, parse_config
 
 from .controlplane import ControlPlane

@@ -17,10 +17,10 @@ from pathlib import Path
 import kubernetes
 import pytest
 
-from continual_operator import web
+from continual_operator.cluster.k8s import RUNS, KubernetesStorage
+from continual_operator.cluster.page import ClusterSource
 from continual_operator.errors import KubernetesApiError
-from continual_operator.k8s import RUNS, KubernetesStorage
-from continual_operator.web_cluster import ClusterSource
+from continual_operator.observe import page as web
 
 from .controlplane import ControlPlane
 from .kubeapi import RawApi

@@ -17,8 +17,8 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from continual_operator.api import ContinualTrainingRunStatus, TrainingBatch
-from continual_operator.local import LocalOptions, load_run, run_local
-from continual_operator.metrics import Metrics, patched
+from continual_operator.local.mode import LocalOptions, load_run, run_local
+from continual_operator.observe.metrics import Metrics, patched
 
 NOW = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC)
 KEY = ("ml", "llama")

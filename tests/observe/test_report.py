@@ -11,8 +11,8 @@ from pathlib import Path
 from PIL import Image
 from tests.observe.conftest import InterruptedRun, report_cli
 
-from continual_operator.curve import find_runs, load_curve
-from continual_operator.report import FIGURE_DPI, FIGURE_INCHES, render_png
+from continual_operator.observe.curve import find_runs, load_curve
+from continual_operator.observe.report import FIGURE_DPI, FIGURE_INCHES, render_png
 
 WIDTH, HEIGHT = (int(v * FIGURE_DPI) for v in FIGURE_INCHES)
 LOSS_BLUE = (31, 119, 180)  # matplotlib's first line colour: the first batch's loss

@@ -1,8 +1,8 @@
 """The operator's status page (``--status-page-port``): the cluster source against kmock, in headless chromium.
 
 kmock serves the runs, batches and Events (the Events posted through the operator's own
-``KubernetesStorage.post_event``); the page is :mod:`continual_operator.web` with
-:class:`~continual_operator.web_cluster.ClusterSource`, read through :mod:`continual_operator.k8s` on
+``KubernetesStorage.post_event``); the page is :mod:`continual_operator.observe.page` with
+:class:`~continual_operator.cluster.page.ClusterSource`, read through :mod:`continual_operator.cluster.k8s` on
 the test's event loop while the browser runs in a thread of its own (Playwright's sync API refuses a
 running loop).
 """
@@ -22,10 +22,11 @@ import pytest
 from tests.observe.test_status_page import CHROMIUM, CHROMIUM_ARGS, CURVE_SIZE, image_size
 from tests.operator.kube_world import BATCHES, EVENTS, NS, RUNS, T0, KubeWorld, batch_body, run_body
 
-from continual_operator import web, web_cluster
 from continual_operator.cli import build_parser
-from continual_operator.k8s import KubernetesStorage
-from continual_operator.web_cluster import ClusterSource
+from continual_operator.cluster import page as web_cluster
+from continual_operator.cluster.k8s import KubernetesStorage
+from continual_operator.cluster.page import ClusterSource
+from continual_operator.observe import page as web
 
 RUN_STATUS = {
     "phase": "Halted",

@@ -16,7 +16,7 @@ from typing import Any
 import kmock
 import kubernetes
 
-from continual_operator.k8s import KubernetesStorage
+from continual_operator.cluster.k8s import KubernetesStorage
 from continual_trainer.records import BatchResult
 
 NS = "ml"

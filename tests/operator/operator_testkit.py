@@ -6,11 +6,17 @@ import dataclasses
 import datetime as dt
 from typing import Any
 
-from continual_operator.actions import CreateJob, DeleteJob, Plan, UpdateBatchStatus, UpdateRunStatus
 from continual_operator.api import ContinualTrainingRun, TrainingBatch
 from continual_operator.naming import job_name
-from continual_operator.planner import plan
-from continual_operator.views import JobView
+from continual_operator.planning.actions import (
+    CreateWorkload,
+    DeleteWorkload,
+    Plan,
+    UpdateBatchStatus,
+    UpdateRunStatus,
+)
+from continual_operator.planning.planner import plan
+from continual_operator.workloads.views import JobView
 from continual_trainer.records import BatchResult
 
 NOW = dt.datetime(2025, 3, 1, 12, 0, 0, tzinfo=dt.UTC)
@@ -130,10 +136,10 @@ class World:
                 self.batches = [
                     _patched(b, action.patch) if b.metadata.name == action.batch else b for b in self.batches
                 ]
-            elif isinstance(action, CreateJob):
+            elif isinstance(action, CreateWorkload):
                 if all(j.name != action.job_name for j in self.jobs):
-                    self.jobs.append(JobView(action.job_name, action.batch, action.attempt, created=self.now))
-            elif isinstance(action, DeleteJob):
+                    self.jobs.append(action.workload.view(created=self.now))
+            elif isinstance(action, DeleteWorkload):
                 if action.propagation == "Foreground":
                     self.jobs = [
                         dataclasses.replace(j, deleting=True) if j.name == action.name else j

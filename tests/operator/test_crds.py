@@ -11,8 +11,14 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from continual_operator import crdgen
-from continual_operator.api import BATCH_INFO, RESOURCES, RUN_INFO, ContinualTrainingRun, TrainingBatch
+from continual_operator.api import (
+    BATCH_INFO,
+    RESOURCES,
+    RUN_INFO,
+    ContinualTrainingRun,
+    TrainingBatch,
+    crdgen,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"

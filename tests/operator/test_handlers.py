@@ -39,7 +39,10 @@ from kube_world import (
 )
 from kubernetes.client.exceptions import ApiException
 
-from continual_operator import handlers
+from continual_operator.cluster import handlers
+from continual_operator.cluster.k8s import translate_api_exception
+from continual_operator.cluster.operator_main import run_operator
+from continual_operator.cluster.reconciler import InvalidSpecError, Reconciler
 from continual_operator.errors import (
     ConflictError,
     ForbiddenError,
@@ -48,10 +51,7 @@ from continual_operator.errors import (
     NotFoundError,
     TransientApiError,
 )
-from continual_operator.k8s import translate_api_exception
 from continual_operator.naming import job_name
-from continual_operator.operator_main import run_operator
-from continual_operator.reconciler import InvalidSpecError, Reconciler
 from continual_trainer.exitcodes import ExitCode
 
 JOB_1 = job_name(RUN, "b1", 1)

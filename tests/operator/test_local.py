@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from continual_operator.local import LocalModeError, LocalOptions, load_run, run_local
+from continual_operator.local.mode import LocalModeError, LocalOptions, load_run, run_local
 
 DEMO = Path(__file__).resolve().parents[2] / "operator" / "continual_operator" / "demo" / "run.yaml"
 DATA = Path(__file__).resolve().parents[2] / "trainer_image" / "continual_trainer" / "demo_data"

@@ -10,7 +10,7 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from continual_operator.local_inbox import FolderInbox, SourceRecord, content_digest
+from continual_operator.local.folder_inbox import FolderInbox, SourceRecord, content_digest
 from continual_operator.naming import object_name_problem, source_batch_name
 from continual_trainer.config import is_valid_batch_id
 

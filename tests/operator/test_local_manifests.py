@@ -10,11 +10,11 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from continual_operator import crdgen
+from continual_operator.api import crdgen
 from continual_operator.api.run import RUN_INFO, ContinualTrainingRunSpec
 from continual_operator.cli import build_parser
-from continual_operator.local import LocalModeError, load_run, manifest_batches
-from continual_operator.status import describe_validation_error
+from continual_operator.local.mode import LocalModeError, load_run, manifest_batches
+from continual_operator.planning.status import describe_validation_error
 
 DEMO = Path(__file__).resolve().parents[2] / "operator" / "continual_operator" / "demo" / "run.yaml"
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from continual_operator.local import Interrupts, LocalJob, LocalOptions, LocalRun
-from continual_operator.views import JobView
+from continual_operator.local.mode import Interrupts, LocalJob, LocalOptions, LocalRun
+from continual_operator.workloads.views import JobView
 
 DEMO = Path(__file__).resolve().parents[2] / "operator" / "continual_operator" / "demo" / "run.yaml"
 

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from continual_operator.cli import run as cli_run
-from continual_operator.local import (
+from continual_operator.local.mode import (
     EXIT_OK,
     EXIT_SOURCE_CHANGED,
     LocalModeError,

@@ -1,11 +1,11 @@
-"""How finished Jobs are classified (the table in continual_operator.outcomes)."""
+"""How finished Jobs are classified (the table in continual_operator.workloads.outcomes)."""
 
 from __future__ import annotations
 
 import pytest
 from operator_testkit import failed, job, result, succeeded
 
-from continual_operator.outcomes import backoff_seconds, classify, parse_result
+from continual_operator.workloads.outcomes import backoff_seconds, classify, parse_result
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""The planner's decisions, as tables of cases (see the decisions in continual_operator.planner)."""
+"""The planner's decisions, as tables of cases (see the decisions in continual_operator.planning.planner)."""
 
 from __future__ import annotations
 
@@ -23,15 +23,6 @@ from operator_testkit import (
 )
 from pydantic import ValidationError
 
-from continual_operator.actions import (
-    CreateJob,
-    DeleteJob,
-    EmitEvent,
-    Plan,
-    RequeueAfter,
-    UpdateBatchStatus,
-    UpdateRunStatus,
-)
 from continual_operator.api import (
     ContinualTrainingRunSpec,
     ContinualTrainingRunStatus,
@@ -39,8 +30,17 @@ from continual_operator.api import (
     TrainingBatchStatus,
 )
 from continual_operator.naming import job_name
-from continual_operator.planner import FINISHED_JOBS_KEPT, plan
-from continual_operator.status import plan_invalid_batch, plan_invalid_spec
+from continual_operator.planning.actions import (
+    CreateWorkload,
+    DeleteWorkload,
+    EmitEvent,
+    Plan,
+    RequeueAfter,
+    UpdateBatchStatus,
+    UpdateRunStatus,
+)
+from continual_operator.planning.planner import FINISHED_JOBS_KEPT, plan
+from continual_operator.planning.status import plan_invalid_batch, plan_invalid_spec
 
 
 def batch_patch(p: Plan, name: str) -> dict:
@@ -59,7 +59,7 @@ def condition(world_or_patch: dict, type_: str) -> dict:
 
 
 def created(p: Plan) -> list[tuple[str, int]]:
-    return [(a.batch, a.attempt) for a in p.of(CreateJob)]
+    return [(a.batch, a.attempt) for a in p.of(CreateWorkload)]
 
 
 # -- decision 1: order ---------------------------------------------------------------------------------
@@ -116,7 +116,7 @@ def test_no_second_job_while_one_may_write(writer, phase: str) -> None:
     status = training(1, job=writer.name) if writer.batch == "b1" else {}
     world = World(make_run(), [make_batch("b1", status=status), make_batch("b2", created=1)], [writer])
     p = world.plan()
-    assert p.of(CreateJob) == []
+    assert p.of(CreateWorkload) == []
     assert run_patch(p)["phase"] == phase
     assert run_patch(p)["currentJob"] == writer.name
 
@@ -149,9 +149,9 @@ def test_a_plan_applied_twice_creates_nothing_more(jobs_after) -> None:
     status = training(1, job=job_name(RUN, "b1", 1)) if jobs_after() else {}
     world = World(make_run(), [make_batch("b1", status=status), make_batch("b2", created=1)], jobs_after())
     first = world.step()
-    assert len(first.of(CreateJob)) == 1
+    assert len(first.of(CreateWorkload)) == 1
     second = world.plan()
-    assert second.of(CreateJob) == []
+    assert second.of(CreateWorkload) == []
     assert second.of(UpdateBatchStatus) == []
     assert second.of(UpdateRunStatus) == []
     assert second.of(EmitEvent) == []
@@ -159,7 +159,7 @@ def test_a_plan_applied_twice_creates_nothing_more(jobs_after) -> None:
 
 def test_job_names_are_deterministic_dns_labels() -> None:
     world = World(make_run(), [make_batch("b1")], [])
-    (create,) = world.plan().of(CreateJob)
+    (create,) = world.plan().of(CreateWorkload)
     assert create.job_name == job_name(RUN, "b1", 1) == "demo-b1-a1"
 
 
@@ -176,7 +176,7 @@ def test_job_without_status_is_adopted_not_duplicated() -> None:
     # The operator died after creating the Job and before marking the batch.
     world = World(make_run(), [make_batch("b1")], [job("b1", 1)])
     p = world.plan()
-    assert p.of(CreateJob) == []
+    assert p.of(CreateWorkload) == []
     assert batch_patch(p, "b1")["phase"] == "Training"
     assert batch_patch(p, "b1")["attempts"] == 1
     assert batch_patch(p, "b1")["job"] == "demo-b1-a1"
@@ -195,7 +195,7 @@ def test_taken_job_name_waits_instead_of_failing() -> None:
     world = World(make_run(), [make_batch("b1")], [old])
     world.batches = [make_batch("b1", status={"phase": "Queued", "attempts": 0})]
     p = world.plan()
-    assert p.of(CreateJob) == []
+    assert p.of(CreateWorkload) == []
     assert p.requeue_after == 5.0
 
 
@@ -236,7 +236,7 @@ def test_failures(previous_failures, finished, phase, failures, retry_in, reason
             "%Y-%m-%dT%H:%M:%SZ"
         )
         assert p.requeue_after == retry_in
-        assert p.of(CreateJob) == []
+        assert p.of(CreateWorkload) == []
         assert run_patch(p)["phase"] == "Pending"
         assert condition(run_patch(p), "Training")["reason"] == "BackingOff"
     assert any(e.type == "Warning" for e in p.of(EmitEvent))
@@ -260,7 +260,7 @@ def test_retry_starts_the_next_attempt_after_the_backoff() -> None:
     world = World(make_run(), [make_batch("b1", status=training(1, job="demo-b1-a1"))], [failed("b1", 1, 75)])
     world.step()
     world.later(29)
-    assert world.plan().of(CreateJob) == []
+    assert world.plan().of(CreateWorkload) == []
     world.later(1)
     p = world.step()
     assert created(p) == [("b1", 2)]
@@ -276,7 +276,7 @@ def test_the_back_off_is_never_cut_short_by_the_whole_second_timestamps() -> Non
     world.step()
     assert world.batch("b1").status.next_attempt_time == "2025-03-01T12:00:31Z"
     world.later(29.9)  # 12:00:30.5: the back-off (30 s) is not over
-    assert world.plan().of(CreateJob) == []
+    assert world.plan().of(CreateWorkload) == []
     world.later(0.5)
     assert created(world.step()) == [("b1", 2)]
 
@@ -480,8 +480,8 @@ def test_suspend(jobs, deleted) -> None:
         make_run(suspend=True), [make_batch("b1", status=status), make_batch("b2", created=1)], jobs
     )
     p = world.plan()
-    assert p.of(CreateJob) == []
-    deletes = p.of(DeleteJob)
+    assert p.of(CreateWorkload) == []
+    deletes = p.of(DeleteWorkload)
     assert [d.name for d in deletes] == deleted
     assert all(d.propagation == "Foreground" and d.reason == "Suspended" for d in deletes)
     patch = run_patch(p)
@@ -511,10 +511,10 @@ def test_resume_after_suspend_continues_the_same_attempt() -> None:
 # -- decisions 9, 10: deleted batches, history ---------------------------------------------------------
 def test_job_of_a_deleted_batch_finishes_and_moves_the_completed_step() -> None:
     world = World(make_run(status={"completedStep": 10}), [make_batch("b3", created=3)], [job("gone")])
-    assert world.plan().of(CreateJob) == []  # it may still write: let it finish
+    assert world.plan().of(CreateWorkload) == []  # it may still write: let it finish
     world.jobs = [succeeded("gone", 1, 10, 20)]
     p = world.step()
-    assert [(d.name, d.reason) for d in p.of(DeleteJob)] == [("demo-gone-a1", "BatchDeleted")]
+    assert [(d.name, d.reason) for d in p.of(DeleteWorkload)] == [("demo-gone-a1", "BatchDeleted")]
     assert run_patch(p)["completedStep"] == 20
     assert any(e.reason == "DeletedBatchCompleted" for e in p.of(EmitEvent))
     assert created(p) == [("b3", 1)]
@@ -525,7 +525,7 @@ def test_failed_job_of_a_deleted_batch_is_reported() -> None:
     world = World(make_run(status={"currentJob": "demo-gone-a1"}), [], [failed("gone", 1, 75)])
     p = world.plan()
     assert any(e.reason == "DeletedBatchNotCompleted" and "re-create" in e.message for e in p.of(EmitEvent))
-    assert [d.name for d in p.of(DeleteJob)] == ["demo-gone-a1"]
+    assert [d.name for d in p.of(DeleteWorkload)] == ["demo-gone-a1"]
 
 
 def test_recorded_jobs_beyond_the_history_are_deleted() -> None:
@@ -536,9 +536,9 @@ def test_recorded_jobs_beyond_the_history_are_deleted() -> None:
         for i, n in enumerate(names)
     ]
     p = World(make_run(), batches, jobs).plan()
-    deleted = [d.name for d in p.of(DeleteJob)]
+    deleted = [d.name for d in p.of(DeleteWorkload)]
     assert deleted == [job_name(RUN, n, 1) for n in names[: 5 - FINISHED_JOBS_KEPT]][::-1]
-    assert all(d.propagation == "Background" for d in p.of(DeleteJob))
+    assert all(d.propagation == "Background" for d in p.of(DeleteWorkload))
 
 
 # -- decision 11: status --------------------------------------------------------------------------------
@@ -662,7 +662,7 @@ def test_invalid_batch_is_failed_once() -> None:
 def test_the_pure_layer_imports_neither_kopf_nor_the_kubernetes_client() -> None:
     code = (
         "import sys\n"
-        "import continual_operator.planner, continual_operator.resources, continual_operator.crdgen\n"
+        "import continual_operator.planning.planner, continual_operator.workloads.resources, continual_operator.api.crdgen\n"
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'kopf', 'kubernetes', 'torch', 'transformers'}))"
     )
     out = subprocess.run(
@@ -680,7 +680,7 @@ def test_skip_batch_tells_the_trainer_which_batches_to_abandon() -> None:
     world = World(
         make_run(status={"completedStep": 6}, failurePolicy={"onPermanentFailure": "SkipBatch"}), batches, []
     )
-    (create,) = world.plan().of(CreateJob)
+    (create,) = world.plan().of(CreateWorkload)
     assert (create.batch, create.abandon_batches) == ("c", ("b",))
 
 

@@ -13,17 +13,18 @@ from typing import Any
 import pytest
 from operator_testkit import NOW, World, failed, job, make_batch, make_run, training
 
-from continual_operator.actions import (
-    CreateJob,
-    DeleteJob,
+from continual_operator.api import ContinualTrainingRun
+from continual_operator.planning.actions import (
+    CreateWorkload,
+    DeleteWorkload,
     EmitEvent,
     Plan,
     UpdateBatchStatus,
     UpdateRunStatus,
 )
-from continual_operator.api import ContinualTrainingRun
-from continual_operator.planner import PlanContext, plan, round_loss
-from continual_operator.views import JobView, job_views
+from continual_operator.planning.planner import PlanContext, plan, round_loss
+from continual_operator.workloads.registry import job_views
+from continual_operator.workloads.views import JobView
 from continual_trainer.progress import status_patch
 from continual_trainer.records import BatchResult, ProgressEvent
 
@@ -95,9 +96,9 @@ def test_a_batch_reading_outside_the_volume_fails_without_a_job(
     world = World(make_run(storage=storage), [batch, make_batch("b2", created=1)], [])
     p = cluster_step(world)
     if not refused:
-        assert [a.batch for a in p.of(CreateJob)] == ["b1"]
+        assert [a.batch for a in p.of(CreateWorkload)] == ["b1"]
         return
-    assert p.of(CreateJob) == []
+    assert p.of(CreateWorkload) == []
     patch = batch_patch(p, "b1")
     assert (patch["phase"], patch["reason"]) == ("Failed", "DataPathOutsideVolume")
     assert "spec.data.path" in patch["message"] and path in patch["message"]
@@ -107,7 +108,7 @@ def test_a_batch_reading_outside_the_volume_fails_without_a_job(
     status = run_patch(p)
     assert status["phase"] == "Halted"
     assert "DataPathOutsideVolume" in condition(status, "Degraded")["message"]
-    assert cluster_step(world).of(CreateJob) == []
+    assert cluster_step(world).of(CreateWorkload) == []
 
 
 def test_with_skip_batch_the_next_batch_trains_after_a_refused_path() -> None:
@@ -123,7 +124,7 @@ def test_with_skip_batch_the_next_batch_trains_after_a_refused_path() -> None:
         make_run(failurePolicy={"onPermanentFailure": "SkipBatch"}), [batch, make_batch("b2", created=1)], []
     )
     p = cluster_step(world)
-    assert [(a.batch, a.abandon_batches) for a in p.of(CreateJob)] == [("b2", ("b1",))]
+    assert [(a.batch, a.abandon_batches) for a in p.of(CreateWorkload)] == [("b2", ("b1",))]
 
 
 @pytest.mark.parametrize(
@@ -142,9 +143,9 @@ def test_a_run_whose_base_model_is_outside_the_volume_is_refused(
     world = World(make_run(baseModel=base_model), [make_batch("b1")], [])
     p = cluster_step(world)
     if not refused:
-        assert len(p.of(CreateJob)) == 1
+        assert len(p.of(CreateWorkload)) == 1
         return
-    assert p.of(CreateJob) == []
+    assert p.of(CreateWorkload) == []
     status = run_patch(p)
     assert status["phase"] == "Halted"
     degraded = condition(status, "Degraded")
@@ -165,7 +166,7 @@ def test_local_mode_leaves_path_checks_to_the_trainer() -> None:
             )
         }
     )
-    assert len(World(make_run(), [batch], []).plan().of(CreateJob)) == 1
+    assert len(World(make_run(), [batch], []).plan().of(CreateWorkload)) == 1
 
 
 # -- 3: spec changes after training ------------------------------------------------------------------------
@@ -229,7 +230,7 @@ def test_a_spec_change_after_training_is_refused_at_once(
     world.run = with_spec(world.run, **change)
     world.batches.append(make_batch("b3", created=2))
     p = cluster_step(world)
-    assert p.of(CreateJob) == []  # b2's result is recorded, but nothing new starts
+    assert p.of(CreateWorkload) == []  # b2's result is recorded, but nothing new starts
     assert world.batch("b2").status.phase == "Succeeded"
     status = run_patch(p)
     assert status["phase"] == "Halted"
@@ -246,7 +247,7 @@ def test_a_spec_change_after_training_is_refused_at_once(
     # Set back: the run goes on with b3, and says it is no longer halted.
     world.run = with_spec(world.run, **trained_world().run.spec.model_dump(mode="json", by_alias=True))
     p = cluster_step(world)
-    assert [a.batch for a in p.of(CreateJob)] == ["b3"]
+    assert [a.batch for a in p.of(CreateWorkload)] == ["b3"]
     assert condition(run_patch(p), "Degraded")["status"] == "False"
     assert events(p, "Resumed")
 
@@ -255,7 +256,7 @@ def test_settings_that_may_change_between_batches_are_not_refused() -> None:
     world = trained_world()
     world.run = with_spec(world.run, training={"learningRate": 1e-3}, suspend=False)
     world.batches.append(make_batch("b3", created=2))
-    assert [a.batch for a in cluster_step(world).of(CreateJob)] == ["b3"]
+    assert [a.batch for a in cluster_step(world).of(CreateWorkload)] == ["b3"]
 
 
 def test_a_running_job_is_recorded_while_the_run_is_refused() -> None:
@@ -263,13 +264,13 @@ def test_a_running_job_is_recorded_while_the_run_is_refused() -> None:
     cluster_step(world)
     world.run = with_spec(world.run, lora={"r": 4})
     p = cluster_step(world)
-    assert p.of(DeleteJob) == []  # b1's Job trains on with the config it started with
+    assert p.of(DeleteWorkload) == []  # b1's Job trains on with the config it started with
     assert world.run.status.phase == "Training"
     assert condition(run_patch(p), "Degraded")["reason"] == "SpecChangeRefused"
     world.finish_active()
     p = cluster_step(world)
     assert world.batch("b1").status.phase == "Succeeded"
-    assert p.of(CreateJob) == [] and world.run.status.phase == "Halted"
+    assert p.of(CreateWorkload) == [] and world.run.status.phase == "Halted"
 
 
 # -- 4: one run per volume ---------------------------------------------------------------------------------
@@ -336,9 +337,9 @@ def test_one_run_per_folder(others: list[ContinualTrainingRun], holder: str | No
     run = demo_created("2025-03-01T09:00:00+00:00")
     p = plan(run, [make_batch("b1")], [], now=NOW, context=PlanContext(other_runs=others, check_paths=True))
     if holder is None:
-        assert len(p.of(CreateJob)) == 1
+        assert len(p.of(CreateWorkload)) == 1
         return
-    assert p.of(CreateJob) == []
+    assert p.of(CreateWorkload) == []
     degraded = condition(run_patch(p), "Degraded")
     assert degraded["reason"] == "VolumeInUse"
     assert (
@@ -416,7 +417,7 @@ def test_a_pod_that_cannot_start_is_surfaced_then_stopped_at_the_deadline(waitin
     # The deadline passes: the Job is stopped, the attempt is a transient failure with back-off.
     world.now = NOW + dt.timedelta(seconds=90)
     p = cluster_step(world)
-    assert [(d.name, d.reason, d.propagation) for d in p.of(DeleteJob)] == [
+    assert [(d.name, d.reason, d.propagation) for d in p.of(DeleteWorkload)] == [
         ("demo-b1-a1", "StartDeadlineExceeded", "Foreground")
     ]
     patch = batch_patch(p, "b1")
@@ -429,7 +430,7 @@ def test_a_pod_that_cannot_start_is_surfaced_then_stopped_at_the_deadline(waitin
     world.jobs = []
     world.now += dt.timedelta(seconds=30)
     p = cluster_step(world)
-    assert [(a.batch, a.attempt) for a in p.of(CreateJob)] == [("b1", 2)]
+    assert [(a.batch, a.attempt) for a in p.of(CreateWorkload)] == [("b1", 2)]
     assert batch_patch(p, "b1")["nextAttemptTime"] is None  # cosmetic 7: cleared once the retry started
 
 
@@ -450,7 +451,7 @@ def test_a_job_that_is_started_or_held_by_kueue_has_no_start_deadline() -> None:
     for view in (running, held):
         world = World(make_run(), [make_batch("b1", status=training(1, job="demo-b1-a1"))], [view])
         world.now = NOW + dt.timedelta(days=1)
-        assert cluster_step(world).of(DeleteJob) == []
+        assert cluster_step(world).of(DeleteWorkload) == []
 
 
 def test_a_stopped_job_whose_deletion_failed_is_deleted_again_without_a_second_failure() -> None:
@@ -468,7 +469,7 @@ def test_a_stopped_job_whose_deletion_failed_is_deleted_again_without_a_second_f
         [starting(since=NOW - dt.timedelta(seconds=100), **SECRET_MISSING)],
     )
     p = cluster_step(world)
-    assert [d.name for d in p.of(DeleteJob)] == ["demo-b1-a1"]
+    assert [d.name for d in p.of(DeleteWorkload)] == ["demo-b1-a1"]
     assert batch_patch(p, "b1") == {}
 
 
@@ -493,9 +494,9 @@ def test_deleting_a_recorded_failed_batch_is_reported_as_such_and_the_run_goes_o
     assert events(p, "DeletedBatchNotCompleted") == []
     (removed,) = events(p, "FailedBatchRemoved")
     assert removed.type == "Normal" and "b1" in removed.message and "had failed" in removed.message
-    assert [d.name for d in p.of(DeleteJob)] == ["demo-b1-a1"]
+    assert [d.name for d in p.of(DeleteWorkload)] == ["demo-b1-a1"]
     # The run recovers at once; the next trainer sets the failed batch's leftovers aside.
-    assert [(a.batch, a.abandon_batches) for a in p.of(CreateJob)] == [("b2", ("b1",))]
+    assert [(a.batch, a.abandon_batches) for a in p.of(CreateWorkload)] == [("b2", ("b1",))]
     assert world.run.status.phase == "Training"
 
 
@@ -545,7 +546,7 @@ def test_a_batch_of_a_suspended_run_does_not_show_training() -> None:
     world.jobs = []
     world.run = with_spec(world.run, suspend=False)
     p = world.step()
-    assert [(a.batch, a.attempt) for a in p.of(CreateJob)] == [("b1", 1)]  # the same attempt resumes
+    assert [(a.batch, a.attempt) for a in p.of(CreateWorkload)] == [("b1", 1)]  # the same attempt resumes
     assert world.batch("b1").status.phase == "Training"
 
 
@@ -654,14 +655,14 @@ def test_the_view_says_why_a_pod_waits_and_since_when(pods, reason, message, sin
 def test_a_stuck_job_of_a_deleted_batch_is_stopped_at_the_deadline_and_a_suspend_counts_no_failure() -> None:
     stuck = starting("gone", since=NOW - dt.timedelta(seconds=700), **SECRET_MISSING)
     p = cluster_step(World(make_run(), [make_batch("b2")], [stuck]))
-    assert [(d.name, d.reason) for d in p.of(DeleteJob)] == [("demo-gone-a1", "StartDeadlineExceeded")]
+    assert [(d.name, d.reason) for d in p.of(DeleteWorkload)] == [("demo-gone-a1", "StartDeadlineExceeded")]
     world = World(
         make_run(suspend=True),
         [make_batch("b1", status=training(1, job="demo-b1-a1"))],
         [starting(since=NOW - dt.timedelta(seconds=700), **SECRET_MISSING)],
     )
     p = cluster_step(world)
-    assert [(d.name, d.reason) for d in p.of(DeleteJob)] == [("demo-b1-a1", "Suspended")]
+    assert [(d.name, d.reason) for d in p.of(DeleteWorkload)] == [("demo-b1-a1", "Suspended")]
     assert world.batch("b1").status.failures is None
 
 

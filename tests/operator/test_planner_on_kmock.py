@@ -1,7 +1,7 @@
 """The refusals and the start deadline through the handler layer, against kmock (issue 6, on a cluster).
 
 What the reconciler reads (the namespace's runs, a Job's pod waiting for a Secret), what it decides
-(:mod:`continual_operator.refusals`, decision 13 of the planner) and what it sends: status patches, Job
+(:mod:`continual_operator.planning.refusals`, decision 13 of the planner) and what it sends: status patches, Job
 deletions and Events. kmock runs no controllers: the tests play the kubelet by writing pod statuses.
 """
 
@@ -16,9 +16,9 @@ import kopf
 import pytest
 from kube_world import BATCHES, JOBS, NS, PODS, RUN, RUNS, T0, KubeWorld, batch_body, result, run_body
 
-from continual_operator import handlers
+from continual_operator.cluster import handlers
+from continual_operator.cluster.reconciler import Reconciler
 from continual_operator.naming import job_name
-from continual_operator.reconciler import Reconciler
 
 JOB_1 = job_name(RUN, "b1", 1)
 #: The reconcile clock: an hour after the objects were created.

@@ -14,9 +14,9 @@ import pytest
 import yaml
 from golden import EXPECTED, KUBERNETES_VERSION, BlockDumper, load
 
-from continual_operator import resources
 from continual_operator.api import ContinualTrainingRun, TrainingBatch
 from continual_operator.naming import LABEL_KUEUE_QUEUE
+from continual_operator.workloads import resources
 from continual_trainer.config import parse_config
 
 

@@ -23,10 +23,10 @@ from test_crds import ROOT, as_json_schema, schema_of
 from tests.s3server import ACCESS_KEY_ID, SECRET_ACCESS_KEY, S3Server, free_port
 
 from continual_operator.api import RUN_INFO, ContinualTrainingRun, InboxSpec, InboxStatus
+from continual_operator.cluster.reconciler import Reconciler
 from continual_operator.errors import KubernetesApiError
 from continual_operator.inbox.decide import decide, inbox_batch_name
 from continual_operator.inbox.store import InboxLister
-from continual_operator.reconciler import Reconciler
 from continual_trainer.config import ObjectStoreClientSpec
 from continual_trainer.objectstore import Credentials, make_client
 

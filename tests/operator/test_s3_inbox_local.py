@@ -19,7 +19,7 @@ from tests.s3server import S3Server
 from continual_operator.inbox.decide import inbox_batch_name
 from continual_operator.inbox.local import STATE_FILE, LocalS3Inbox, client_for, inbox_spec
 from continual_operator.inbox.store import InboxStoreError
-from continual_operator.local import LocalOptions, load_run, run_local
+from continual_operator.local.mode import LocalOptions, load_run, run_local
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "operator" / "continual_operator" / "demo" / "run.yaml"

@@ -16,8 +16,8 @@ import yaml
 from golden import EXPECTED, KUBERNETES_VERSION, BlockDumper, load
 from pydantic import ValidationError
 
-from continual_operator import resources
 from continual_operator.api import ContinualTrainingRun, TrainingBatch
+from continual_operator.workloads import resources
 from continual_trainer.config import parse_config
 
 
@@ -126,7 +126,7 @@ def test_malformed_endpoint_is_refused() -> None:
 
 
 def test_local_mode_keeps_the_uri_and_leaves_the_ca_bundle_to_aws_ca_bundle(tmp_path: Path) -> None:
-    from continual_operator.local import local_trainer_config
+    from continual_operator.local.mode import local_trainer_config
 
     pod = resources.get_trainer_config(s3_run(), s3_batch())
     local = local_trainer_config(pod, tmp_path / "volume", tmp_path / "term.json")
@@ -139,7 +139,7 @@ def test_local_mode_keeps_the_uri_and_leaves_the_ca_bundle_to_aws_ca_bundle(tmp_
 
 def test_a_malformed_uri_fails_the_batch_naming_spec_data_uri() -> None:
     from continual_operator.api import TrainingBatchSpec
-    from continual_operator.status import describe_validation_error
+    from continual_operator.planning.status import describe_validation_error
 
     spec = {"runName": "s3-assistant", "data": {"uri": "s3:/bucket-without-slashes/x"}}
     with pytest.raises(ValidationError) as info:

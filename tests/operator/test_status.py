@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from continual_operator.api import ContinualTrainingRunSpec
 from continual_operator.api.meta import Condition
-from continual_operator.status import (
+from continual_operator.planning.status import (
     describe_validation_error,
     merge_patch,
     parse_time,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from continual_operator.views import job_view, job_views
+from continual_operator.workloads.registry import job_view, job_views
 
 
 def job_manifest(**status: object) -> dict:

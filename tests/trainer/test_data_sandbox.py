@@ -142,7 +142,7 @@ def test_a_dangling_symlink_or_a_pipe_in_a_folder_batch_is_named(volume):
 
 
 def test_local_mode_confines_to_the_volume_or_to_the_inbox_a_batch_came_from(tmp_path):
-    from continual_operator.local import local_trainer_config
+    from continual_operator.local.mode import local_trainer_config
 
     volume, inbox = tmp_path / "volume", tmp_path / "inbox"
     inbox.mkdir()

@@ -1,7 +1,7 @@
 """The operator's API: ContinualTrainingRun and TrainingBatch (group continual.dev, version v1alpha1).
 
 These pydantic models are the single source of truth: the CRDs in ``crds/`` are generated from them
-(:mod:`continual_operator.crdgen`), their field descriptions become ``kubectl explain`` text, and handlers
+(:mod:`continual_operator.api.crdgen`), their field descriptions become ``kubectl explain`` text, and handlers
 parse every object with them before anything else looks at it.
 """
 

@@ -5,7 +5,7 @@ The spec embeds the trainer's own contract (:mod:`continual_trainer.config`: ``b
 where the run lives (storage), how its Jobs look (resources, scheduling, image, env) and how failures are
 handled. ``baseModel``, ``lora`` and ``storage`` are immutable (CEL rules in the CRD): the checkpoints on the
 volume were trained with them. Where the API server does not enforce CEL, the operator refuses a change
-itself against ``status.trainedWith`` (:mod:`continual_operator.refusals`), and the trainer refuses one
+itself against ``status.trainedWith`` (:mod:`continual_operator.planning.refusals`), and the trainer refuses one
 anyway (configuration drift).
 
 The status has two writers. The operator owns phase, counters, conditions, ``currentJob`` and
@@ -39,6 +39,7 @@ from continual_operator.api.meta import (
     Timestamp,
     Toleration,
 )
+from continual_operator.cadence import validate_schedule
 from continual_trainer.config import BaseModelSpec, LoraSpec, Model, TrainingSpec
 
 DEFAULT_IMAGE = "ghcr.io/continual-training/trainer:0.1.0"
@@ -280,6 +281,73 @@ class ProgressReporting(Model):
     every_steps: int = Field(default=1, ge=1, description="Report every this many optimizer steps.")
 
 
+#: A snapshot folder: s3://bucket/prefix/<snapshotId>/ (it ends with '/').
+SNAPSHOT_URI_PATTERN = r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/([^\s]*/)?$"
+ConsolidationDtype = Literal["float32", "bfloat16", "float16"]
+
+
+class _Cadence(Model):
+    """When an artifact job runs: a cron schedule, every N batches, or both (whichever comes first)."""
+
+    schedule: str | None = Field(
+        default=None,
+        min_length=1,
+        description="A five-field cron expression (minute hour day-of-month month day-of-week), e.g. "
+        "'0 3 * * *' for every day at 03:00 in timeZone. A missed tick (the operator was down, a batch "
+        "held the volume) runs once as soon as it can, not once per missed tick.",
+    )
+    time_zone: str = Field(default="UTC", min_length=1, description="The IANA time zone of the schedule.")
+    every_batches: int | None = Field(
+        default=None, ge=1, description="Also run after this many batches completed since the last run."
+    )
+
+    def _check_cadence(self, field: str) -> None:
+        if self.schedule is None and self.every_batches is None:
+            raise ValueError(f"set {field}.schedule (cron) or {field}.everyBatches, or remove {field}")
+        problem = validate_schedule(self.schedule or "* * * * *", self.time_zone, field=f"{field}.schedule")
+        if problem is not None:
+            raise ValueError(problem)
+
+
+class SnapshotsSpec(_Cadence):
+    """Verified snapshots of the run folder to S3 (docs/operations.md, "Backup and restore"); a snapshot Job
+    never runs beside a trainer."""
+
+    destination: str = Field(
+        pattern=SNAPSHOT_URI_PATTERN,
+        description="Where snapshots go: s3://bucket/prefix/ (each one in <prefix>/<snapshotId>/). Reached "
+        "with spec.objectStore.",
+    )
+    keep: int = Field(default=7, ge=1, description="Committed snapshots kept (the newest ones, plus pins).")
+    pin: list[str] = Field(
+        default_factory=list,
+        description="Snapshot ids never deleted by retention (e.g. 20261201T030000Z-step00001234).",
+    )
+
+    @model_validator(mode="after")
+    def _cadence(self) -> Self:
+        self._check_cadence("spec.snapshots")
+        return self
+
+
+class ConsolidationSpec(_Cadence):
+    """A deployable Hugging Face model (base + adapter merged) written after training, on a cadence."""
+
+    output: str = Field(
+        min_length=1,
+        description="Where the merged model goes: a folder on the run's volume (relative to it) or "
+        "s3://bucket/prefix/ (reached with spec.objectStore). Published atomically.",
+    )
+    dtype: ConsolidationDtype = Field(
+        default="float32", description="The merged weights' dtype (merged in float32, cast once)."
+    )
+
+    @model_validator(mode="after")
+    def _cadence(self) -> Self:
+        self._check_cadence("spec.consolidation")
+        return self
+
+
 class ContinualTrainingRunSpec(Model):
     """The desired state of a continual training run."""
 
@@ -332,6 +400,38 @@ class ContinualTrainingRunSpec(Model):
         description="Create a TrainingBatch for every new object (or completed sub-prefix) below an S3 "
         "prefix, in key order, exactly once (see docs/inbox.md). Reached with spec.objectStore.",
     )
+    snapshots: SnapshotsSpec | None = Field(
+        default=None, description="Snapshot the run folder to S3 on a schedule or every N batches."
+    )
+    restore_from: str | None = Field(
+        default=None,
+        pattern=SNAPSHOT_URI_PATTERN,
+        description="A snapshot to start from: s3://bucket/prefix/<snapshotId>/. Honoured only on a run with no "
+        "progress yet: a restore Job verifies and writes it before the first batch trains.",
+    )
+    consolidation: ConsolidationSpec | None = Field(
+        default=None, description="Merge the adapter into the base model on a schedule or every N batches."
+    )
+
+
+class LastSnapshot(StatusModel):
+    """The newest snapshot this run committed."""
+
+    time: Timestamp = Field(description="When it was committed.")
+    uri: str = Field(description="Its folder: s3://bucket/prefix/<snapshotId>/.")
+    snapshot_id: str = Field(description="<UTC time>-step<globalStep>.")
+    global_step: int = Field(description="The global step it holds.")
+    batches: int = Field(description="The batches it holds.")
+
+
+class LastConsolidation(StatusModel):
+    """The newest merged model this run published."""
+
+    time: Timestamp = Field(description="When it was published.")
+    output: str = Field(description="Where it is.")
+    global_step: int = Field(description="The global step it contains.")
+    batches: int = Field(description="The batches it contains.")
+    dtype: str = Field(description="Its weights' dtype.")
 
 
 class TrainedStorage(StatusModel):
@@ -396,6 +496,10 @@ class ContinualTrainingRunStatus(StatusModel):
     inbox: InboxStatus | None = Field(
         default=None, description="How far spec.inbox has been ingested (the watermark), and its last error."
     )
+    last_snapshot: LastSnapshot | None = Field(default=None, description="The newest committed snapshot.")
+    last_consolidation: LastConsolidation | None = Field(
+        default=None, description="The newest published merged model."
+    )
     conditions: list[Condition] = Field(
         default_factory=list,
         description="Ready, Training, Degraded and Suspended; InboxReady with spec.inbox.",
@@ -434,6 +538,9 @@ RUN_INFO = ResourceInfo(
         PrinterColumn("Queued", "integer", ".status.batchesQueued", "Batches waiting.", priority=1),
         PrinterColumn("Failed", "integer", ".status.batchesFailed", "Batches failed.", priority=1),
         PrinterColumn("Batch", "string", ".status.currentBatch", "Batch being trained.", priority=1),
+        PrinterColumn(
+            "Snapshot", "date", ".status.lastSnapshot.time", "Newest committed snapshot.", priority=1
+        ),
         PrinterColumn("Age", "date", ".metadata.creationTimestamp", "Time since creation."),
         PrinterColumn(
             "Message",

@@ -3,7 +3,7 @@
 Plain data in (:class:`Listing`, the run's ``status.inbox``, the batches that record an inbox source), an
 :class:`InboxDecision` out; no boto3, no kopf, no Kubernetes client, no clock (an import-linter contract
 keeps it so). The I/O around it is :mod:`continual_operator.inbox.store` (S3) and
-:mod:`continual_operator.inbox.sync` (Kubernetes, through :mod:`continual_operator.k8s`).
+:mod:`continual_operator.cluster.inbox_sync` (Kubernetes, through :mod:`continual_operator.cluster.k8s`).
 
 The rules (docs/inbox.md says the same for users):
 
@@ -40,7 +40,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from continual_operator.actions import EmitEvent
 from continual_operator.api import InboxSpec, InboxStatus
 from continual_operator.api.meta import API_VERSION
 from continual_operator.naming import (
@@ -52,7 +51,8 @@ from continual_operator.naming import (
     label_value,
     source_batch_name,
 )
-from continual_operator.status import parse_time, rfc3339
+from continual_operator.planning.actions import EmitEvent
+from continual_operator.planning.status import parse_time, rfc3339
 
 #: Annotations on a TrainingBatch the inbox created: what it was created from (docs/inbox.md).
 ANNOTATION_SOURCE_URI = "continual.dev/source-uri"

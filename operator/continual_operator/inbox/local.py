@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from continual_operator.actions import EmitEvent
 from continual_operator.api import ContinualTrainingRun, InboxSpec, InboxStatus
 from continual_operator.inbox.decide import Ingested, decide, failed, retry_seconds
 from continual_operator.inbox.store import InboxLister, InboxStoreError
-from continual_operator.status import parse_time, rfc3339
+from continual_operator.planning.actions import EmitEvent
+from continual_operator.planning.status import parse_time, rfc3339
 from continual_trainer.config import ObjectStoreClientSpec
 from continual_trainer.fsutil import atomic_write_json
 from continual_trainer.objectstore import make_client

@@ -1,0 +1,229 @@
+"""The kopf handlers: thin adapters from kopf's events to :class:`~continual_operator.cluster.reconciler.Reconciler`.
+
+Every handler does the same three things: find the run the event is about, hand it to the reconciler,
+and turn the outcome into what kopf understands. None of them decides anything (the planner does), none
+talks to the API server (:mod:`continual_operator.cluster.k8s` does), and none returns a value, so that kopf never
+writes handler results into ``.status`` (that belongs to the planner and the trainer).
+
+What triggers a reconcile of a run:
+
+* the run is created, changed, or found when the operator starts (``create``/``update``/``resume``):
+  errors go back to kopf, which retries with the error's delay (``kopf.TemporaryError``) or, for an
+  invalid spec, stops until the next change (``kopf.PermanentError``: no stack-trace loop);
+* one of its TrainingBatches is added, deleted or has its spec changed (batch status patches by the
+  operator itself do not count: ``observedGeneration`` equals ``generation`` then);
+* one of its Jobs changes (the Job watch is filtered by label on the server, so only trainer Jobs come);
+  a Job reaches Complete or Failed only after its pod has terminated, so pods need no watch of their own:
+  their termination messages are read when the reconcile lists them;
+* the reconciler's own requeues: a retry's back-off ends, an API call failed, or the slow periodic
+  resync (``resync_seconds``) comes round. There is deliberately no kopf timer: kopf puts a finalizer on
+  every object with a timer, and a run must stay deletable without a running operator.
+
+The handlers get the parsed-and-validated objects from the reconciler's fresh read, not from ``body``:
+the body of an event may be older than the last status patch (see :mod:`continual_operator.cluster.reconciler`).
+
+Operator-wide settings (:func:`configure`): kopf keeps its own bookkeeping in annotations prefixed with
+``continual.dev`` (never in ``.status``, whose schema is the API's); kopf's own log records become
+Kubernetes Events from WARNING up (the planner already posts the Events that tell the story).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import kopf
+
+from continual_operator.api import BATCH_INFO, GROUP, RUN_INFO, VERSION
+from continual_operator.cluster.k8s import KubernetesStorage
+from continual_operator.cluster.reconciler import InvalidSpecError, Reconciler, RunKey
+from continual_operator.errors import KubernetesApiError
+from continual_operator.naming import ANNOTATION_RUN, LABEL_RUN, MANAGED_BY
+from continual_operator.observe.metrics import Metrics
+
+RUNS = (GROUP, VERSION, RUN_INFO.plural)
+BATCHES = (GROUP, VERSION, BATCH_INFO.plural)
+JOBS = ("batch", "v1", "jobs")
+
+
+@dataclass(frozen=True)
+class OperatorOptions:
+    """How this operator process runs (set from the command line)."""
+
+    #: Serve Prometheus metrics on this port (None: no endpoint).
+    metrics_port: int | None = None
+    #: Reconcile every run at least this often, whatever happens.
+    resync_seconds: float = 300.0
+    #: Concurrent Kubernetes API calls of the reconciler.
+    api_workers: int = 8
+    #: Serve the read-only status page on this port (None: no page; see continual_operator.cluster.page).
+    status_page_port: int | None = None
+    #: The address the status page binds.
+    status_page_host: str = "127.0.0.1"
+    #: The namespaces the operator watches (empty: all): the page shows their runs.
+    namespaces: tuple[str, ...] = ()
+
+
+def configure(settings: kopf.OperatorSettings) -> None:
+    """kopf's settings for this operator (see the module docstring)."""
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    settings.posting.level = logging.WARNING
+    settings.posting.reporting_component = MANAGED_BY
+    # Only trainer Jobs are sent by the API server: a cluster's other Jobs cost nothing.
+    settings.watching.label_selectors[JOBS] = LABEL_RUN
+
+
+def reconciler_of(memo: kopf.Memo) -> Reconciler:
+    """The process's reconciler, made by the startup handler."""
+    reconciler = memo.get("reconciler")
+    if not isinstance(reconciler, Reconciler):
+        raise kopf.PermanentError("the operator's startup handler did not run")
+    return reconciler
+
+
+def run_key(namespace: str | None, name: str) -> RunKey:
+    """The reconciler's key of a run (every kind served here is namespaced)."""
+    if namespace is None:
+        raise kopf.PermanentError(f"{name} has no namespace: only namespaced objects are served")
+    return (namespace, name)
+
+
+# -- operator lifecycle -------------------------------------------------------------------------------
+async def startup(
+    *, settings: kopf.OperatorSettings, memo: kopf.Memo, options: OperatorOptions, **_: Any
+) -> None:
+    """Configure kopf, connect to the API server, start the metrics endpoint."""
+    configure(settings)
+    metrics = Metrics()
+    if options.metrics_port is not None:
+        metrics.serve(options.metrics_port)
+    storage = KubernetesStorage.from_environment(max_workers=options.api_workers)
+    memo["reconciler"] = Reconciler(storage, metrics=metrics, resync_seconds=options.resync_seconds)
+    if options.status_page_port is not None:
+        from continual_operator.cluster.page import start_page  # the page's modules only when asked for
+
+        page = start_page(
+            storage,
+            asyncio.get_running_loop(),
+            options.status_page_port,
+            host=options.status_page_host,
+            namespaces=options.namespaces,
+        )
+        memo["status_page"] = page
+        logging.getLogger(__name__).info(f"status page (read-only) at {page.url}")
+
+
+async def cleanup(*, memo: kopf.Memo, **_: Any) -> None:
+    """Stop the status page and pending requeues, and release the API client."""
+    if (page := memo.get("status_page")) is not None:
+        page.close()
+    reconciler = memo.get("reconciler")
+    if isinstance(reconciler, Reconciler):
+        await reconciler.close()
+        reconciler.storage.close()
+
+
+# -- runs ---------------------------------------------------------------------------------------------
+async def on_run_change(*, namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
+    """A run was created, changed, or found at startup: reconcile it; kopf retries failures."""
+    try:
+        await reconciler_of(memo).reconcile(run_key(namespace, name))
+    except InvalidSpecError as error:
+        raise kopf.PermanentError(str(error)) from None
+    except KubernetesApiError as error:
+        raise kopf.TemporaryError(str(error), delay=error.retry_after) from None
+
+
+async def on_run_event(
+    *, event: Mapping[str, Any], namespace: str | None, name: str, memo: kopf.Memo, **_: Any
+) -> None:
+    """A deleted run is forgotten (its Jobs go with it through their owner references), its unfinished
+    batches say that they wait for it, and runs refused its folder are looked at again."""
+    if event.get("type") == "DELETED":
+        body = event.get("object")
+        await reconciler_of(memo).run_deleted(
+            run_key(namespace, name), body if isinstance(body, Mapping) else {}
+        )
+
+
+# -- batches and Jobs ---------------------------------------------------------------------------------
+def batch_changed(event_type: str | None, body: Mapping[str, Any]) -> bool:
+    """Whether a TrainingBatch event can change a plan: not when it is the operator's own status patch."""
+    meta = body.get("metadata") or {}
+    status = body.get("status") or {}
+    return (
+        event_type in {None, "ADDED", "DELETED"}
+        or meta.get("deletionTimestamp") is not None
+        or meta.get("generation") != status.get("observedGeneration")
+    )
+
+
+def run_deleted(event: Mapping[str, Any], memo: kopf.Memo | None = None, **_: Any) -> bool:
+    """kopf's filter of the run-event handler: only a deletion matters to it.
+
+    A filter rather than a check inside the handler: kopf logs every handler call at INFO ("Handler
+    'run-event' succeeded."), and the trainer patches the run's status with every progress update.
+    Those updates feed the run's progress metrics here, from the event's body (no reconcile, no API call):
+    between reconciles the step, loss and learning rate would otherwise lag (docs/observability.md).
+    """
+    if event.get("type") == "DELETED":
+        return True
+    reconciler, body = memo.get("reconciler") if memo is not None else None, event.get("object")
+    if isinstance(reconciler, Reconciler) and isinstance(body, Mapping):
+        meta = body.get("metadata") or {}
+        key = run_key(meta.get("namespace"), str(meta.get("name", "")))
+        reconciler.metrics.progress(key, body.get("status") or {})
+    return False
+
+
+def batch_event_matters(event: Mapping[str, Any], body: Mapping[str, Any], **_: Any) -> bool:
+    """kopf's filter of the batch-event handler (see :func:`batch_changed`; filtered events log nothing)."""
+    run = (body.get("spec") or {}).get("runName")
+    return isinstance(run, str) and bool(run) and batch_changed(event.get("type"), body)
+
+
+async def on_batch_event(
+    *, event: Mapping[str, Any], body: Mapping[str, Any], namespace: str | None, memo: kopf.Memo, **_: Any
+) -> None:
+    """Reconcile the batch's run (``spec.runName``; the CRD schema makes it a non-empty string)."""
+    run = (body.get("spec") or {}).get("runName")
+    if isinstance(run, str) and run and batch_changed(event.get("type"), body):
+        await reconciler_of(memo).reconcile_or_retry(run_key(namespace, run))
+
+
+def run_of_job(body: Mapping[str, Any]) -> str | None:
+    """The run a trainer Job belongs to: the full name from the annotation, else the label."""
+    meta = body.get("metadata") or {}
+    run = (meta.get("annotations") or {}).get(ANNOTATION_RUN) or (meta.get("labels") or {}).get(LABEL_RUN)
+    return str(run) if run else None
+
+
+async def on_job_event(*, body: Mapping[str, Any], namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+    """Reconcile the Job's run: it started, progressed, finished or went away."""
+    if (run := run_of_job(body)) is not None:
+        await reconciler_of(memo).reconcile_or_retry(run_key(namespace, run))
+
+
+# -- registration -------------------------------------------------------------------------------------
+def build_registry(options: OperatorOptions) -> kopf.OperatorRegistry:
+    """A kopf registry with this operator's handlers (explicit, so that nothing else sneaks in)."""
+    registry = kopf.OperatorRegistry()
+    kopf.on.login(id="login", registry=registry)(kopf.login_via_client)
+
+    async def on_startup(**kwargs: Any) -> None:
+        await startup(options=options, **kwargs)
+
+    kopf.on.startup(id="startup", registry=registry)(on_startup)
+    kopf.on.cleanup(id="cleanup", registry=registry)(cleanup)
+    for on_cause in (kopf.on.resume, kopf.on.create, kopf.on.update):
+        on_cause(*RUNS, id="reconcile", registry=registry)(on_run_change)
+    kopf.on.event(*RUNS, id="run-event", when=run_deleted, registry=registry)(on_run_event)
+    kopf.on.event(*BATCHES, id="batch-event", when=batch_event_matters, registry=registry)(on_batch_event)
+    kopf.on.event(*JOBS, id="job-event", labels={LABEL_RUN: kopf.PRESENT}, registry=registry)(on_job_event)
+    return registry

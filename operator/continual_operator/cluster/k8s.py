@@ -1,0 +1,541 @@
+"""The only module that talks to the Kubernetes API: reads a run's world, carries out plans.
+
+Everything else in the operator sees plain dicts going in (objects as the API server stores them) and
+:class:`~continual_operator.planning.actions.Plan` actions going out; the planner and the builders never touch the
+network, and the handlers never see an ``ApiException``: failures come out of here as the project's own
+errors (:mod:`continual_operator.errors`), each naming the call that failed and what to do about it.
+
+How it talks. The official ``kubernetes`` client is used at its transport level (``param_serialize`` +
+``call_api``): it brings authentication (in-cluster tokens that rotate, kubeconfig contexts, client
+certificates) and TLS, while bodies stay plain JSON dicts both ways. The typed APIs would convert every
+dict into generated models and back, with the client's own idea of each field; a manifest built by
+:mod:`continual_operator.workloads.resources` goes out byte for byte as built, and what comes back is exactly what
+:mod:`continual_operator.workloads.views` parses. The client is synchronous, so calls run on a small thread pool of
+their own: the event loop (kopf's watches, other runs' reconciles) never waits on a socket, and the pool's
+size bounds the operator's concurrent API calls.
+
+What it guarantees:
+
+* **reads are fresh**: single GETs and LISTs without ``resourceVersion`` are quorum reads, so a reconcile
+  sees the status patches of the previous one even when kopf's watch events lag behind;
+* **creates are idempotent**: every object has a deterministic name and a 409 AlreadyExists is success
+  (the create-or-leave-alone rule), so a repeated plan never makes a second Job;
+* **plans run in order and stop at the first error** (the planner's contract): the next reconcile computes
+  the rest from what did happen. Events are the one exception: they are informational, a lost one is
+  logged and the plan goes on (as kopf does with its own events).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import functools
+import json
+import logging
+import os
+import secrets
+import socket
+import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import kubernetes
+import urllib3
+from kubernetes.client.exceptions import ApiException
+
+from continual_operator.api import (
+    API_VERSION,
+    BATCH_INFO,
+    RUN_INFO,
+    ContinualTrainingRun,
+    ObjectMeta,
+)
+from continual_operator.errors import (
+    ConflictError,
+    InvalidObjectError,
+    KubernetesApiError,
+    NotFoundError,
+    RejectedObjectError,
+    TransientApiError,
+    error_for_status,
+)
+from continual_operator.naming import ANNOTATION_RUN, LABEL_RUN, MANAGED_BY, label_value
+from continual_operator.planning.actions import (
+    CreateWorkload,
+    DeleteWorkload,
+    EmitEvent,
+    Plan,
+    RequeueAfter,
+    UpdateBatchStatus,
+    UpdateRunStatus,
+)
+from continual_operator.planning.executor import Executed
+from continual_operator.planning.status import rfc3339
+from continual_operator.workloads.kinds import ObjectRef, Workload
+
+logger = logging.getLogger(__name__)
+
+MERGE_PATCH = "application/merge-patch+json"
+#: ``source.component`` and ``reportingComponent`` of the Events the operator posts.
+EVENT_COMPONENT = MANAGED_BY
+#: The API server refuses longer Event messages (events.k8s.io) and ``kubectl describe`` cuts them anyway.
+EVENT_MESSAGE_MAX = 1024
+#: Page size of LIST calls: bounded memory on the API server and here, even with thousands of batches.
+LIST_PAGE_SIZE = 500
+_DNS_SUBDOMAIN_MAX = 253
+
+
+@dataclass(frozen=True)
+class Kind:
+    """Where a kind lives in the REST API."""
+
+    api_version: str
+    plural: str
+    kind: str
+
+    @property
+    def resource(self) -> str:
+        """``plural.group`` as RBAC rules and ``kubectl`` name it (``jobs.batch``)."""
+        group = self.api_version.rpartition("/")[0]
+        return f"{self.plural}.{group}" if group else self.plural
+
+    def path(self, namespace: str | None, name: str | None = None, subresource: str | None = None) -> str:
+        """The collection, object or subresource URL path in a namespace (None: every namespace's)."""
+        root = f"/apis/{self.api_version}" if "/" in self.api_version else f"/api/{self.api_version}"
+        parts = [root, "namespaces", namespace, self.plural] if namespace is not None else [root, self.plural]
+        parts += [name] if name is not None else []
+        parts += [subresource] if subresource is not None else []
+        return "/".join(parts)
+
+
+RUNS = Kind(API_VERSION, RUN_INFO.plural, RUN_INFO.kind)
+BATCHES = Kind(API_VERSION, BATCH_INFO.plural, BATCH_INFO.kind)
+JOBS = Kind("batch/v1", "jobs", "Job")
+PODS = Kind("v1", "pods", "Pod")
+CONFIG_MAPS = Kind("v1", "configmaps", "ConfigMap")
+EVENTS = Kind("v1", "events", "Event")
+SECRETS = Kind("v1", "secrets", "Secret")
+_KINDS = {
+    (k.api_version, k.kind): k
+    for k in (
+        RUNS,
+        BATCHES,
+        JOBS,
+        PODS,
+        CONFIG_MAPS,
+        EVENTS,
+        Kind("v1", "serviceaccounts", "ServiceAccount"),
+        Kind("v1", "persistentvolumeclaims", "PersistentVolumeClaim"),
+        Kind("rbac.authorization.k8s.io/v1", "roles", "Role"),
+        Kind("rbac.authorization.k8s.io/v1", "rolebindings", "RoleBinding"),
+    )
+}
+#: Kinds by their Kubernetes kind name: what a workload's owned objects (:class:`ObjectRef`) name.
+_BY_KIND = {k.kind: k for k in _KINDS.values()}
+_VERBS = {"GET": "get", "POST": "create", "PATCH": "patch", "DELETE": "delete", "PUT": "update"}
+
+
+def kind_of(manifest: Mapping[str, Any]) -> Kind:
+    """The :class:`Kind` of a manifest built by :mod:`continual_operator.workloads.resources`."""
+    return _KINDS[(manifest["apiVersion"], manifest["kind"])]
+
+
+# -- errors -------------------------------------------------------------------------------------------
+def translate_api_exception(exc: ApiException, doing: str) -> KubernetesApiError:
+    """An ``ApiException`` of the Kubernetes client as the project's error."""
+    return error_for_status(exc.status, exc.reason, exc.body, doing)
+
+
+# -- configuration ------------------------------------------------------------------------------------
+def load_configuration() -> kubernetes.client.Configuration:
+    """The API server and credentials: the pod's ServiceAccount in a cluster, else the kubeconfig.
+
+    The same order kopf uses for its own connection (``login_via_client``), so both talk to one server.
+    """
+    configuration = kubernetes.client.Configuration()
+    try:
+        kubernetes.config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    return configuration
+
+
+# -- what a plan is about -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Subject:
+    """The run and batches a plan was made from: what its actions need besides their own fields.
+
+    ``run`` is None when the run's spec did not validate; ``batch_metas`` holds every listed batch of the
+    run, valid or not, so that Events find their object.
+    """
+
+    run_meta: ObjectMeta
+    run: ContinualTrainingRun | None = None
+    batch_metas: Mapping[str, ObjectMeta] = field(default_factory=dict)
+
+    @property
+    def namespace(self) -> str:
+        return self.run_meta.namespace or "default"
+
+
+# -- the storage --------------------------------------------------------------------------------------
+class KubernetesStorage:
+    """Async access to the objects of continual training runs."""
+
+    def __init__(
+        self,
+        api_client: kubernetes.client.ApiClient,
+        *,
+        max_workers: int = 8,
+        request_timeout: float = 30.0,
+        instance: str | None = None,
+    ) -> None:
+        self._client = api_client
+        self._timeout = request_timeout
+        self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="k8s-api")
+        #: ``reportingInstance`` of Events: the pod's name (its hostname) tells replicas apart.
+        self.instance = instance or os.environ.get("HOSTNAME") or socket.gethostname()
+
+    @classmethod
+    def from_environment(cls, **kwargs: Any) -> KubernetesStorage:
+        """A storage for the cluster the operator runs in (or the kubeconfig's current context)."""
+        return cls(kubernetes.client.ApiClient(load_configuration()), **kwargs)
+
+    def close(self) -> None:
+        """Release the thread pool and the connection pool."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._client.close()  # type: ignore[no-untyped-call]
+
+    # -- transport ------------------------------------------------------------------------------------
+    def _call(
+        self,
+        method: str,
+        path: str,
+        query: list[tuple[str, str]],
+        body: Any,
+        content_type: str,
+    ) -> tuple[int, str | None, bytes]:
+        """One HTTP request (in a pool thread): status, reason and body, whatever the status."""
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = content_type
+        request = self._client.param_serialize(
+            method=method,
+            resource_path=path,
+            query_params=query or None,
+            header_params=headers,
+            body=body,
+            auth_settings=list(self._client.configuration.auth_settings()),
+        )
+        response = self._client.call_api(*request, _request_timeout=self._timeout)
+        data = response.read()  # type: ignore[no-untyped-call]
+        return int(response.status), response.reason, data or b""
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        doing: str,
+        query: Mapping[str, str] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+    ) -> dict[str, Any]:
+        """Send a request and return the JSON answer; raise the project's error for anything but 2xx."""
+        call = functools.partial(self._call, method, path, list((query or {}).items()), body, content_type)
+        try:
+            status, reason, data = await asyncio.get_running_loop().run_in_executor(self._executor, call)
+        except ApiException as exc:
+            raise translate_api_exception(exc, doing) from exc
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise error_for_status(None, type(exc).__name__, str(exc), doing) from exc
+        if not 200 <= status < 300:
+            raise error_for_status(status, reason, data, doing)
+        try:
+            answer = json.loads(data) if data else {}
+        except ValueError as exc:
+            raise TransientApiError(
+                doing, status, "InvalidResponse", f"the answer is not JSON: {exc}"
+            ) from exc
+        return answer if isinstance(answer, dict) else {}
+
+    @staticmethod
+    def _doing(
+        method: str, kind: Kind, namespace: str | None, name: str | None = None, sub: str | None = None
+    ) -> str:
+        resource = f"{kind.resource}/{sub}" if sub else kind.resource
+        if namespace is None:
+            where = "in all namespaces"
+        else:
+            where = f"{namespace}/{name}" if name else f"in namespace {namespace}"
+        verb = "list" if method == "GET" and name is None else _VERBS[method]
+        return f"{verb} {resource} {where}"
+
+    # -- reads ----------------------------------------------------------------------------------------
+    async def get_run(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The run as stored now (None when it does not exist)."""
+        try:
+            return await self._request(
+                "GET", RUNS.path(namespace, name), doing=self._doing("GET", RUNS, namespace, name)
+            )
+        except NotFoundError:
+            return None
+
+    async def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A Secret (None when it does not exist): the S3 inbox's credentials. Never logged or stored."""
+        try:
+            return await self._request(
+                "GET", SECRETS.path(namespace, name), doing=self._doing("GET", SECRETS, namespace, name)
+            )
+        except NotFoundError:
+            return None
+
+    async def _list(
+        self,
+        kind: Kind,
+        namespace: str | None,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """All objects of a kind in a namespace (None: in every namespace), page by page."""
+        items: list[dict[str, Any]] = []
+        query = {"limit": str(LIST_PAGE_SIZE)}
+        if label_selector:
+            query["labelSelector"] = label_selector
+        if field_selector:
+            query["fieldSelector"] = field_selector
+        while True:
+            page = await self._request(
+                "GET", kind.path(namespace), query=query, doing=self._doing("GET", kind, namespace)
+            )
+            items += [item for item in page.get("items") or [] if isinstance(item, dict)]
+            token = (page.get("metadata") or {}).get("continue")
+            if not token:
+                return items
+            query = {**query, "continue": str(token)}
+
+    async def list_runs(self, namespace: str | None) -> list[dict[str, Any]]:
+        """The namespace's runs (one folder per run: the planner checks that no two share one).
+
+        ``None``: the runs of every namespace (the status page of an operator watching the cluster).
+        """
+        return await self._list(RUNS, namespace)
+
+    async def list_all_batches(self, namespace: str | None) -> list[dict[str, Any]]:
+        """Every TrainingBatch of a namespace (None: of every namespace), whichever run it names.
+
+        One LIST for a page that shows all runs, rather than one per run (:meth:`list_batches`).
+        """
+        return await self._list(BATCHES, namespace)
+
+    async def list_events(
+        self, namespace: str | None, kind: Kind, name: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The core/v1 Events about an object of ``kind`` named ``name`` (None: about any of that kind),
+        in a namespace (None: in every namespace).
+
+        Selected on the server by ``involvedObject`` fields and checked again here, so that a server
+        (or a test double) that ignores field selectors still answers only what was asked.
+        """
+        selector = f"involvedObject.kind={kind.kind}"
+        if name is not None:
+            selector += f",involvedObject.name={name}"
+        items = await self._list(EVENTS, namespace, field_selector=selector)
+        return [
+            e
+            for e in items
+            if (e.get("involvedObject") or {}).get("kind") == kind.kind
+            and (name is None or (e.get("involvedObject") or {}).get("name") == name)
+        ]
+
+    async def list_batches(self, namespace: str, run: str) -> list[dict[str, Any]]:
+        """The run's TrainingBatches (``spec.runName``), as stored.
+
+        Batches are the users' objects and carry no label of the run, so the namespace's batches are listed
+        and filtered here.
+        """
+        items = await self._list(BATCHES, namespace)
+        return [b for b in items if isinstance(b.get("spec"), dict) and b["spec"].get("runName") == run]
+
+    async def list_jobs(self, namespace: str, run: str) -> list[dict[str, Any]]:
+        """The run's Jobs (selected by label, then checked against the full name in the annotation)."""
+        return _owned_by(await self._list(JOBS, namespace, f"{LABEL_RUN}={label_value(run)}"), run)
+
+    async def list_pods(self, namespace: str, run: str) -> list[dict[str, Any]]:
+        """The pods of the run's Jobs (they carry the Job template's labels and annotations)."""
+        return _owned_by(await self._list(PODS, namespace, f"{LABEL_RUN}={label_value(run)}"), run)
+
+    # -- writes ---------------------------------------------------------------------------------------
+    async def create(self, manifest: Mapping[str, Any]) -> bool:
+        """Create an object; False when it exists already (409 is not an error: create-or-leave-alone)."""
+        kind = kind_of(manifest)
+        meta = manifest["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        try:
+            await self._request(
+                "POST",
+                kind.path(namespace),
+                body=dict(manifest),
+                doing=self._doing("POST", kind, namespace, name),
+            )
+        except ConflictError:
+            return False
+        return True
+
+    async def delete(
+        self,
+        kind: Kind,
+        namespace: str,
+        name: str,
+        propagation: Literal["Foreground", "Background", "Orphan"] = "Background",
+    ) -> bool:
+        """Delete an object; False when it was gone already."""
+        try:
+            await self._request(
+                "DELETE",
+                kind.path(namespace, name),
+                query={"propagationPolicy": propagation},
+                doing=self._doing("DELETE", kind, namespace, name),
+            )
+        except NotFoundError:
+            return False
+        return True
+
+    async def patch_metadata(self, kind: Kind, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
+        """Merge-patch an object's metadata (the S3 inbox notes on its batches; ``None`` deletes a key)."""
+        await self._request(
+            "PATCH",
+            kind.path(namespace, name),
+            body={"metadata": dict(patch)},
+            content_type=MERGE_PATCH,
+            doing=self._doing("PATCH", kind, namespace, name),
+        )
+
+    async def patch_status(self, kind: Kind, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
+        """Merge-patch an object's status through the status subresource (``None`` deletes a key)."""
+        await self._request(
+            "PATCH",
+            kind.path(namespace, name, "status"),
+            body={"status": dict(patch)},
+            content_type=MERGE_PATCH,
+            doing=self._doing("PATCH", kind, namespace, name, "status"),
+        )
+
+    async def post_event(
+        self, involved: Mapping[str, Any], type_: str, reason: str, message: str, *, now: dt.datetime
+    ) -> None:
+        """Record a core/v1 Event about ``involved`` (an object reference with namespace and name).
+
+        Named ``<object>.<hex>`` like client-go's recorder; the legacy fields (first/lastTimestamp, count,
+        source) are what ``kubectl describe`` shows on every Kubernetes version.
+        """
+        namespace, name = involved["namespace"], involved["name"]
+        suffix = f".{time.time_ns():x}{secrets.token_hex(2)}"
+        if len(message) > EVENT_MESSAGE_MAX:
+            message = message[: EVENT_MESSAGE_MAX - 3] + "..."
+        stamp = rfc3339(now)
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": name[: _DNS_SUBDOMAIN_MAX - len(suffix)] + suffix, "namespace": namespace},
+            "involvedObject": dict(involved),
+            "type": type_,
+            "reason": reason,
+            "message": message,
+            "source": {"component": EVENT_COMPONENT},
+            "reportingComponent": EVENT_COMPONENT,
+            "reportingInstance": self.instance[:128],
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "count": 1,
+        }
+        await self.create(event)
+
+    # -- plans ----------------------------------------------------------------------------------------
+    async def execute(self, plan: Plan, subject: Subject, *, now: dt.datetime) -> Executed:
+        """Carry out a plan's actions in order; stop at the first error (it propagates).
+
+        ``RequeueAfter`` is left to the caller (it is about scheduling, not the API).
+        """
+        namespace = subject.namespace
+        created: list[str] = []
+        for action in plan.actions:
+            if isinstance(action, CreateWorkload):
+                if await self.create_workload(action.workload):
+                    created.append(action.job_name)
+            elif isinstance(action, DeleteWorkload):
+                await self.delete_workload(namespace, action)
+            elif isinstance(action, UpdateBatchStatus):
+                await self.patch_status(BATCHES, namespace, action.batch, action.patch)
+            elif isinstance(action, UpdateRunStatus):
+                await self.patch_status(RUNS, namespace, subject.run_meta.name, action.patch)
+            elif isinstance(action, EmitEvent):
+                await self._emit(action, subject, now)
+            else:
+                assert isinstance(action, RequeueAfter)
+        return Executed(tuple(created))
+
+    async def create_workload(self, workload: Workload) -> bool:
+        """Create a built workload's manifests in order (the per-run objects first, the Job last), each
+        create-or-leave-alone; True when its Job is new.
+
+        An object the API server refuses as invalid (422) was built from a spec that passed validation: it
+        is a :class:`~continual_operator.errors.RejectedObjectError`, put on the run's status by the reconciler.
+        """
+        new = False
+        try:
+            for manifest in workload.manifests:
+                new = await self.create(manifest)
+                if new and manifest["metadata"]["name"] != workload.name:  # a per-run object
+                    logger.info(
+                        f"created {manifest['kind']} {manifest['metadata']['name']} for {workload.name}"
+                    )
+        except InvalidObjectError as error:
+            raise RejectedObjectError(error.doing, error.status, error.reason, error.message) from error
+        return new
+
+    async def delete_workload(self, namespace: str, action: DeleteWorkload) -> bool:
+        """Delete a workload's Job (with the action's propagation) and the other objects it owns (in the
+        background); False when its Job was gone already."""
+        objects = action.objects or (ObjectRef("Job", action.name),)
+        gone = True
+        for ref in objects:
+            propagation = action.propagation if ref.kind == "Job" else "Background"
+            deleted = await self.delete(_BY_KIND[ref.kind], namespace, ref.name, propagation)
+            if ref.kind == "Job":
+                gone = deleted
+        return gone
+
+    async def _emit(self, action: EmitEvent, subject: Subject, now: dt.datetime) -> None:
+        """Post a plan's Event; a failure is logged, not raised (Events are informational)."""
+        if action.kind == RUN_INFO.kind:
+            meta: ObjectMeta | None = subject.run_meta
+        else:
+            meta = subject.batch_metas.get(action.name)
+        involved: dict[str, Any] = {
+            "apiVersion": API_VERSION,
+            "kind": action.kind,
+            "name": action.name,
+            "namespace": subject.namespace,
+        }
+        if meta is not None and meta.uid is not None:
+            involved["uid"] = meta.uid
+        try:
+            await self.post_event(involved, action.type, action.reason, action.message, now=now)
+        except KubernetesApiError as error:
+            logger.warning(f"Event {action.reason} on {action.kind} {action.name} was not recorded: {error}")
+
+
+def _owned_by(items: list[dict[str, Any]], run: str) -> list[dict[str, Any]]:
+    """Objects whose run label or annotation names ``run`` (a shortened label may be shared by two runs)."""
+    wanted = label_value(run)
+    owned = []
+    for item in items:
+        meta = item.get("metadata") or {}
+        annotation = (meta.get("annotations") or {}).get(ANNOTATION_RUN)
+        label = (meta.get("labels") or {}).get(LABEL_RUN)
+        if annotation == run or (annotation is None and label == wanted):
+            owned.append(item)
+    return owned

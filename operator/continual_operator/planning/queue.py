@@ -1,0 +1,93 @@
+"""Decider: queue order (decisions 1, 3 and 12 for batches) -- which batch trains next, as which attempt.
+
+Batches train by explicit ``spec.order``, then creation time, then name
+(:func:`~continual_operator.planning.draft.batch_order_key`). The next batch that is neither finished nor
+deleted gets the next attempt (or the same one again, when its Job disappeared or a suspend stopped it);
+the train kind builds its workload, and the batch is marked Training *before* the workload is created.
+A batch whose ``data.path`` resolves outside the volume fails permanently without a workload.
+"""
+
+from __future__ import annotations
+
+from continual_operator.naming import batch_id
+from continual_operator.planning.actions import CreateWorkload
+from continual_operator.planning.draft import Draft
+from continual_operator.planning.lease import SUSPENDED
+from continual_operator.planning.refusals import Refusal, batch_path_refusal
+from continual_operator.planning.status import RUN_NOT_FOUND, parse_time
+from continual_operator.workloads.train import TRAIN, TrainRequest
+
+TERMINAL = frozenset({"Succeeded", "Failed"})
+#: Re-check soon when a Job name is still taken by a Job that is going away.
+NAME_TAKEN_REQUEUE_SECONDS = 5.0
+
+
+def mark_new_batches_queued(draft: Draft) -> None:
+    """A batch nobody has looked at yet says so (``kubectl get tbatch`` shows Queued, not a blank); so does
+    one that waited for its run to be created."""
+    for batch in draft.batches:
+        name = batch.metadata.name
+        status = draft.statuses[name]
+        waited_for_run = status.phase == "Queued" and status.reason == RUN_NOT_FOUND
+        if (status.phase is None or waited_for_run) and batch.metadata.deletion_timestamp is None:
+            draft.update(
+                name,
+                phase="Queued",
+                reason="Queued",
+                message="waiting for its turn: batches train one at a time, in order",
+            )
+
+
+def start_next(draft: Draft) -> None:
+    """Build the next batch's attempt (at most one), or note when the next one waits for its back-off."""
+    for batch in draft.batches:
+        name = batch.metadata.name
+        status = draft.statuses[name]
+        if status.phase in TERMINAL or batch.metadata.deletion_timestamp is not None:
+            continue
+        if draft.context.check_paths and (refusal := batch_path_refusal(draft.run, batch)) is not None:
+            _refuse_batch(draft, name, refusal)
+            if draft.spec.failure_policy.on_permanent_failure == "Halt":
+                return
+            continue
+        if status.phase == "Training" or (status.phase == "Queued" and status.reason == SUSPENDED):
+            # Its Job disappeared, or was stopped by a suspend: create the same attempt again.
+            attempt = max(status.attempts or 0, 1)
+        else:
+            retry_at = parse_time(status.next_attempt_time)
+            if retry_at is not None and retry_at > draft.now:
+                draft.waiting = (name, retry_at)
+                draft.wake_up_in((retry_at - draft.now).total_seconds())
+                return
+            attempt = (status.attempts or 0) + 1
+        job = TRAIN.job_name(draft.name, name, attempt)
+        if any(j.name == job for j in draft.workloads):
+            draft.wake_up_in(NAME_TAKEN_REQUEUE_SECONDS)  # a Job of that name is still being deleted
+            return
+        failed = tuple(
+            batch_id(b.metadata.name)
+            for b in draft.batches
+            if draft.statuses[b.metadata.name].phase == "Failed"
+        ) + tuple(draft.removed_failed)
+        workload = TRAIN.build(TrainRequest(draft.run, batch, attempt, failed))
+        draft.create = CreateWorkload(workload, abandon_batches=failed)
+        message = f"attempt {attempt}: Job {job}"
+        draft.update(
+            name,
+            phase="Training",
+            attempts=attempt,
+            job=job,
+            reason="Started",
+            message=message,
+            next_attempt_time=None,
+        )
+        draft.event("TrainingBatch", name, "Normal", "Started", message)
+        return
+
+
+def _refuse_batch(draft: Draft, batch: str, refusal: Refusal) -> None:
+    """A batch that may not train fails permanently, without a workload (decision 12)."""
+    draft.update(
+        batch, phase="Failed", reason=refusal.reason, message=refusal.message, next_attempt_time=None
+    )
+    draft.event("TrainingBatch", batch, "Warning", refusal.reason, refusal.message)

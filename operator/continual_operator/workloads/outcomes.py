@@ -1,0 +1,135 @@
+"""How a finished trainer Job ended, in the terms the failure policy needs.
+
+The trainer says why it stopped through its exit code (:class:`continual_trainer.exitcodes.ExitCode`) and
+its result record (:class:`continual_trainer.records.BatchResult`, JSON in the termination message); the
+cluster adds what the trainer cannot know (the pod was evicted, Kueue took its quota back). The rules:
+
+=========================================================  =========  =====================================
+what happened                                              outcome    what the planner does
+=========================================================  =========  =====================================
+exit 0 with a Succeeded/AlreadyCompleted result            Succeeded  record it, check step contiguity
+exit 0 without a readable result                           Retry      a re-run answers AlreadyCompleted
+exit 64 (PERMANENT)                                        Permanent  onPermanentFailure: Halt or SkipBatch
+exit 85 (PREEMPTED), an eviction or preemption of the pod  Preempted  retry now; not counted as a failure
+(Evicted, Preempted, a DisruptionTarget condition), Kueue
+exit 75 (TRANSIENT), 1 (UNCLASSIFIED), anything else       Retry      back-off, up to maxRetriesPerBatch
+=========================================================  =========  =====================================
+
+A permanent exit wins over preemption signals: the trainer decided before it was disrupted, and retrying a
+bad config or bad data cannot help.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from continual_operator.workloads.views import JobView
+from continual_trainer.exitcodes import ExitCode
+from continual_trainer.records import BatchResult
+
+OutcomeKind = Literal["Succeeded", "Preempted", "Retry", "Permanent"]
+
+#: Pod reasons that mean "the cluster took the pod away", not "the trainer failed".
+PREEMPTION_REASONS = frozenset({"Evicted", "Preempted", "PreemptionByScheduler", "EvictionByEvictionAPI"})
+_MESSAGE_LIMIT = 1024
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The classification of one finished Job."""
+
+    kind: OutcomeKind
+    reason: str
+    message: str
+    result: BatchResult | None = None
+    #: An artifact job's result record (its JSON, see :mod:`continual_operator.workloads.artifact`).
+    artifact: dict[str, Any] | None = None
+
+
+def parse_result(message: str | None) -> BatchResult | None:
+    """The trainer's result record from a termination message (None when it is absent or not a record)."""
+    if not message or not message.lstrip().startswith("{"):
+        return None
+    try:
+        return BatchResult.model_validate_json(message)
+    except ValidationError:
+        return None
+
+
+def _text(job: JobView, result: BatchResult | None) -> str:
+    """The best human explanation available: the trainer's message, else the raw termination message."""
+    text = (result.message if result is not None else None) or job.termination_message or ""
+    return " ".join(text.split())[:_MESSAGE_LIMIT]
+
+
+def classify(job: JobView) -> Outcome:
+    """The outcome of a finished Job (see the module docstring for the table)."""
+    result = parse_result(job.termination_message)
+    text = _text(job, result)
+    if job.phase == "Succeeded":
+        if (
+            result is not None
+            and result.outcome in {"Succeeded", "AlreadyCompleted"}
+            and result.start_step is not None
+            and result.end_step is not None
+        ):
+            return Outcome("Succeeded", result.outcome, text, result)
+        return Outcome(
+            "Retry",
+            "NoResult",
+            "the trainer exited 0 without a readable result record in its termination message; retrying "
+            "(a batch that did complete answers AlreadyCompleted)",
+            result,
+        )
+    if job.exit_code == ExitCode.PERMANENT:
+        reason = (result.reason if result is not None else None) or "PermanentFailure"
+        return Outcome("Permanent", reason, text or "the trainer reported a permanent failure", result)
+    preempted_by = _preempted_by(job, result)
+    if preempted_by is not None:
+        return Outcome("Preempted", "Preempted", preempted_by, result)
+    return _retry(job, result, text)
+
+
+def _preempted_by(job: JobView, result: BatchResult | None) -> str | None:
+    if job.exit_code == ExitCode.PREEMPTED or (result is not None and result.outcome == "Preempted"):
+        return _join("the trainer was stopped (SIGTERM) and saved a checkpoint", _text(job, result))
+    if job.pod_reason in PREEMPTION_REASONS or job.disruption_target:
+        return f"the pod was disrupted by the cluster ({job.pod_reason or 'DisruptionTarget'})"
+    if job.suspended:
+        return "Kueue suspended the Job"
+    return None
+
+
+def _retry(job: JobView, result: BatchResult | None, text: str) -> Outcome:
+    if job.pod_reason == "OOMKilled":
+        return Outcome(
+            "Retry",
+            "OOMKilled",
+            "the trainer ran out of memory (OOMKilled): raise spec.resources.memory, or lower "
+            "spec.training.perDeviceBatchSize or spec.training.maxSeqLength",
+            result,
+        )
+    if job.exit_code == ExitCode.TRANSIENT:
+        reason = (result.reason if result is not None else None) or "TransientError"
+    elif job.exit_code == ExitCode.UNCLASSIFIED:
+        reason = (result.reason if result is not None else None) or "UnexpectedError"
+    elif job.pod_reason is not None:
+        reason = job.pod_reason
+    elif job.exit_code is None:
+        reason = "NoExitCode"
+    else:
+        reason = f"ExitCode{job.exit_code}"
+    detail = f"exit code {job.exit_code}" if job.exit_code is not None else "no exit code recorded"
+    return Outcome("Retry", reason, _join(f"the trainer failed ({detail})", text), result)
+
+
+def _join(head: str, detail: str) -> str:
+    return f"{head}: {detail}" if detail else head
+
+
+def backoff_seconds(failures: int, *, base: int, cap: int) -> int:
+    """Delay before the retry that follows the ``failures``-th failure: base, 2 base, 4 base, ... up to cap."""
+    return int(min(cap, base * 2 ** max(0, failures - 1)))
