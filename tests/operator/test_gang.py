@@ -453,3 +453,21 @@ def test_a_gang_needs_a_volume_every_node_can_mount() -> None:
     ContinualTrainingRun.model_validate(spec_with({"nodes": 1, "gpus": 8}, rwo))  # one node: RWO is enough
     rwx = {"claimTemplate": {"size": "1Ti", "accessModes": ["ReadWriteMany"]}}
     ContinualTrainingRun.model_validate(spec_with({"nodes": 2}, rwx))
+
+
+@pytest.mark.parametrize("engine", ["jobset", "indexed-job"])
+def test_the_multinode_example_builds_valid_objects(engine: gang.Engine) -> None:
+    example = Path(__file__).resolve().parents[2] / "examples" / "gpu-multinode.yaml"
+    body = yaml.safe_load(example.read_text())
+    body["metadata"]["uid"] = "u-1"  # as stored by the API server
+    run = ContinualTrainingRun.model_validate(body)
+    batch = TrainingBatch.model_validate(load("batch-gang.yaml"))
+    shape = Gang.of(run.spec.resources)
+    assert gang.choose_engine(run.spec.resources.nodes, jobset_installed=engine == "jobset") == engine
+    objects = gang.build(resources.get_job(run, batch, 1), shape, engine)
+    for obj in objects:
+        if obj["kind"] == "JobSet":
+            jobset_validator().validate(obj)
+        else:
+            kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+    assert gang.world_size(objects[0]) == 16
