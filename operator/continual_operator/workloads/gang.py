@@ -184,7 +184,28 @@ def get_jobset(job: Mapping[str, Any], gang: Gang) -> dict[str, Any]:
     address = f"{name}-{REPLICATED_JOB}-0-0.{name}"
     container["command"] = _torchrun(container["command"], gang, _multi_node(gang, address), _grace(pod))
     _add_gang_pod_parts(template, gang, node_rank=True)
-    job_spec = {
+    job_meta = {"labels": _without_queue(meta["labels"]), "annotations": dict(meta.get("annotations") or {})}
+    job_template = {"metadata": job_meta, "spec": _indexed_job_spec(job["spec"], gang, template)}
+    replicated = {"name": REPLICATED_JOB, "replicas": 1, "template": job_template}
+    spec: dict[str, Any] = {"suspend": True} if queue is not None else {}
+    spec |= {
+        "network": {"enableDNSHostnames": True, "subdomain": name, "publishNotReadyAddresses": True},
+        "coordinator": {"replicatedJob": REPLICATED_JOB, "jobIndex": 0, "podIndex": 0},
+        "failurePolicy": _jobset_failure_policy(gang),
+        "replicatedJobs": [replicated],
+    }
+    jobset = {"apiVersion": JOBSET_API_VERSION, "kind": "JobSet", "metadata": meta, "spec": spec}
+    _annotate(jobset, gang)
+    return jobset
+
+
+def _indexed_job_spec(job_spec: Mapping[str, Any], gang: Gang, template: dict[str, Any]) -> dict[str, Any]:
+    """The replicated job's Job: N indexed pods, failing as one, a disruption marked as such.
+
+    The pod failure policy's only rule makes a ``DisruptionTarget`` pod condition fail the Job with the
+    reason ``PodFailurePolicy``, which :func:`_jobset_failure_policy` tells from any other failure.
+    """
+    spec: dict[str, Any] = {
         "completionMode": "Indexed",
         "completions": gang.nodes,
         "parallelism": gang.nodes,
@@ -196,34 +217,28 @@ def get_jobset(job: Mapping[str, Any], gang: Gang) -> dict[str, Any]:
         },
     }
     # Whatever else the train Job's spec says, except ``suspend``: JobSet suspends its Jobs itself.
-    job_spec |= {k: v for k, v in job["spec"].items() if k not in {*job_spec, "suspend", "template"}}
-    job_spec["template"] = template
-    job_meta = {
-        "labels": _without_queue(meta["labels"]),
-        "annotations": dict(meta.get("annotations") or {}),
-    }
-    spec: dict[str, Any] = {"suspend": True} if queue is not None else {}
-    spec |= {
-        "network": {"enableDNSHostnames": True, "subdomain": name, "publishNotReadyAddresses": True},
-        "coordinator": {"replicatedJob": REPLICATED_JOB, "jobIndex": 0, "podIndex": 0},
-        "failurePolicy": {
-            "maxRestarts": gang.max_restarts,
-            "restartStrategy": "BlockingRecreate",
-            "rules": [
-                {
-                    "name": "Disruption",
-                    "action": "RestartJobSetAndIgnoreMaxRestarts",
-                    "onJobFailureReasons": ["PodFailurePolicy"],
-                }
-            ],
-        },
-        "replicatedJobs": [
-            {"name": REPLICATED_JOB, "replicas": 1, "template": {"metadata": job_meta, "spec": job_spec}}
+    spec |= {k: v for k, v in job_spec.items() if k not in {*spec, "suspend", "template"}}
+    spec["template"] = template
+    return spec
+
+
+def _jobset_failure_policy(gang: Gang) -> dict[str, Any]:
+    """Disruptions restart the whole gang uncounted; anything else is bounded by ``gang.max_restarts``.
+
+    ``RestartJobSetAndIgnoreMaxRestarts`` and ``BlockingRecreate`` are JobSet's (v0.7.0+); without a
+    matching rule JobSet applies ``RestartJobSet``, which fails the JobSet once ``maxRestarts`` is used.
+    """
+    return {
+        "maxRestarts": gang.max_restarts,
+        "restartStrategy": "BlockingRecreate",
+        "rules": [
+            {
+                "name": "Disruption",
+                "action": "RestartJobSetAndIgnoreMaxRestarts",
+                "onJobFailureReasons": ["PodFailurePolicy"],
+            }
         ],
     }
-    jobset = {"apiVersion": JOBSET_API_VERSION, "kind": "JobSet", "metadata": meta, "spec": spec}
-    _annotate(jobset, gang)
-    return jobset
 
 
 # -- N > 1: Indexed Job + headless Service ------------------------------------------------------------
