@@ -23,7 +23,7 @@ from continual_operator import resources
 from continual_operator.api import ContinualTrainingRun, TrainingBatch
 from continual_operator.naming import LABEL_KUEUE_QUEUE
 from continual_operator.outcomes import classify
-from continual_operator.views import JobView
+from continual_operator.views import JobView, job_view
 from continual_operator.workloads import gang
 from continual_operator.workloads.gang import Gang
 from continual_trainer.exitcodes import ExitCode
@@ -400,6 +400,63 @@ def test_coordinator_pod_is_index_zero_of_the_newest_gang_restart() -> None:
     restarted = [pod("a-0", "0", restart="0", job_index="0"), pod("b-0", "0", restart="1", job_index="0")]
     assert gang.coordinator_pod([*restarted, pod("b-1", "1", restart="1")])["metadata"]["name"] == "b-0"
     assert gang.coordinator_pod([pod("j-1", "1")]) is None
+
+
+def ended(
+    name: str, index: str, at: str, code: int, *, reason: str = "Error", message: str = ""
+) -> dict[str, Any]:
+    """A gang pod whose trainer container terminated at ``at`` (seconds) with ``code``."""
+    terminated = {
+        "exitCode": code,
+        "reason": reason,
+        "finishedAt": f"2026-12-01T10:00:{at}Z",
+        "message": message,
+    }
+    out = pod(name, index)
+    out["status"] = {
+        "phase": "Failed" if code else "Succeeded",
+        "containerStatuses": [{"name": "trainer", "state": {"terminated": terminated}}],
+    }
+    return out
+
+
+PREEMPTED = BatchResult.model_validate({"batchId": "b", "outcome": "Preempted", "exitCode": 85})
+
+
+def test_the_first_pod_to_fail_is_the_cause_not_the_coordinator_stopped_after_it() -> None:
+    # Rank 8 (pod 1) runs out of memory; the Job controller then stops pod 0, whose trainer checkpoints on
+    # SIGTERM and reports Preempted: classified from the coordinator alone, the attempt would be an
+    # uncounted preemption, again and again.
+    oom = ended("j-1", "1", "10", 137, reason="OOMKilled")
+    stopped = ended("j-0", "0", "41", 1, message=PREEMPTED.to_termination_message())
+    cause = gang.first_failure([stopped, oom])
+    assert cause is oom
+    job, shape = gang_job()
+    (indexed, _service) = gang.build(job, shape, "indexed-job")
+    indexed["status"] = {
+        "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]
+    }
+    indexed["spec"]["suspend"] = False  # Kueue admitted it
+    by_cause = job_view(indexed, [cause])
+    by_coordinator = job_view(indexed, [gang.coordinator_pod([stopped, oom]) or {}])
+    assert by_cause is not None and by_coordinator is not None
+    assert classify(by_cause).kind == "Retry" and classify(by_cause).reason == "OOMKilled"
+    assert classify(by_coordinator).kind == "Preempted"
+
+
+def test_first_failure_prefers_the_coordinator_on_a_tie_and_sees_disruptions() -> None:
+    own = ended("j-0", "0", "10", 1)
+    other = ended("j-1", "1", "10", 1)
+    assert gang.first_failure([other, own]) is own
+    evicted = pod("j-1", "1")
+    evicted["status"] = {
+        "phase": "Running",
+        "conditions": [
+            {"type": "DisruptionTarget", "status": "True", "lastTransitionTime": "2026-12-01T10:00:05Z"}
+        ],
+    }
+    assert gang.first_failure([own, evicted]) is evicted
+    assert gang.first_failure([ended("j-0", "0", "10", 0), pod("j-1", "1")]) is None
 
 
 def view(exit_code: int | None, result: BatchResult) -> JobView:

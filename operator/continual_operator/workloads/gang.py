@@ -20,7 +20,9 @@ the JobSet fields are pinned by a JSON schema written from JobSet's API referenc
 (tests/operator/schemas/jobset-v1alpha2.json).
 
 Nothing here is wired into the planner yet: :func:`choose_engine` says which shape a run gets, :func:`build`
-makes it, and :func:`coordinator_pod` and :func:`trainer_exit_code` say how its result is read back.
+makes it, and three readers say how an attempt is read back: :func:`coordinator_pod` (whose termination
+message is the result), :func:`first_failure` (which pod a failed attempt is classified by) and
+:func:`trainer_exit_code` (the trainer's code behind torchrun's).
 """
 
 from __future__ import annotations
@@ -311,6 +313,44 @@ def coordinator_pod(pods: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | No
         return (int(restart) if restart.isdigit() else 0, created, str(pod["metadata"].get("name", "")))
 
     return max(candidates, key=newest, default=None)
+
+
+def first_failure(pods: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """The gang pod that failed first: what a failed attempt is classified by, when it is not the
+    coordinator (None when no pod failed).
+
+    One failed pod fails the whole gang: the Job controller (``backoffLimit: 0``) then stops the others,
+    and their trainers, SIGTERMed, checkpoint and report ``Preempted``. So the coordinator's result alone
+    would turn a rank that keeps crashing (an OOM on one GPU) into endless uncounted "preemptions": the
+    cause is the pod whose trainer ended first with a failure, or that the cluster disrupted. On a tie
+    (same second) the coordinator wins, as its result record explains itself.
+    """
+    failed: list[tuple[str, int, str, Mapping[str, Any]]] = []
+    for pod in pods:
+        when = _failed_at(pod)
+        if when is not None:
+            not_coordinator = int(_meta(pod, "annotations").get(COMPLETION_INDEX_ANNOTATION) != "0")
+            failed.append((when, not_coordinator, str(_meta_name(pod)), pod))
+    return min(failed, key=lambda f: f[:3])[3] if failed else None
+
+
+def _failed_at(pod: Mapping[str, Any]) -> str | None:
+    """When the pod's trainer failed (RFC 3339, which sorts as text), or None when it did not."""
+    status = pod.get("status") or {}
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "DisruptionTarget" and condition.get("status") == "True":
+            return str(condition.get("lastTransitionTime") or "")
+    for container in status.get("containerStatuses") or []:
+        if container.get("name") == TRAINER_CONTAINER:
+            state = container.get("state") or {}
+            terminated = state.get("terminated") or {}
+            if terminated and terminated.get("exitCode") != 0:
+                return str(terminated.get("finishedAt") or "")
+    return "" if status.get("phase") == "Failed" else None
+
+
+def _meta_name(pod: Mapping[str, Any]) -> str:
+    return str((pod.get("metadata") or {}).get("name") or "")
 
 
 def trainer_exit_code(container_exit_code: int | None, result: BatchResult | None) -> int | None:
