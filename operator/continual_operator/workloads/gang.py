@@ -122,7 +122,12 @@ def choose_engine(nodes: int, jobset_installed: bool) -> Engine:
 
 
 def build(job: Mapping[str, Any], gang: Gang, engine: Engine) -> list[dict[str, Any]]:
-    """The objects that run ``job``'s attempt as ``gang`` on ``engine``, the workload first."""
+    """The objects that run ``job``'s attempt as ``gang`` on ``engine``, the workload first.
+
+    The attempt's ConfigMap is unchanged and keeps the train Job's name, which the pods' config volume
+    names; a gang workload has the same name unless it had to be shortened (:func:`gang_name`), so find
+    an attempt's objects by their labels (run, batch, attempt), not by the ConfigMap's name.
+    """
     if (engine == "job") != (gang.nodes == 1):
         raise ValueError(f"engine {engine!r} does not run {gang.nodes} node(s): use choose_engine()")
     if engine == "job":
