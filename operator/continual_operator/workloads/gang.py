@@ -58,7 +58,8 @@ RENDEZVOUS_PORT = 29500
 #: The trainer's CLI as a module: torchrun starts ``python -m`` it once per GPU.
 TRAINER_MODULE = "continual_trainer.cli"
 #: The world size (nodes x processes per node) of the attempt, on the top object and its pods, so that the
-#: operator can show it in status without recomputing it from a spec that may have changed since.
+#: operator can show it in status without recomputing it from a spec that may have changed since: read
+#: with :func:`world_size` into the batch's ``status.worldSize`` (the field proposed for the integration).
 ANNOTATION_WORLD_SIZE = "continual.dev/world-size"
 #: Where the Job controller writes a pod's index (Kubernetes 1.21+); the label of the same name is 1.28+.
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
