@@ -533,3 +533,24 @@ def test_the_multinode_example_builds_valid_objects(engine: gang.Engine) -> None
         else:
             kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
     assert gang.world_size(objects[0]) == 16
+
+
+def test_a_cpu_gang_runs_one_gloo_process_per_pod() -> None:
+    body = {
+        "metadata": {"name": "cpu", "namespace": "ml", "uid": "u-2"},
+        "spec": {
+            "baseModel": {"path": "m"},
+            "storage": {"existingClaim": "shared"},
+            "resources": {"gpus": 0, "nodes": 2},
+        },
+    }
+    run = ContinualTrainingRun.model_validate(body)
+    batch = TrainingBatch.model_validate(load("batch-gang.yaml"))
+    shape = Gang.of(run.spec.resources)
+    indexed, service = gang.build(resources.get_job(run, batch, 1), shape, "indexed-job")
+    assert flag(command(indexed), "--nproc-per-node") == "1"
+    (container,) = pod_spec(indexed)["containers"]
+    assert "limits" not in container["resources"]  # no GPU asked for
+    assert gang.world_size(indexed) == 2
+    for obj in (indexed, service):
+        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
