@@ -22,12 +22,8 @@ from pydantic import ValidationError
 from continual_operator import resources
 from continual_operator.api import ContinualTrainingRun, TrainingBatch
 from continual_operator.naming import LABEL_KUEUE_QUEUE
-from continual_operator.outcomes import classify
-from continual_operator.views import JobView, job_view
-from continual_operator.workloads import gang
+from continual_operator.workloads import gang, gang_views
 from continual_operator.workloads.gang import Gang
-from continual_trainer.exitcodes import ExitCode
-from continual_trainer.records import BatchResult
 
 JOBSET_SCHEMA = Path(__file__).parent / "schemas" / "jobset-v1alpha2.json"
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -207,7 +203,7 @@ def test_single_node_runs_torchrun_with_one_process_per_gpu() -> None:
     assert flag(cmd, "--shutdown-timeout") == "600"  # the pod's whole grace period, not torchrun's 30 s
     assert job["spec"]["completions"] == job["spec"]["parallelism"] == 1
     assert {"name": "dshm", "emptyDir": {"medium": "Memory"}} in pod_spec(job)["volumes"]
-    assert gang.world_size(job) == 2
+    assert gang_views.world_size(job) == 2
 
 
 @pytest.mark.parametrize("name", ["gang-jobset.yaml", "gang-indexed-job.yaml"])
@@ -232,7 +228,7 @@ def test_multi_node_torchrun_flags(name: str) -> None:
             },
         }
     ]
-    assert gang.world_size(obj) == 16
+    assert gang_views.world_size(obj) == 16
 
 
 def test_indexed_job_is_one_gang_that_fails_as_one() -> None:
@@ -380,115 +376,6 @@ def test_builders_refuse_a_job_they_did_not_make() -> None:
         gang.build(job, shape, "jobset")
 
 
-# -- reading the result back ----------------------------------------------------------------------------
-def pod(name: str, index: str, *, restart: str | None = None, job_index: str | None = None) -> dict[str, Any]:
-    labels = {
-        k: v for k, v in ((gang.JOBSET_RESTART_LABEL, restart), (gang.JOBSET_JOB_INDEX_LABEL, job_index)) if v
-    }
-    return {
-        "metadata": {
-            "name": name,
-            "labels": labels,
-            "annotations": {gang.COMPLETION_INDEX_ANNOTATION: index},
-            "creationTimestamp": "2026-12-01T10:00:00Z",
-        }
-    }
-
-
-def test_coordinator_pod_is_index_zero_of_the_newest_gang_restart() -> None:
-    assert gang.coordinator_pod([pod("j-1", "1"), pod("j-0", "0")]) == pod("j-0", "0")
-    restarted = [pod("a-0", "0", restart="0", job_index="0"), pod("b-0", "0", restart="1", job_index="0")]
-    assert gang.coordinator_pod([*restarted, pod("b-1", "1", restart="1")])["metadata"]["name"] == "b-0"
-    assert gang.coordinator_pod([pod("j-1", "1")]) is None
-
-
-def ended(
-    name: str, index: str, at: str, code: int, *, reason: str = "Error", message: str = ""
-) -> dict[str, Any]:
-    """A gang pod whose trainer container terminated at ``at`` (seconds) with ``code``."""
-    terminated = {
-        "exitCode": code,
-        "reason": reason,
-        "finishedAt": f"2026-12-01T10:00:{at}Z",
-        "message": message,
-    }
-    out = pod(name, index)
-    out["status"] = {
-        "phase": "Failed" if code else "Succeeded",
-        "containerStatuses": [{"name": "trainer", "state": {"terminated": terminated}}],
-    }
-    return out
-
-
-PREEMPTED = BatchResult.model_validate({"batchId": "b", "outcome": "Preempted", "exitCode": 85})
-
-
-def test_the_first_pod_to_fail_is_the_cause_not_the_coordinator_stopped_after_it() -> None:
-    # Rank 8 (pod 1) runs out of memory; the Job controller then stops pod 0, whose trainer checkpoints on
-    # SIGTERM and reports Preempted: classified from the coordinator alone, the attempt would be an
-    # uncounted preemption, again and again.
-    oom = ended("j-1", "1", "10", 137, reason="OOMKilled")
-    stopped = ended("j-0", "0", "41", 1, message=PREEMPTED.to_termination_message())
-    cause = gang.first_failure([stopped, oom])
-    assert cause is oom
-    job, shape = gang_job()
-    (indexed, _service) = gang.build(job, shape, "indexed-job")
-    indexed["status"] = {
-        "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]
-    }
-    indexed["spec"]["suspend"] = False  # Kueue admitted it
-    by_cause = job_view(indexed, [cause])
-    by_coordinator = job_view(indexed, [gang.coordinator_pod([stopped, oom]) or {}])
-    assert by_cause is not None and by_coordinator is not None
-    assert classify(by_cause).kind == "Retry" and classify(by_cause).reason == "OOMKilled"
-    assert classify(by_coordinator).kind == "Preempted"
-
-
-def test_first_failure_prefers_the_coordinator_on_a_tie_and_sees_disruptions() -> None:
-    own = ended("j-0", "0", "10", 1)
-    other = ended("j-1", "1", "10", 1)
-    assert gang.first_failure([other, own]) is own
-    evicted = pod("j-1", "1")
-    evicted["status"] = {
-        "phase": "Running",
-        "conditions": [
-            {"type": "DisruptionTarget", "status": "True", "lastTransitionTime": "2026-12-01T10:00:05Z"}
-        ],
-    }
-    assert gang.first_failure([own, evicted]) is evicted
-    assert gang.first_failure([ended("j-0", "0", "10", 0), pod("j-1", "1")]) is None
-
-
-def view(exit_code: int | None, result: BatchResult) -> JobView:
-    return JobView(
-        name="j",
-        batch="b",
-        attempt=1,
-        phase="Failed",
-        exit_code=exit_code,
-        termination_message=result.to_termination_message(),
-    )
-
-
-@pytest.mark.parametrize(
-    ("code", "outcome", "kind"),
-    [
-        (ExitCode.PERMANENT, "Failed", "Permanent"),
-        (ExitCode.PREEMPTED, "Preempted", "Preempted"),
-        (ExitCode.TRANSIENT, "Failed", "Retry"),
-    ],
-)
-def test_trainer_exit_code_behind_torchrun_keeps_the_classification(
-    code: int, outcome: str, kind: str
-) -> None:
-    result = BatchResult.model_validate({"batchId": "b", "outcome": outcome, "exitCode": int(code)})
-    # torchrun exits 1 for all three; the coordinator's result record keeps the trainer's code.
-    assert gang.trainer_exit_code(gang.TORCHRUN_FAILED, result) == code
-    assert classify(view(gang.trainer_exit_code(gang.TORCHRUN_FAILED, result), result)).kind == kind
-    assert gang.trainer_exit_code(137, result) == 137  # a killed container is the container's truth
-    assert gang.trainer_exit_code(gang.TORCHRUN_FAILED, None) == gang.TORCHRUN_FAILED
-
-
 # -- spec.resources ---------------------------------------------------------------------------------------
 def spec_with(resources_: dict[str, Any], storage: dict[str, Any]) -> dict[str, Any]:
     return {
@@ -532,7 +419,7 @@ def test_the_multinode_example_builds_valid_objects(engine: gang.Engine) -> None
             jobset_validator().validate(obj)
         else:
             kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
-    assert gang.world_size(objects[0]) == 16
+    assert gang_views.world_size(objects[0]) == 16
 
 
 def test_a_cpu_gang_runs_one_gloo_process_per_pod() -> None:
@@ -551,6 +438,6 @@ def test_a_cpu_gang_runs_one_gloo_process_per_pod() -> None:
     assert flag(command(indexed), "--nproc-per-node") == "1"
     (container,) = pod_spec(indexed)["containers"]
     assert "limits" not in container["resources"]  # no GPU asked for
-    assert gang.world_size(indexed) == 2
+    assert gang_views.world_size(indexed) == 2
     for obj in (indexed, service):
         kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)

@@ -19,10 +19,8 @@ Kueue admits the gang as one workload, all or nothing. Every field used is descr
 the JobSet fields are pinned by a JSON schema written from JobSet's API reference
 (tests/operator/schemas/jobset-v1alpha2.json).
 
-Nothing here is wired into the planner yet: :func:`choose_engine` says which shape a run gets, :func:`build`
-makes it, and three readers say how an attempt is read back: :func:`coordinator_pod` (whose termination
-message is the result), :func:`first_failure` (which pod a failed attempt is classified by) and
-:func:`trainer_exit_code` (the trainer's code behind torchrun's).
+Nothing here is wired into the planner yet: :func:`choose_engine` says which shape a run gets and
+:func:`build` makes it; :mod:`continual_operator.workloads.gang_views` reads an attempt back.
 """
 
 from __future__ import annotations
@@ -45,7 +43,6 @@ from continual_operator.naming import (
 )
 from continual_operator.resources import TRAINER_COMMAND
 from continual_operator.views import TRAINER_CONTAINER
-from continual_trainer.records import BatchResult
 
 Engine = Literal["job", "jobset", "indexed-job"]
 
@@ -64,12 +61,6 @@ ANNOTATION_WORLD_SIZE = "continual.dev/world-size"
 #: Where the Job controller writes a pod's index (Kubernetes 1.21+); the label of the same name is 1.28+.
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 NODE_RANK_ENV = "JOB_COMPLETION_INDEX"
-#: Labels JobSet puts on its pods: which Job of the replicated job, and which gang restart they belong to.
-JOBSET_JOB_INDEX_LABEL = "jobset.sigs.k8s.io/job-index"
-JOBSET_RESTART_LABEL = "jobset.sigs.k8s.io/restart-attempt"
-#: torchrun's exit code whenever one of its workers failed (ChildFailedError) or it was signalled
-#: (SignalException), whatever the workers' own codes were: measured with torch 2.13.
-TORCHRUN_FAILED = 1
 #: The suffix JobSet's webhook adds to the longest pod name when it checks that names fit (``-abcde``).
 _POD_NAME_RANDOM = 6
 _DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
@@ -83,7 +74,7 @@ class Gang:
 
     ``max_restarts`` bounds the gang restarts JobSet itself makes after a counted failure. It is 0 on
     purpose: under torchrun the container's exit code no longer says whether the trainer failed
-    permanently (see :data:`TORCHRUN_FAILED`), so a counted failure goes back to the operator, which reads
+    permanently (see :data:`~continual_operator.workloads.gang_views.TORCHRUN_FAILED`), so a counted failure goes back to the operator, which reads
     the coordinator's result and applies ``spec.failurePolicy`` (back-off, permanent failures not retried).
     Disruptions are restarted by JobSet whatever this is, and never counted.
     """
@@ -302,81 +293,6 @@ def get_headless_service(job: Mapping[str, Any], gang: Gang) -> dict[str, Any]:
     }
 
 
-# -- reading a gang back ------------------------------------------------------------------------------
-def coordinator_pod(pods: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
-    """The pod whose termination message is the attempt's result: completion index 0 (of Job 0 of the
-    newest JobSet restart). The other pods' messages are ignored; their failures fail the gang anyway."""
-    candidates = [
-        pod
-        for pod in pods
-        if _meta(pod, "annotations").get(COMPLETION_INDEX_ANNOTATION) == "0"
-        and _meta(pod, "labels").get(JOBSET_JOB_INDEX_LABEL, "0") == "0"
-    ]
-
-    def newest(pod: Mapping[str, Any]) -> tuple[int, str, str]:
-        restart = str(_meta(pod, "labels").get(JOBSET_RESTART_LABEL, "0"))
-        created = str((pod.get("metadata") or {}).get("creationTimestamp") or "")
-        return (int(restart) if restart.isdigit() else 0, created, str(pod["metadata"].get("name", "")))
-
-    return max(candidates, key=newest, default=None)
-
-
-def first_failure(pods: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
-    """The gang pod that failed first: what a failed attempt is classified by, when it is not the
-    coordinator (None when no pod failed).
-
-    One failed pod fails the whole gang: the Job controller (``backoffLimit: 0``) then stops the others,
-    and their trainers, SIGTERMed, checkpoint and report ``Preempted``. So the coordinator's result alone
-    would turn a rank that keeps crashing (an OOM on one GPU) into endless uncounted "preemptions": the
-    cause is the pod whose trainer ended first with a failure, or that the cluster disrupted. On a tie
-    (same second) the coordinator wins, as its result record explains itself.
-    """
-    failed: list[tuple[str, int, str, Mapping[str, Any]]] = []
-    for pod in pods:
-        when = _failed_at(pod)
-        if when is not None:
-            not_coordinator = int(_meta(pod, "annotations").get(COMPLETION_INDEX_ANNOTATION) != "0")
-            failed.append((when, not_coordinator, str(_meta_name(pod)), pod))
-    return min(failed, key=lambda f: f[:3])[3] if failed else None
-
-
-def _failed_at(pod: Mapping[str, Any]) -> str | None:
-    """When the pod's trainer failed (RFC 3339, which sorts as text), or None when it did not."""
-    status = pod.get("status") or {}
-    for condition in status.get("conditions") or []:
-        if condition.get("type") == "DisruptionTarget" and condition.get("status") == "True":
-            return str(condition.get("lastTransitionTime") or "")
-    for container in status.get("containerStatuses") or []:
-        if container.get("name") == TRAINER_CONTAINER:
-            state = container.get("state") or {}
-            terminated = state.get("terminated") or {}
-            if terminated and terminated.get("exitCode") != 0:
-                return str(terminated.get("finishedAt") or "")
-    return "" if status.get("phase") == "Failed" else None
-
-
-def _meta_name(pod: Mapping[str, Any]) -> str:
-    return str((pod.get("metadata") or {}).get("name") or "")
-
-
-def trainer_exit_code(container_exit_code: int | None, result: BatchResult | None) -> int | None:
-    """The trainer's exit code behind a gang container's: the coordinator's ``exitCode`` under torchrun.
-
-    torchrun exits 1 whenever a worker failed or it was signalled, so 64 (permanent), 75 (transient) and
-    85 (preempted) all read as 1 at the container; the coordinator's result record keeps the real code.
-    Any other container code (0, 137 for a killed container) is the container's own truth.
-    """
-    if container_exit_code == TORCHRUN_FAILED and result is not None:
-        return result.exit_code
-    return container_exit_code
-
-
-def world_size(obj: Mapping[str, Any]) -> int | None:
-    """The world size a built workload (or one of its pods) was made for, from its annotation."""
-    value = str(_meta(obj, "annotations").get(ANNOTATION_WORLD_SIZE, ""))
-    return int(value) if value.isdigit() else None
-
-
 # -- names ----------------------------------------------------------------------------------------------
 def gang_name(name: str, reserved: int) -> str:
     """``name`` when it is an RFC 1035 label leaving ``reserved`` of 63 characters for what controllers
@@ -477,7 +393,3 @@ def _grace(pod: Mapping[str, Any]) -> int:
 
 def _without_queue(labels: Mapping[str, str] | None) -> dict[str, str]:
     return {k: v for k, v in (labels or {}).items() if k != LABEL_KUEUE_QUEUE}
-
-
-def _meta(obj: Mapping[str, Any], key: str) -> Mapping[str, Any]:
-    return (obj.get("metadata") or {}).get(key) or {}
