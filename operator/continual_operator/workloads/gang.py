@@ -56,7 +56,8 @@ RENDEZVOUS_PORT = 29500
 TRAINER_MODULE = "continual_trainer.cli"
 #: The world size (nodes x processes per node) of the attempt, on the top object and its pods, so that the
 #: operator can show it in status without recomputing it from a spec that may have changed since: read
-#: with :func:`world_size` into the batch's ``status.worldSize`` (the field proposed for the integration).
+#: with ``gang_views.world_size`` into the batch's ``status.worldSize`` (the field proposed for the
+#: integration).
 ANNOTATION_WORLD_SIZE = "continual.dev/world-size"
 #: Where the Job controller writes a pod's index (Kubernetes 1.21+); the label of the same name is 1.28+.
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
@@ -74,9 +75,9 @@ class Gang:
 
     ``max_restarts`` bounds the gang restarts JobSet itself makes after a counted failure. It is 0 on
     purpose: under torchrun the container's exit code no longer says whether the trainer failed
-    permanently (see :data:`~continual_operator.workloads.gang_views.TORCHRUN_FAILED`), so a counted failure goes back to the operator, which reads
-    the coordinator's result and applies ``spec.failurePolicy`` (back-off, permanent failures not retried).
-    Disruptions are restarted by JobSet whatever this is, and never counted.
+    permanently (torchrun exits 1 for any failed worker), so a counted failure goes back to the operator,
+    which reads the coordinator's result and applies ``spec.failurePolicy`` (back-off, permanent failures
+    not retried). Disruptions are restarted by JobSet whatever this is, and never counted.
     """
 
     nodes: int = 1
