@@ -83,6 +83,9 @@ NAMESPACED_PERMISSIONS: dict[tuple[str, str], set[str]] = {
     ("continual.dev", "trainingbatches/status"): {"get", "patch", "update"},
     ("continual.dev", "continualtrainingruns/finalizers"): {"update"},
     ("batch", "jobs"): {"get", "list", "watch", "create", "delete", "patch"},
+    # gangs: a JobSet per attempt, or an Indexed Job and its headless Service
+    ("jobset.x-k8s.io", "jobsets"): {"get", "list", "watch", "create", "delete", "patch"},
+    ("", "services"): {"get", "list", "watch", "create", "delete"},
     ("", "pods"): {"get", "list", "watch"},
     ("", "configmaps"): {"get", "list", "watch", "create", "delete", "patch"},
     ("", "persistentvolumeclaims"): {"get", "list", "watch", "create"},
@@ -101,6 +104,8 @@ PEERING_VERBS = {"get", "list", "watch", "patch"}
 #: The API resource of each kind the operator creates (tests/operator/expected holds one of each).
 CREATED_KINDS = {
     ("batch/v1", "Job"): ("batch", "jobs"),
+    ("jobset.x-k8s.io/v1alpha2", "JobSet"): ("jobset.x-k8s.io", "jobsets"),
+    ("v1", "Service"): ("", "services"),
     ("v1", "ConfigMap"): ("", "configmaps"),
     ("v1", "PersistentVolumeClaim"): ("", "persistentvolumeclaims"),
     ("v1", "ServiceAccount"): ("", "serviceaccounts"),

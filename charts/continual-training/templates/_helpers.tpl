@@ -90,6 +90,14 @@ each watched namespace. Exactly what the handlers and kopf use; docs/deploy.md s
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["get", "list", "watch", "create", "delete", "patch"]
+# Gangs (spec.resources.nodes > 1, docs/scaling.md): one JobSet per attempt where JobSet is installed,
+# else an Indexed Job (the jobs rule above) and the headless Service that gives its pods DNS names.
+- apiGroups: ["jobset.x-k8s.io"]
+  resources: ["jobsets"]
+  verbs: ["get", "list", "watch", "create", "delete", "patch"]
+- apiGroups: [""]
+  resources: ["services"]
+  verbs: ["get", "list", "watch", "create", "delete"]
 # The trainer pod's status and termination message (the batch result); never its logs.
 - apiGroups: [""]
   resources: ["pods"]

@@ -207,10 +207,30 @@ class ObjectStoreSpec(Model):
     )
 
 
-class ResourcesSpec(Model):
-    """Compute for each trainer pod."""
+#: The largest gang a run may ask for (spec.resources.nodes): far above what one continual run needs, low
+#: enough that a typo (1000 for 100) is refused before it asks a cluster for a thousand GPU nodes.
+MAX_NODES = 256
 
-    gpus: int = Field(default=1, ge=0, le=64, description="GPUs per trainer pod (0: train on CPU).")
+
+class ResourcesSpec(Model):
+    """Compute for each trainer pod, and how many pods (nodes) train one batch together."""
+
+    gpus: int = Field(
+        default=1,
+        ge=0,
+        le=64,
+        description="GPUs per trainer pod, i.e. per node (0: train on CPU). With more than one, or with "
+        "nodes > 1, the pod runs torchrun with one trainer process per GPU (see docs/scaling.md).",
+    )
+    nodes: int = Field(
+        default=1,
+        ge=1,
+        le=MAX_NODES,
+        description="Pods (one per node) that train each batch together, each with `gpus` GPUs: the world "
+        "size is nodes x gpus. More than 1 runs the batch as a JobSet when its CRD is installed, else as an "
+        "Indexed Job with a headless Service; every node mounts the run's volume, so it must be "
+        "ReadWriteMany.",
+    )
     gpu_resource_name: str = Field(
         default=GPU_RESOURCE, description="The extended resource GPUs are requested as (e.g. amd.com/gpu)."
     )
@@ -412,6 +432,20 @@ class ContinualTrainingRunSpec(Model):
     consolidation: ConsolidationSpec | None = Field(
         default=None, description="Merge the adapter into the base model on a schedule or every N batches."
     )
+
+    @model_validator(mode="after")
+    def _gang_volume_is_shared(self) -> Self:
+        """A gang's pods run on different nodes and all mount the run's volume (only the coordinator
+        writes it, but every rank reads the data and the checkpoint it resumes from). A claim the operator
+        creates must then be ReadWriteMany; an existing claim is the user's to check (docs/scaling.md)."""
+        template = self.storage.claim_template
+        if self.resources.nodes > 1 and template is not None and "ReadWriteMany" not in template.access_modes:
+            raise ValueError(
+                f"resources.nodes={self.resources.nodes} mounts the run's volume on every node: set "
+                "storage.claimTemplate.accessModes to [ReadWriteMany] (with a storageClassName that supports "
+                "it, e.g. NFS or CephFS), or use resources.nodes: 1 with more resources.gpus."
+            )
+        return self
 
 
 class LastSnapshot(StatusModel):
