@@ -1,0 +1,68 @@
+"""Snapshot ids, retention, sweeping and manifest paths: pure rules, no store, no training."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from continual_trainer.identity import RunIdentity
+from continual_trainer.snapshot.job import Layout
+from continual_trainer.snapshot.manifest import FileEntry, is_snapshot_id, snapshot_id
+from continual_trainer.snapshot.retention import Incomplete, retire, sweepable
+from continual_trainer.train import RunLayout
+
+T0 = dt.datetime(2026, 12, 1, 3, 0, tzinfo=dt.UTC)
+ME = RunIdentity(namespace="ml", name="chat", uid="u-1")
+
+
+def sid(hours: int, step: int = 10) -> str:
+    return snapshot_id(T0 + dt.timedelta(hours=hours), step)
+
+
+def test_snapshot_ids_sort_by_time_and_name_the_step() -> None:
+    assert snapshot_id(T0, 120) == "20261201T030000Z-step00000120"
+    ids = [sid(h, step=1000 - h) for h in (5, 1, 30)]
+    assert sorted(ids) == [sid(1, 999), sid(5, 995), sid(30, 970)]
+    assert is_snapshot_id(ids[0])
+    assert not is_snapshot_id("latest") and not is_snapshot_id("20261201T030000Z")
+
+
+def test_retire_keeps_the_newest_and_every_pinned_one() -> None:
+    committed = [sid(h) for h in range(6)]
+    assert retire(committed, set(), 3) == committed[:3]
+    assert retire(committed, {committed[0], committed[5]}, 2) == committed[1:4]
+    assert retire(committed[:2], set(), 7) == []
+    with pytest.raises(ValueError, match="at least 1"):
+        retire(committed, set(), 0)
+
+
+def test_sweep_takes_this_runs_dead_uploads_at_once_and_others_only_after_the_grace() -> None:
+    now = T0 + dt.timedelta(days=3)
+    grace = dt.timedelta(hours=24)
+    other = RunIdentity(namespace="ml", name="chat", uid="u-2")  # a restored copy on another cluster
+    items = [
+        Incomplete(sid(1), ME, now - dt.timedelta(minutes=1)),  # ours: its writer is gone (we hold the lock)
+        Incomplete(sid(2), other, now - dt.timedelta(minutes=1)),  # someone else's, live: left alone
+        Incomplete(sid(3), other, now - dt.timedelta(hours=25)),  # someone else's, abandoned
+        Incomplete(sid(4), None, now - dt.timedelta(hours=1)),  # no marker, recent
+        Incomplete(sid(5), ME, now),  # the job's own, in progress
+    ]
+    assert sweepable(items, ME, now, grace, current=sid(5)) == [sid(1), sid(3)]
+
+
+@pytest.mark.parametrize("path", ["../x", "/etc/passwd", "checkpoints/../../x", "cache/b1/data.jsonl", ""])
+def test_a_manifest_path_outside_the_run_folders_entries_is_refused(path: str) -> None:
+    with pytest.raises(ValueError, match="file path"):
+        FileEntry(path=path, size=1, sha256="0" * 64)
+
+
+def test_the_snapshot_layout_is_the_trainers(tmp_path: Path) -> None:
+    ours, theirs = Layout(tmp_path), RunLayout(tmp_path)
+    assert (ours.checkpoints, ours.adapters, ours.history_file, ours.lock) == (
+        theirs.checkpoints,
+        theirs.adapters,
+        theirs.history_file,
+        theirs.lock,
+    )
