@@ -71,9 +71,10 @@ def execute(args: argparse.Namespace) -> tuple[ExitCode, Any]:
     try:
         job = parse_job_config(Path(args.config).read_text())
     except ValidationError as exc:
-        from continual_trainer.cli import format_validation_error
-
-        return _failed(kind, ExitCode.PERMANENT, "InvalidConfig", format_validation_error(exc))
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}" for err in exc.errors()
+        )
+        return _failed(kind, ExitCode.PERMANENT, "InvalidConfig", f"invalid trainer config: {problems}")
     except (OSError, ValueError, TypeError) as exc:
         return _failed(
             kind, ExitCode.PERMANENT, "InvalidConfig", f"cannot read the config {args.config}: {exc}"
