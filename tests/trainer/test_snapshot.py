@@ -4,23 +4,31 @@ or file and the fix, with nothing lost."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from tests.s3server import S3Server
+from tests.s3server import S3Server, error_server, free_port
 from tests.trainer.helpers import DEMO_BATCHES, adapter_weights, make_config, max_abs_diff
 
 from continual_trainer.cli import execute as train
 from continual_trainer.config import TrainerConfig
 from continual_trainer.exitcodes import ExitCode
-from continual_trainer.objectstore import RetryPolicy
-from continual_trainer.snapshot.__main__ import build_parser
+from continual_trainer.objectstore import RetryPolicy, S3Location
+from continual_trainer.snapshot.__main__ import build_parser, main
 from continual_trainer.snapshot.__main__ import execute as run_job
+from continual_trainer.snapshot.create import CreateOptions, create
+from continual_trainer.snapshot.job import parse_job_config
 from continual_trainer.snapshot.manifest import MANIFEST_NAME, parse_manifest
+from continual_trainer.snapshot.store import CommitConflictError, SnapshotStore
 
 (B1, P1), (B2, P2), (B3, P3) = DEMO_BATCHES
 TRAINING = {"epochsPerBatch": 1}
@@ -152,3 +160,166 @@ def test_restore_then_the_next_batch_is_bit_for_bit_the_run_that_never_snapshott
         adapter_weights(restored / "adapters" / "latest"), adapter_weights(original / "adapters" / "latest")
     )
     assert diff == 0.0
+
+
+def options(when: dt.datetime, **kw: Any) -> CreateOptions:
+    return CreateOptions(destination="s3://snaps/demo/", retry=FAST, clock=lambda: when, **kw)
+
+
+def at(day: int) -> dt.datetime:
+    return dt.datetime(2026, 1, day, 3, 0, tzinfo=dt.UTC)
+
+
+def keys(server: S3Server, prefix: str) -> list[str]:
+    listed = server.client().list_objects_v2(Bucket="snaps", Prefix=prefix)
+    return sorted(str(o["Key"]) for o in listed.get("Contents", []))
+
+
+def test_an_upload_killed_halfway_never_counts_and_retention_keeps_the_newest_and_the_pinned(
+    trained: Path, tmp_path: Path, env: S3Server
+) -> None:
+    run = copy_run(trained, tmp_path / "runs" / "demo")
+    config = job_config(run, env.object_store())
+    # SIGKILL after 3 files: the folder has no manifest ...
+    killed = subprocess.run(
+        [sys.executable, "-m", "continual_trainer.snapshot", "create", "--config", str(config),
+         "--destination", "s3://snaps/demo/"],
+        env=dict(os.environ, CONTINUAL_TRAINER_FAILPOINTS="snapshot-upload@3"),
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    [dead] = {k.split("/")[1] for k in keys(env, "demo/")}
+    assert f"demo/{dead}/{MANIFEST_NAME}" not in keys(env, "demo/")
+    # ... so it cannot be restored (exit 64, naming the manifest and the fix), and the volume stays empty
+    target = tmp_path / "elsewhere" / "runs" / "demo"
+    code, refused = job("restore", "--config", str(job_config(target, env.object_store())),
+                        "--source", f"s3://snaps/demo/{dead}/")  # fmt: skip
+    assert code == ExitCode.PERMANENT and refused["reason"] == "SnapshotManifestMissing", refused
+    assert f"s3://snaps/demo/{dead}/manifest.json does not exist" in refused["message"]
+    assert "aws s3 ls" in refused["message"] and tree(target) == {}
+
+    # Another run's committed snapshot in the same prefix (a restored copy elsewhere): never ours to retire.
+    jc = parse_job_config(config.read_text())
+    first = create(jc, options(at(1)))
+    assert first.swept == [dead] and first.retired == []  # our own dead upload: swept at once
+    theirs = parse_manifest(
+        env.client()
+        .get_object(Bucket="snaps", Key=f"demo/{first.snapshot_id}/{MANIFEST_NAME}")["Body"]
+        .read()
+    )
+    foreign = theirs.model_copy(
+        update={
+            "snapshot_id": "20250101T000000Z-step00000001",
+            "run": jc.run.model_copy(update={"uid": "u-other"}),
+        }
+    )
+    env.put("snaps", f"demo/{foreign.snapshot_id}/{MANIFEST_NAME}", foreign.to_json())
+
+    made = [first.snapshot_id]
+    results = []
+    for day in (2, 3, 4):
+        results.append(create(jc, options(at(day), keep=2, pins=frozenset({first.snapshot_id}))))
+        made.append(results[-1].snapshot_id)
+    assert [r.retired for r in results] == [[], [], [made[1]]]
+    committed = sorted({k.split("/")[1] for k in keys(env, "demo/") if k.endswith(MANIFEST_NAME)})
+    assert committed == sorted([foreign.snapshot_id, made[0], made[2], made[3]])
+    assert not [k for k in keys(env, "demo/") if made[1] in k or dead in k]  # every object of them is gone
+    assert not [k for k in keys(env, "demo/") if k.endswith(".in-progress.json")]
+
+    # The commit is create-only (moto enforces If-None-Match), and deleting twice is fine (missing = success).
+    store = SnapshotStore(env.client(), S3Location("snaps", "demo/"))
+    with pytest.raises(CommitConflictError):
+        store.commit(made[3], b"{}", MANIFEST_NAME)
+    folder = store.folders(MANIFEST_NAME, ".in-progress.json")[made[3]]
+    store.delete(folder, MANIFEST_NAME)
+    store.delete(folder, MANIFEST_NAME)
+    assert not keys(env, f"demo/{made[3]}/")
+
+
+@pytest.mark.parametrize("case", ["bucket-missing", "wrong-credentials", "endpoint-down"])
+def test_a_store_that_cannot_take_the_snapshot_is_a_clear_error_and_changes_nothing(
+    case: str, trained: Path, tmp_path: Path, env: S3Server
+) -> None:
+    run = copy_run(trained, tmp_path / "runs" / "demo")
+    before = tree(run)
+    expected = {
+        "bucket-missing": (ExitCode.PERMANENT, "SnapshotBucketNotFound", "the bucket does not exist"),
+        "wrong-credentials": (
+            ExitCode.PERMANENT,
+            "SnapshotAccessDenied",
+            "access denied (403): check the credentials",
+        ),
+        "endpoint-down": (ExitCode.TRANSIENT, "SnapshotStoreUnavailable", "the endpoint cannot be reached"),
+    }[case]
+    bucket = "nosuchbucket" if case == "bucket-missing" else "snaps"
+    with error_server(403, "InvalidAccessKeyId") as refusing:
+        url = {"wrong-credentials": refusing, "endpoint-down": f"http://127.0.0.1:{free_port()}"}.get(
+            case, env.endpoint_url
+        )
+        config = job_config(run, {**env.object_store(), "endpointURL": url})
+        code, result = job("create", "--config", str(config), "--destination", f"s3://{bucket}/demo/")
+        handler = signal.getsignal(signal.SIGTERM)
+        try:  # the entry point, for its exit code and termination message (it handles SIGTERM: put back)
+            assert main(["create", "--config", str(config), "--destination", f"s3://{bucket}/demo/"]) == code
+        finally:
+            signal.signal(signal.SIGTERM, handler)
+    assert (code, result["reason"]) == expected[:2], result
+    assert expected[2] in result["message"] and f"s3://{bucket}/demo/" in result["message"]
+    assert "spec.snapshots.destination" in result["message"] or case != "bucket-missing"
+    assert "endpointURL" in result["message"] or case != "endpoint-down"
+    assert os.environ["AWS_SECRET_ACCESS_KEY"] not in json.dumps(result)
+    assert tree(run) == before
+    written = json.loads((run.parent / "term-demo.json").read_text())
+    assert (written["kind"], written["exitCode"], written["reason"]) == (
+        "snapshot",
+        int(code),
+        result["reason"],
+    )
+
+
+def test_restore_refuses_a_damaged_snapshot_or_a_folder_with_state_and_leaves_the_volume_untouched(
+    trained: Path, tmp_path: Path, env: S3Server
+) -> None:
+    run = copy_run(trained, tmp_path / "runs" / "demo")
+    jc = parse_job_config(job_config(run, env.object_store()).read_text())
+    snaps = {
+        case: create(jc, options(at(day))) for day, case in enumerate(("corrupt", "altered", "missing"), 1)
+    }
+    client = env.client()
+    client.put_object(
+        Bucket="snaps",
+        Key=f"demo/{snaps['corrupt'].snapshot_id}/{MANIFEST_NAME}",
+        Body=b'{"format": 1, "files": [',
+    )
+    step = snaps["altered"].global_step
+    altered = f"checkpoints/checkpoint-{step}/adapter_model.safetensors"
+    body = client.get_object(Bucket="snaps", Key=f"demo/{snaps['altered'].snapshot_id}/{altered}")[
+        "Body"
+    ].read()
+    client.put_object(
+        Bucket="snaps",
+        Key=f"demo/{snaps['altered'].snapshot_id}/{altered}",
+        Body=body[:-1] + bytes([body[-1] ^ 1]),
+    )
+    client.delete_object(Bucket="snaps", Key=f"demo/{snaps['missing'].snapshot_id}/ledger/batches/{B1}.json")
+    expected = {
+        "corrupt": ("SnapshotManifestCorrupt", f"{snaps['corrupt'].uri}manifest.json is corrupt"),
+        "altered": ("SnapshotFileCorrupt", f"{snaps['altered'].uri}{altered} does not match its sha256"),
+        "missing": ("SnapshotFileMissing", f"{snaps['missing'].uri}ledger/batches/{B1}.json: listed in the manifest but missing"),
+    }  # fmt: skip
+    for case, (reason, text) in expected.items():
+        target = tmp_path / case / "runs" / "demo"
+        code, result = job(
+            "restore", "--config", str(job_config(target, env.object_store())), "--source", snaps[case].uri
+        )
+        assert (code, result["reason"]) == (ExitCode.PERMANENT, reason), result
+        assert text in result["message"] and "nothing was written to the volume" in result["message"]
+        assert tree(target) == {}, case  # no staging left, nothing moved in
+
+    # A folder that already trained is never overwritten, even by a good snapshot.
+    good = create(jc, options(at(9)))
+    before = tree(run)
+    code, result = job("restore", "--config", str(job_config(run, env.object_store())), "--source", good.uri)
+    assert (code, result["reason"]) == (ExitCode.PERMANENT, "RunFolderNotEmpty"), result
+    assert "never overwrites" in result["message"] and "storage.subPath" in result["message"]
+    assert tree(run) == before
