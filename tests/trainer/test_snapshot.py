@@ -323,3 +323,49 @@ def test_restore_refuses_a_damaged_snapshot_or_a_folder_with_state_and_leaves_th
     assert (code, result["reason"]) == (ExitCode.PERMANENT, "RunFolderNotEmpty"), result
     assert "never overwrites" in result["message"] and "storage.subPath" in result["message"]
     assert tree(run) == before
+
+
+def test_local_commands_snapshot_a_local_volume_and_restore_it_into_a_new_one(
+    trained: Path, tmp_path: Path, env: S3Server
+) -> None:
+    volume, new = tmp_path / "volume", tmp_path / "new"
+    copy_run(trained, volume / "runs" / "demo")  # a run as `continual-training demo` lays it out
+    manifest = Path(__file__).resolve().parents[2] / "operator" / "continual_operator" / "demo" / "run.yaml"
+    shutil.copy(manifest, volume / "demo-run.yaml")
+    cli = [sys.executable, "-m", "continual_operator.cli"]
+    endpoint = ["--endpoint-url", env.endpoint_url]
+    snap = subprocess.run(
+        [*cli, "snapshot", "--volume", str(volume), "--destination", "s3://snaps/laptop", *endpoint],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert snap.returncode == 0, snap.stderr[-2000:]
+    uri = snap.stdout.split("--source ")[1].strip()
+    assert uri.startswith("s3://snaps/laptop/") and "global step 6, 2 batches" in snap.stdout
+
+    restored = subprocess.run(
+        [*cli, "restore", "--volume", str(new), "--run", str(manifest), "--source", uri, *endpoint],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert restored.returncode == 0, restored.stderr[-2000:]
+    assert f"into {new / 'runs' / 'demo'}" in restored.stdout
+    before, after = tree(volume / "runs" / "demo"), tree(new / "runs" / "demo")
+    record = json.loads(after.pop("ledger/run.json"))
+    assert record.pop("restoredFrom")["uri"] == uri
+    original = json.loads(before.pop("ledger/run.json"))
+    assert original.pop("restoredFrom") is None and record == original  # the same run: same identity
+    assert {k: v for k, v in before.items() if k in after} == after
+    assert "checkpoints/checkpoint-6/optimizer.pt" in after and after["adapters/latest"] == b"step-6"
+
+    # A retried restore is a no-op; a snapshot that does not exist is exit 64 naming the manifest.
+    for source, code in ((uri, 0), (uri.replace("6/", "7/"), int(ExitCode.PERMANENT))):
+        again = subprocess.run(
+            [*cli, "restore", "--volume", str(new), "--run", str(manifest), "--source", source, *endpoint],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert again.returncode == code, again.stderr[-2000:]
+    assert "continual-training restore: s3://snaps/laptop/" in again.stderr
+    assert "manifest.json does not exist" in again.stderr and "(SnapshotManifestMissing)" in again.stderr
+    assert tree(new / "runs" / "demo") == {
+        **after,
+        "ledger/run.json": (new / "runs/demo/ledger/run.json").read_bytes(),
+    }
