@@ -165,5 +165,7 @@ class Ledger:
         except (OSError, ValueError, ValidationError) as exc:
             raise IntegrityError(
                 f"the ledger file {path} is unreadable ({exc.__class__.__name__}: {exc}); it is written "
-                "atomically, so this means outside interference: restore it from a snapshot"
+                "atomically, so this means outside interference: restore the run's last snapshot into a new run "
+                "(spec.restoreFrom: s3://BUCKET/PREFIX/<snapshotId>/ on a new ContinualTrainingRun; local mode: "
+                "continual-training restore --volume NEW_VOLUME --source s3://BUCKET/PREFIX/<snapshotId>/)"
             ) from exc
