@@ -221,7 +221,7 @@ def test_an_upload_killed_halfway_never_counts_and_retention_keeps_the_newest_an
         results.append(create(jc, options(at(day), keep=2, pins=frozenset({first.snapshot_id}))))
         made.append(results[-1].snapshot_id)
     assert [r.retired for r in results] == [[], [], [made[1]]]
-    committed = sorted({k.split("/")[1] for k in keys(env, "demo/") if k.endswith(MANIFEST_NAME)})
+    committed = sorted({k.split("/")[1] for k in keys(env, "demo/") if k.endswith("/" + MANIFEST_NAME)})
     assert committed == sorted([foreign.snapshot_id, made[0], made[2], made[3]])
     assert not [k for k in keys(env, "demo/") if made[1] in k or dead in k]  # every object of them is gone
     assert not [k for k in keys(env, "demo/") if k.endswith(".in-progress.json")]
@@ -369,3 +369,46 @@ def test_local_commands_snapshot_a_local_volume_and_restore_it_into_a_new_one(
         **after,
         "ledger/run.json": (new / "runs/demo/ledger/run.json").read_bytes(),
     }
+
+
+def test_sigterm_during_the_upload_is_preempted_85_and_commits_nothing(
+    trained: Path, tmp_path: Path, env: S3Server
+) -> None:
+    run = copy_run(trained, tmp_path / "runs" / "demo")
+    config = job_config(run, env.object_store())
+    stopped = subprocess.run(
+        [sys.executable, "-m", "continual_trainer.snapshot", "create", "--config", str(config),
+         "--destination", "s3://snaps/demo/"],
+        env=dict(os.environ, CONTINUAL_TRAINER_FAILPOINTS="snapshot-upload@2=term"),
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert stopped.returncode == int(ExitCode.PREEMPTED), stopped.stderr[-2000:]
+    result = json.loads((run.parent / "term-demo.json").read_text())
+    assert (result["kind"], result["outcome"], result["reason"]) == ("snapshot", "Preempted", "Preempted")
+    assert keys(env, "demo/") and not [k for k in keys(env, "demo/") if k.endswith("/" + MANIFEST_NAME)]
+
+
+def test_a_restore_killed_before_its_commit_is_taken_back_and_redone_by_the_retry(
+    trained: Path, tmp_path: Path, env: S3Server
+) -> None:
+    jc = parse_job_config(
+        job_config(copy_run(trained, tmp_path / "runs" / "demo"), env.object_store()).read_text()
+    )
+    snap = create(jc, options(at(1)))
+    target = tmp_path / "new" / "runs" / "demo"
+    config = job_config(target, env.object_store())
+    assert job("restore", "--config", str(config), "--source", snap.uri)[0] == ExitCode.SUCCESS
+    good = tree(target)
+    # As if killed right before the commit: every file moved in but ledger/run.json, the marker still there.
+    manifest = parse_manifest(
+        env.client().get_object(Bucket="snaps", Key=f"demo/{snap.snapshot_id}/{MANIFEST_NAME}")["Body"].read()
+    )
+    names = [f.path for f in manifest.files] + list(manifest.links)
+    (target / "ledger" / "run.json").unlink()
+    (target / ".restoring.json").write_text(json.dumps({"snapshotId": snap.snapshot_id, "files": names}))
+    code, result = job("restore", "--config", str(config), "--source", snap.uri)
+    assert code == ExitCode.SUCCESS, result
+    again = tree(target)
+    assert json.loads(again.pop("ledger/run.json"))["restoredFrom"]["snapshotId"] == snap.snapshot_id
+    good.pop("ledger/run.json")
+    assert again == good

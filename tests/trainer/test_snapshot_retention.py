@@ -66,3 +66,37 @@ def test_the_snapshot_layout_is_the_trainers(tmp_path: Path) -> None:
         theirs.history_file,
         theirs.lock,
     )
+
+
+def test_the_snapshot_records_survive_a_round_trip() -> None:
+    from continual_trainer.config import BaseModelSpec, LoraSpec
+    from continual_trainer.ledger import RestoredFrom, RunRecord
+    from continual_trainer.snapshot.manifest import (
+        FailedResult,
+        RestoreResult,
+        SnapshotManifest,
+        SnapshotResult,
+        parse_manifest,
+    )
+
+    manifest = SnapshotManifest(
+        snapshot_id=sid(0), run=ME, global_step=10, batches=2, last_batch="b2", created_at="t", committed_at="t",
+        files=[FileEntry(path="ledger/run.json", size=3, sha256="a" * 64)], links={"adapters/latest": "step-10"},
+        inbox={"watermark": "k"},
+    )  # fmt: skip
+    assert parse_manifest(manifest.to_json()) == manifest and manifest.total_bytes == 3
+    record = RunRecord(
+        base_model=BaseModelSpec(id="org/m"), lora=LoraSpec(), created_at="t", run=ME,
+        restored_from=RestoredFrom(run=ME, snapshot_id=sid(0), uri="s3://b/p/x/", global_step=10, restored_at="t"),
+    )  # fmt: skip
+    results = [
+        SnapshotResult(uri="u", snapshot_id=sid(0), global_step=1, batches=1, files=1, bytes=1, completed_at="t",
+                       retired=[sid(1)], swept=[]),
+        RestoreResult(uri="u", snapshot_id=sid(0), global_step=1, batches=1, files=1, bytes=1, completed_at="t"),
+        FailedResult(kind="restore", outcome="Failed", exit_code=64, reason="SnapshotFileCorrupt", message="m"),
+    ]  # fmt: skip
+    for instance in [record, *results]:
+        wire = instance.model_dump(mode="json", by_alias=True)
+        assert type(instance).model_validate(wire) == instance
+    with pytest.raises(ValueError, match="only a sibling"):
+        manifest.model_validate({**manifest.model_dump(by_alias=True), "links": {"adapters/latest": "../x"}})

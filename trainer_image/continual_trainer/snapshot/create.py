@@ -281,9 +281,12 @@ def _incomplete(store: SnapshotStore, folder: Folder) -> Incomplete:
 
 
 def _failpoint(done: int) -> None:
-    """Tests: ``CONTINUAL_TRAINER_FAILPOINTS=snapshot-upload@N`` SIGKILLs the job after N files were uploaded."""
+    """Tests: ``CONTINUAL_TRAINER_FAILPOINTS=snapshot-upload@N`` SIGKILLs the job after N files were uploaded
+    (``=term``: SIGTERM, which ends the job as preempted, 85, before its commit)."""
     for item in os.environ.get("CONTINUAL_TRAINER_FAILPOINTS", "").split(","):
-        point, _, at = item.partition("@")
+        point, _, rest = item.partition("@")
+        at, _, action = rest.partition("=")
         if point == "snapshot-upload" and at.isdigit() and int(at) == done:
-            print(f"failpoint snapshot-upload@{done}: SIGKILL", file=sys.stderr, flush=True)
-            os.kill(os.getpid(), signal.SIGKILL)
+            signum = signal.SIGTERM if action == "term" else signal.SIGKILL
+            print(f"failpoint snapshot-upload@{done}: {signum.name}", file=sys.stderr, flush=True)
+            os.kill(os.getpid(), signum)

@@ -18,6 +18,7 @@ Under the run's volume lock:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -169,10 +170,15 @@ def _undo_interrupted(layout: Layout) -> None:
         marker.unlink(missing_ok=True)
         return
     moved = json.loads(marker.read_text()).get("files", [])
+    folders: set[Path] = set()
     for name in moved:
         path = layout.root / name
         if path.is_symlink() or path.is_file():
             path.unlink()
+        folders.update(p for p in path.parents if p.is_relative_to(layout.root) and p != layout.root)
+    for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):  # only the folders the restore made, once empty
+            folder.rmdir()
     log.warning(
         "an interrupted restore had moved %s files into %s: taken back, restoring again",
         len(moved),
