@@ -148,6 +148,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 # -- snapshots ------------------------------------------------------------------------------------------
+def _run_manifest(args: argparse.Namespace) -> Path:
+    path: Path = args.run or args.volume / "demo-run.yaml"
+    return path.resolve()
+
+
 def _snapshot_job(args: argparse.Namespace) -> JobConfig:
     """The artifact job's config for the run on --volume, as local mode renders the run's trainer config."""
     from continual_operator import resources
@@ -157,18 +162,22 @@ def _snapshot_job(args: argparse.Namespace) -> JobConfig:
     from continual_trainer.snapshot.job import JobConfig
 
     volume: Path = args.volume.resolve()
-    manifest = args.run or volume / "demo-run.yaml"
+    manifest = _run_manifest(args)
     if not manifest.exists():
         raise LocalModeError(
             f"no run manifest: give --run MANIFEST (the ContinualTrainingRun file `continual-training local "
             f"--run` trains on this volume); a volume made by `continual-training demo` has {manifest}"
         )
-    run = load_run(manifest.resolve())
+    run = load_run(manifest)
     store = resources.object_store_client(run.spec)
     if args.endpoint_url:
         base = store or ObjectStoreClientSpec(addressing_style="path")
         store = base.model_copy(update={"endpoint_url": args.endpoint_url})
+    model = run.spec.base_model.to_trainer(path=resources.base_model_path(run.spec))
+    if model.path is not None:
+        model = model.model_copy(update={"path": localize(model.path, volume)})
     return JobConfig(
+        base_model=model,
         run_name=run.metadata.name,
         run_namespace=LOCAL_NAMESPACE,
         run_uid=run_uid(run.metadata.name),
@@ -193,7 +202,7 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     print(
         f"snapshot {result.snapshot_id}: {result.uri} (global step {result.global_step}, {result.batches} "
         f"batches, {result.files} files, {result.bytes / 1e6:.1f} MB); restore it with: continual-training "
-        f"restore --volume NEW_VOLUME --source {result.uri}"
+        f"restore --volume NEW_VOLUME --run {_run_manifest(args)} --source {result.uri}"
     )
     for name, ids in (("retired (retention)", result.retired), ("swept (incomplete)", result.swept)):
         if ids:

@@ -69,14 +69,16 @@ def tree(root: Path) -> dict[str, bytes]:
     return out
 
 
-def job_config(run_dir: Path, store: dict[str, Any] | None, **identity: Any) -> Path:
+def job_config(
+    run_dir: Path, store: dict[str, Any] | None, model: str = "models/tiny", **identity: Any
+) -> Path:
     """The trainer config file an artifact job gets (a train config: the job ignores the batch)."""
     body = {
         "runName": identity.get("run_name", "demo"),
         "runNamespace": identity.get("run_namespace", "local"),
         "runUid": identity.get("run_uid", "local:demo"),
         "runDir": str(run_dir),
-        "baseModel": {"path": "models/tiny"},
+        "baseModel": {"path": model},
         "batch": {"id": "b9", "data": {"path": "unused"}},
         "objectStore": store,
         "terminationMessagePath": str(run_dir.parent / f"term-{run_dir.name}.json"),
@@ -131,27 +133,24 @@ def test_restore_then_the_next_batch_is_bit_for_bit_the_run_that_never_snapshott
     assert manifest.links == {"adapters/latest": f"step-{step}"}
     assert not [n for n in names if n.startswith("checkpoints/") and f"checkpoint-{step}/" not in n]
 
-    # A NEW run (other name, namespace, uid, folder) restores it ...
+    # A NEW run (other name, namespace, uid, folder, and the same base model at another place) restores it ...
     other = {"run_name": "moved", "run_namespace": "prod", "run_uid": "uid-2"}
     restored = tmp_path / "b" / "runs" / "moved"
-    code, result = job(
-        "restore", "--config", str(job_config(restored, store, **other)), "--source", snap["uri"]
-    )
+    model = shutil.copytree(tiny_model, tmp_path / "b" / "models" / "tiny")
+    config = job_config(restored, store, str(model), **other)
+    code, result = job("restore", "--config", str(config), "--source", snap["uri"])
     assert code == ExitCode.SUCCESS, result
     assert result["inbox"] == {"watermark": "day-002/"} and result["globalStep"] == step
     record = json.loads((restored / "ledger" / "run.json").read_text())
     assert record["run"] == {"namespace": "prod", "name": "moved", "uid": "uid-2"}
-    assert record["restoredFrom"]["run"]["uid"] == "local:demo"
+    assert record["restoredFrom"]["run"]["uid"] == "local:demo" and record["model"]["path"] == str(model)
     assert record["restoredFrom"]["snapshotId"] == snap["snapshotId"]
     assert not (restored / ".restore-staging").exists() and not (restored / ".restoring.json").exists()
     # a retried restore Job after the commit is a no-op with the same result
-    assert job("restore", "--config", str(job_config(restored, store, **other)), "--source", snap["uri"]) == (
-        code,
-        result,
-    )
+    assert job("restore", "--config", str(config), "--source", snap["uri"]) == (code, result)
 
     # ... and trains batch 3 there; the original never snapshotted-and-restored trains it in place.
-    code, after = train(config_for(restored, tiny_model, B3, P3, **other))
+    code, after = train(config_for(restored, model, B3, P3, **other))
     assert code == ExitCode.SUCCESS, after
     code, reference = train(config_for(original, tiny_model, B3, P3))
     assert code == ExitCode.SUCCESS, reference
@@ -352,7 +351,12 @@ def test_local_commands_snapshot_a_local_volume_and_restore_it_into_a_new_one(
     record = json.loads(after.pop("ledger/run.json"))
     assert record.pop("restoredFrom")["uri"] == uri
     original = json.loads(before.pop("ledger/run.json"))
-    assert original.pop("restoredFrom") is None and record == original  # the same run: same identity
+    # the same run (same identity); its base model is recorded at the new volume's models/tiny-llama
+    assert (
+        record["model"].pop("path") == record["baseModel"].pop("path") == str(new / "models" / "tiny-llama")
+    )
+    del original["model"]["path"], original["baseModel"]["path"]
+    assert original.pop("restoredFrom") is None and record == original
     assert {k: v for k, v in before.items() if k in after} == after
     assert "checkpoints/checkpoint-6/optimizer.pt" in after and after["adapters/latest"] == b"step-6"
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
-from continual_trainer.config import ObjectStoreClientSpec
+from continual_trainer.config import BaseModelSpec, ObjectStoreClientSpec
 from continual_trainer.identity import RunIdentity
 
 
@@ -27,6 +27,8 @@ class JobConfig(BaseModel):
     run_uid: str | None = None
     run_dir: str
     data_root: str | None = None
+    #: Where the new run's base model is: a restore records it as the run's model place (see restore.py).
+    base_model: BaseModelSpec | None = None
     object_store: ObjectStoreClientSpec | None = None
     termination_message_path: str | None = "/dev/termination-log"
 
@@ -34,6 +36,13 @@ class JobConfig(BaseModel):
     def run(self) -> RunIdentity:
         """The run the config names (the owner a restored folder is given)."""
         return RunIdentity(namespace=self.run_namespace, name=self.run_name, uid=self.run_uid)
+
+    def base_model_folder(self) -> Path | None:
+        """The new run's on-volume base model folder, absolute (None: a hub model, or not given)."""
+        if self.base_model is None or self.base_model.path is None:
+            return None
+        path = Path(self.base_model.path)
+        return (path if path.is_absolute() else Path(self.data_root or self.run_dir) / path).resolve()
 
 
 def parse_job_config(text: str) -> JobConfig:

@@ -10,7 +10,9 @@ Under the run's volume lock:
    against the manifest; any difference deletes the staging folder and names the file: nothing else of
    the volume was touched;
 4. rewrite the run record's owner to the run named in the config (a restored run is a new run), keeping
-   where it came from in ``restoredFrom``; fsync everything;
+   where it came from in ``restoredFrom``; an on-volume base model is recorded at the new run's place
+   (the config's ``baseModel.path``): the new volume holds the same model elsewhere, and the trainer still
+   checks its config and weight digests against the recorded ones; fsync everything;
 5. move the files into place, ``ledger/run.json`` last: its arrival commits the restore. A marker file
    names the files while they move, so an interrupted restore is undone and redone by a retry, and a retry
    after the commit is a no-op that reports the same result.
@@ -258,6 +260,12 @@ def _take_over(staging: Path, job: JobConfig, manifest: SnapshotManifest, uri: s
         restored_at=restored_at,
     )
     updated = record.model_copy(update={"run": job.run, "restored_from": provenance})
+    folder = job.base_model_folder()
+    if folder is not None and record.model is not None and record.model.path is not None:
+        # An absolute path: the trainer reads it relative to whatever its data root is (identity._place).
+        model = record.model.model_copy(update={"path": folder.as_posix()})
+        base = record.base_model.model_copy(update={"path": folder.as_posix()})
+        updated = updated.model_copy(update={"model": model, "base_model": base})
     atomic_write_json(path, updated.model_dump(mode="json", by_alias=True))
 
 
