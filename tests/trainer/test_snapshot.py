@@ -197,10 +197,15 @@ def test_an_upload_killed_halfway_never_counts_and_retention_keeps_the_newest_an
     assert f"s3://snaps/demo/{dead}/manifest.json does not exist" in refused["message"]
     assert "aws s3 ls" in refused["message"] and tree(target) == {}
 
+    # A batch in progress is not in a snapshot: it is the run at the end of its last completed batch.
+    done = json.loads((run / "ledger" / "batches" / f"{B2}.json").read_text())
+    started = {**done, "batchId": B3, "sequence": 3, "state": "started", "result": None, "completedAt": None}
+    (run / "ledger" / "batches" / f"{B3}.json").write_text(json.dumps(started))
     # Another run's committed snapshot in the same prefix (a restored copy elsewhere): never ours to retire.
     jc = parse_job_config(config.read_text())
     first = create(jc, options(at(1)))
     assert first.swept == [dead] and first.retired == []  # our own dead upload: swept at once
+    assert first.batches == 2 and not keys(env, f"demo/{first.snapshot_id}/ledger/batches/{B3}.json")
     theirs = parse_manifest(
         env.client()
         .get_object(Bucket="snaps", Key=f"demo/{first.snapshot_id}/{MANIFEST_NAME}")["Body"]

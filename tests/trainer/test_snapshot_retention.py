@@ -100,3 +100,18 @@ def test_the_snapshot_records_survive_a_round_trip() -> None:
         assert type(instance).model_validate(wire) == instance
     with pytest.raises(ValueError, match="only a sibling"):
         manifest.model_validate({**manifest.model_dump(by_alias=True), "links": {"adapters/latest": "../x"}})
+
+
+def test_the_termination_message_stays_under_4_kb_keeping_the_newest_ids() -> None:
+    from continual_trainer.snapshot.__main__ import termination_line
+    from continual_trainer.snapshot.manifest import SnapshotResult
+
+    swept = [sid(h) for h in range(300)]
+    result = SnapshotResult(
+        uri="s3://b/p/x/", snapshot_id=sid(400), global_step=1, batches=1, files=1, bytes=1, completed_at="t",
+        retired=[sid(301), sid(302)], swept=swept,
+    )  # fmt: skip
+    line = termination_line(result)
+    assert len(line.encode()) <= 4096
+    kept = SnapshotResult.model_validate_json(line)
+    assert kept.swept == swept[-len(kept.swept) :] and kept.retired == [sid(301), sid(302)]

@@ -116,6 +116,21 @@ def _failed(kind: Kind, code: ExitCode, reason: str, message: str) -> tuple[Exit
     )
 
 
+def termination_line(result: Any) -> str:
+    """The result as one JSON line of at most 4 KB (Kubernetes' limit): long id lists keep their newest."""
+    from continual_trainer.records import TERMINATION_MESSAGE_LIMIT
+
+    line = str(result.model_dump_json(by_alias=True))
+    while len(line.encode()) > TERMINATION_MESSAGE_LIMIT and (
+        getattr(result, "retired", None) or getattr(result, "swept", None)
+    ):
+        longer = "retired" if len(result.retired) >= len(result.swept) else "swept"
+        log.info("termination message: %s %s left out (logged above)", longer, getattr(result, longer)[0])
+        result = result.model_copy(update={longer: getattr(result, longer)[1:]})
+        line = result.model_dump_json(by_alias=True)
+    return line
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse, run, report; returns the exit code (SIGTERM before the commit: 85, nothing committed)."""
     preemption.install()
@@ -137,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
             kind=kind, outcome="Preempted", exit_code=int(code), reason="Preempted", message=message
         )
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the outcome is decided
-    line = result.model_dump_json(by_alias=True)
+    line = termination_line(result)
     job = getattr(args, "job", None)
     path = job.termination_message_path if job is not None else None
     if path:
