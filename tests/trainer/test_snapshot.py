@@ -271,6 +271,7 @@ def test_a_store_that_cannot_take_the_snapshot_is_a_clear_error_and_changes_noth
     assert expected[2] in result["message"] and f"s3://{bucket}/demo/" in result["message"]
     assert "spec.snapshots.destination" in result["message"] or case != "bucket-missing"
     assert "endpointURL" in result["message"] or case != "endpoint-down"
+    assert "s3:PutObject" in result["message"] or case != "wrong-credentials"
     assert os.environ["AWS_SECRET_ACCESS_KEY"] not in json.dumps(result)
     assert tree(run) == before
     written = json.loads((run.parent / "term-demo.json").read_text())

@@ -26,8 +26,12 @@ def store_error(exc: BaseException, uri: str, field: str) -> TrainerError:
     text = describe(exc, uri)
     if classify(exc) == "transient":
         return TransientError(f"{text} (gave up after retries)", reason="SnapshotStoreUnavailable")
-    reason = "SnapshotAccessDenied" if "denied" in text else "SnapshotStoreError"
-    return PermanentError(text, reason=reason)
+    if "denied" in text:
+        text += (
+            " (snapshots need s3:ListBucket, s3:GetObject, s3:PutObject and s3:DeleteObject on the prefix)"
+        )
+        return PermanentError(text, reason="SnapshotAccessDenied")
+    return PermanentError(text, reason="SnapshotStoreError")
 
 
 def with_store_errors(op: Callable[[], T], policy: RetryPolicy, uri: str, field: str) -> T:
