@@ -24,7 +24,6 @@ import contextlib
 import datetime as dt
 import json
 import logging
-import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -130,7 +129,8 @@ def _restore_locked(
     restored_at = rfc3339(dt.datetime.now(dt.UTC))
     _take_over(staging, job, manifest, uri, restored_at)
     for path, target in manifest.links.items():
-        os.symlink(target, staging / path)
+        (staging / path).parent.mkdir(parents=True, exist_ok=True)
+        (staging / path).symlink_to(target)
     fsync_tree(staging)
     _move_into_place(staging, layout, manifest)
     log.info("restored %s into %s (step %s)", uri, layout.root, manifest.global_step)
