@@ -4,7 +4,9 @@
 * ``local``     train a run manifest on this machine (local mode: planner + trainer subprocesses);
 * ``operator``  run the Kubernetes operator (kopf);
 * ``crds``      write (or check) the CRD manifests generated from the API models;
-* ``report``    draw a run's training curve from its volume (PNG + HTML; needs matplotlib).
+* ``report``    draw a run's training curve from its volume (PNG + HTML; needs matplotlib);
+* ``snapshot``  upload a verified snapshot of a local run to S3; ``restore`` puts one into a new volume
+  (docs/snapshots.md).
 
 It never imports torch: training always happens in ``continual-trainer`` processes.
 """
@@ -21,6 +23,7 @@ import subprocess
 import sys
 from importlib import resources as pkg_resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from continual_operator.local.folder_inbox import DEFAULT_MARKER, DEFAULT_SETTLE_SECONDS
 from continual_operator.local.mode import (
@@ -30,6 +33,9 @@ from continual_operator.local.mode import (
     LocalOptions,
     run_local,
 )
+
+if TYPE_CHECKING:
+    from continual_trainer.snapshot.job import JobConfig
 
 #: The operator's status page, from the environment when no flag is given (the chart sets flags).
 STATUS_PAGE_PORT_ENV = "CONTINUAL_STATUS_PAGE_PORT"
@@ -141,6 +147,87 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- snapshots ------------------------------------------------------------------------------------------
+def _run_manifest(args: argparse.Namespace) -> Path:
+    path: Path = args.run or args.volume / "demo-run.yaml"
+    return path.resolve()
+
+
+def _snapshot_job(args: argparse.Namespace) -> JobConfig:
+    """The artifact job's config for the run on --volume, as local mode renders the run's trainer config."""
+    from continual_operator import resources
+    from continual_operator.local import load_run, localize
+    from continual_operator.local_state import LOCAL_NAMESPACE, run_uid
+    from continual_trainer.config import ObjectStoreClientSpec
+    from continual_trainer.snapshot.job import JobConfig
+
+    volume: Path = args.volume.resolve()
+    manifest = _run_manifest(args)
+    if not manifest.exists():
+        raise LocalModeError(
+            f"no run manifest: give --run MANIFEST (the ContinualTrainingRun file `continual-training local "
+            f"--run` trains on this volume); a volume made by `continual-training demo` has {manifest}"
+        )
+    run = load_run(manifest)
+    store = resources.object_store_client(run.spec)
+    if args.endpoint_url:
+        base = store or ObjectStoreClientSpec(addressing_style="path")
+        store = base.model_copy(update={"endpoint_url": args.endpoint_url})
+    model = run.spec.base_model.to_trainer(path=resources.base_model_path(run.spec))
+    if model.path is not None:
+        model = model.model_copy(update={"path": localize(model.path, volume)})
+    return JobConfig(
+        base_model=model,
+        run_name=run.metadata.name,
+        run_namespace=LOCAL_NAMESPACE,
+        run_uid=run_uid(run.metadata.name),
+        run_dir=localize(resources.run_dir(run.spec), volume),
+        data_root=str(volume),
+        object_store=store,
+        termination_message_path=None,
+    )
+
+
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    """Snapshot the run on --volume to --destination (the same code as the snapshot Job)."""
+    from continual_trainer.exitcodes import TrainerError
+    from continual_trainer.snapshot.create import CreateOptions, create
+
+    options = CreateOptions(destination=args.destination, keep=args.keep, pins=frozenset(args.pin))
+    try:
+        result = create(_snapshot_job(args), options)
+    except TrainerError as exc:
+        print(f"continual-training snapshot: {exc.message} ({exc.reason})", file=sys.stderr)
+        return int(exc.exit_code)
+    print(
+        f"snapshot {result.snapshot_id}: {result.uri} (global step {result.global_step}, {result.batches} "
+        f"batches, {result.files} files, {result.bytes / 1e6:.1f} MB); restore it with: continual-training "
+        f"restore --volume NEW_VOLUME --run {_run_manifest(args)} --source {result.uri}"
+    )
+    for name, ids in (("retired (retention)", result.retired), ("swept (incomplete)", result.swept)):
+        if ids:
+            print(f"{name}: {', '.join(ids)}")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    """Restore --source into the run folder on --volume (the same code as the restore Job)."""
+    from continual_trainer.exitcodes import TrainerError
+    from continual_trainer.snapshot.restore import RestoreOptions, restore
+
+    job = _snapshot_job(args)
+    try:
+        result = restore(job, RestoreOptions(source=args.source))
+    except TrainerError as exc:
+        print(f"continual-training restore: {exc.message} ({exc.reason})", file=sys.stderr)
+        return int(exc.exit_code)
+    print(
+        f"restored {result.uri} into {job.run_dir} (global step {result.global_step}, {result.batches} "
+        f"batches); run {job.run_name} continues from there with `continual-training local` on this volume"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="continual-training", description=__doc__.splitlines()[0])
     parser.add_argument("--log-level", default="WARNING")
@@ -229,6 +316,30 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--volume", type=Path, required=True, help="the run's volume (or its run folder)")
     report.add_argument("--out", type=Path, default=Path("report"), help="where to write (default: report)")
     report.set_defaults(func=cmd_report)
+
+    def snapshot_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--volume", type=Path, required=True, help="the folder standing for /data")
+        p.add_argument(
+            "--run", type=Path, help="the ContinualTrainingRun manifest (default: VOLUME/demo-run.yaml)"
+        )
+        p.add_argument(
+            "--endpoint-url",
+            help="the S3 endpoint (default: the run's spec.objectStore.endpointURL, else AWS)",
+        )
+
+    snapshot = sub.add_parser("snapshot", help="upload a verified snapshot of the run on a volume to S3")
+    snapshot_flags(snapshot)
+    snapshot.add_argument("--destination", required=True, help="s3://bucket/prefix/ (snapshots go below it)")
+    snapshot.add_argument("--keep", type=int, default=7, help="this run's snapshots kept (default 7)")
+    snapshot.add_argument(
+        "--pin", action="append", default=[], help="a snapshot id never deleted (repeatable)"
+    )
+    snapshot.set_defaults(func=cmd_snapshot)
+
+    restore = sub.add_parser("restore", help="restore a snapshot into a new volume, verified first")
+    snapshot_flags(restore)
+    restore.add_argument("--source", required=True, help="s3://bucket/prefix/<snapshotId>/")
+    restore.set_defaults(func=cmd_restore)
     return parser
 
 

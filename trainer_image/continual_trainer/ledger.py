@@ -39,6 +39,16 @@ def utcnow() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+class RestoredFrom(Model):
+    """Where a restored run's folder came from: the snapshot, and the run that took it (provenance)."""
+
+    run: RunIdentity | None = Field(description="The run the snapshot was taken from.")
+    snapshot_id: str
+    uri: str = Field(description="The snapshot's folder, s3://bucket/prefix/<snapshotId>/.")
+    global_step: int
+    restored_at: str = Field(description="When the restore committed (RFC 3339 UTC).")
+
+
 class RunRecord(Model):
     """Fixed for the life of a run: a change to any of these is configuration drift (or another run)."""
 
@@ -59,6 +69,11 @@ class RunRecord(Model):
     rebuilt_from: str | None = Field(
         default=None,
         description="Set when run.json was missing and rebuilt from this checkpoint or adapter folder.",
+    )
+    restored_from: RestoredFrom | None = Field(
+        default=None,
+        description="Set when the folder was restored from a snapshot: ``run`` is then the run it was "
+        "restored for, and this keeps the run the snapshot was taken from.",
     )
 
 
@@ -150,5 +165,7 @@ class Ledger:
         except (OSError, ValueError, ValidationError) as exc:
             raise IntegrityError(
                 f"the ledger file {path} is unreadable ({exc.__class__.__name__}: {exc}); it is written "
-                "atomically, so this means outside interference: restore it from a snapshot"
+                "atomically, so this means outside interference: restore the run's last snapshot into a new run "
+                "(spec.restoreFrom: s3://BUCKET/PREFIX/<snapshotId>/ on a new ContinualTrainingRun; local mode: "
+                "continual-training restore --volume NEW_VOLUME --source s3://BUCKET/PREFIX/<snapshotId>/)"
             ) from exc

@@ -331,7 +331,10 @@ def _plan_batch(config: TrainerConfig, ledger: Ledger, layout: RunLayout, loaded
             if not failed:
                 raise IntegrityError(
                     f"{ckpt.path} is past step {start}, where the last completed batch ended, and no failed "
-                    "batch explains it: the ledger and the checkpoints disagree; restore from a snapshot"
+                    "batch explains it: the ledger and the checkpoints disagree; restore the run's last snapshot "
+                    "into a new run (spec.restoreFrom: s3://BUCKET/PREFIX/<snapshotId>/ on a new "
+                    "ContinualTrainingRun; local mode: continual-training restore --volume NEW_VOLUME --source "
+                    "s3://BUCKET/PREFIX/<snapshotId>/)"
                 )
             ckpts.quarantine(ckpt.path, f"trained by failed batch(es) {sorted(failed)}", layout.root)
     training = config.training
@@ -376,7 +379,9 @@ def _resume_point(record: BatchRecord, valid: list[ckpts.Checkpoint]) -> ckpts.C
     if beyond:
         raise IntegrityError(
             f"{beyond[0].path} is past the target step {record.target_step} of batch {record.batch_id!r}, "
-            "the batch in progress: global_step would go backwards; restore the volume from a snapshot",
+            "the batch in progress: global_step would go backwards; restore the run's last snapshot into a new "
+            "run (spec.restoreFrom: s3://BUCKET/PREFIX/<snapshotId>/ on a new ContinualTrainingRun; local mode: "
+            "continual-training restore --volume NEW_VOLUME --source s3://BUCKET/PREFIX/<snapshotId>/)",
         )
     inside = [c for c in valid if record.start_step <= c.step <= record.target_step]
     return inside[-1] if inside else None
@@ -532,6 +537,10 @@ def _cannot_rebuild(
     fixes.append(
         f"copy a valid checkpoint-<N> with {lowest} <= N <= {step} from a backup of the volume into "
         f"{layout.checkpoints}"
+    )
+    fixes.append(
+        "restore the run's last snapshot into a new run (spec.restoreFrom on a new ContinualTrainingRun; local "
+        "mode: continual-training restore --volume NEW_VOLUME --source s3://BUCKET/PREFIX/<snapshotId>/)"
     )
     if session.ledger.read_batch(record.batch_id) is None:
         again = "under this batch id or a new one: nothing of it was recorded"
