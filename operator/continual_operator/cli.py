@@ -155,9 +155,10 @@ def _run_manifest(args: argparse.Namespace) -> Path:
 
 def _snapshot_job(args: argparse.Namespace) -> JobConfig:
     """The artifact job's config for the run on --volume, as local mode renders the run's trainer config."""
-    from continual_operator import resources
-    from continual_operator.local import load_run, localize
-    from continual_operator.local_state import LOCAL_NAMESPACE, run_uid
+    from continual_operator.local.executor import localize
+    from continual_operator.local.mode import load_run
+    from continual_operator.local.state import LOCAL_NAMESPACE, run_uid
+    from continual_operator.workloads import resources
     from continual_trainer.config import ObjectStoreClientSpec
     from continual_trainer.snapshot.job import JobConfig
 
