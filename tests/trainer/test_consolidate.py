@@ -1,0 +1,180 @@
+"""Consolidation: the latest adapter merged into the base model, checked, published as a plain HF folder.
+
+One tiny run is trained once per module (one batch, a real trainer process); each test consolidates it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors import safe_open
+from tests.trainer.helpers import DEMO_BATCHES, make_config, run_trainer
+
+from continual_trainer.config import TrainerConfig
+from continual_trainer.consolidate import check, merge
+from continual_trainer.consolidate.job import CheckFailedError, ConsolidationRequest, consolidate
+
+SMALL_SHARDS = 60_000  # bytes: the tiny model's merged weights then span several shards
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> TrainerConfig:
+    """A volume holding the base model, one trained batch and its exported adapter."""
+    volume = tmp_path_factory.mktemp("consolidate") / "volume"
+    shutil.copytree(tiny_model, volume / "models" / "tiny")
+    batch, data = DEMO_BATCHES[0]
+    (volume / "inbox").mkdir()
+    shutil.copy(data, volume / "inbox" / data.name)
+    config = make_config(
+        volume / "run", volume / "models" / "tiny", batch, volume / "inbox" / data.name, data_root=volume
+    )
+    outcome = run_trainer(config)
+    assert outcome.code == 0, outcome.stderr[-3000:]
+    return config
+
+
+def _volume(config: TrainerConfig) -> Path:
+    return Path(str(config.data_root))
+
+
+def _write_config(config: TrainerConfig, path: Path) -> Path:
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json", by_alias=True)))
+    return path
+
+
+def _cli(config: TrainerConfig, *args: str, env: dict[str, str] | None = None) -> tuple[int, dict, str]:
+    cfg = _write_config(config, _volume(config).parent / "consolidate.yaml")
+    term = Path(str(config.termination_message_path))
+    term.unlink(missing_ok=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "continual_trainer.consolidate", "--config", str(cfg), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env=env,
+    )
+    result = json.loads(term.read_text()) if term.exists() else {}
+    return proc.returncode, result, proc.stderr
+
+
+def _reference_logits(config: TrainerConfig, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(base alone, base + adapter through PEFT), both fp32."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(str(config.base_model.path), dtype=torch.float32).eval()
+    with torch.no_grad():
+        plain = base(input_ids=ids).logits
+        adapted = PeftModel.from_pretrained(base, str(config.root / "adapters" / "latest")).eval()
+        return plain, adapted(input_ids=ids).logits
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if ".staging-" in p.name or ".previous-" in p.name)
+
+
+def test_the_merged_folder_loads_without_peft_and_matches_base_plus_adapter(trained):
+    code, result, stderr = _cli(trained, "--output", "models/merged", "--max-shard-bytes", str(SMALL_SHARDS))
+    assert code == 0, stderr[-3000:]
+    out = _volume(trained) / "models" / "merged"
+    assert result["kind"] == "consolidation"
+    assert result["output"] == str(out.resolve())
+    assert (result["globalStep"], result["batches"], result["dtype"]) == (6, 1, "float32")
+    assert result["tolerance"] == 1e-4
+    assert 0 <= result["maxAbsDiff"] <= 1e-4
+    # sharded, indexed, with config, generation config, tokenizer, card and manifest
+    shards = sorted(out.glob("model-*-of-*.safetensors"))
+    assert len(shards) == result["shards"] > 1
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    assert set(index["weight_map"].values()) == {p.name for p in shards}
+    for name in ("config.json", "generation_config.json", "tokenizer.json", "README.md"):
+        assert (out / name).is_file(), name
+    card = (out / "README.md").read_text()
+    assert (
+        str(trained.base_model.path) in card
+        and "| global step | 6 |" in card
+        and "| batches trained | 1 |" in card
+    )
+    manifest = json.loads((out / "consolidation.json").read_text())
+    listed = {f["path"]: f for f in manifest["files"]}
+    on_disk = {p.name for p in out.iterdir()} - {"consolidation.json"}
+    assert set(listed) == on_disk
+    for name, entry in listed.items():
+        data = (out / name).read_bytes()
+        assert (len(data), hashlib.sha256(data).hexdigest()) == (entry["size"], entry["sha256"])
+    assert manifest["check"]["tolerance"] == 1e-4 and manifest["check"]["maxAbsDiff"] == result["maxAbsDiff"]
+    assert _leftovers(out.parent) == []
+
+    # plain transformers (no PEFT) loads it, and its logits are base + adapter's, not the base's
+    from transformers import AutoModelForCausalLM
+
+    merged = AutoModelForCausalLM.from_pretrained(str(out)).eval()
+    assert not hasattr(merged, "peft_config")
+    ids = check.probe_ids(merged.config.vocab_size)
+    with torch.no_grad():
+        got = merged(input_ids=ids).logits
+    plain, adapted = _reference_logits(trained, ids)
+    assert float((got - adapted).abs().max()) <= 1e-4
+    assert float((plain - adapted).abs().max()) > 1e-2  # the adapter matters: the check can tell
+
+
+def test_bf16_output_is_merged_in_fp32_and_cast_once_within_a_measured_tolerance(trained):
+    result = consolidate(trained, ConsolidationRequest("models/merged-bf16", dtype="bfloat16"))
+    out = Path(str(result.output))
+    assert result.dtype == "bfloat16" and result.tolerance is not None and result.max_abs_diff is not None
+    assert result.max_abs_diff <= result.tolerance
+    manifest = json.loads((out / "consolidation.json").read_text())
+    drift = manifest["check"]["roundingDrift"]
+    assert drift > 0 and result.tolerance == max(1e-4, check.ROUNDED_FACTOR * drift)
+    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+    # each merged weight is exactly round_bf16(W_fp32 + scale * B @ A): one cast, from the original
+    from safetensors.torch import load_file
+
+    adapter = load_file(str(trained.root / "adapters" / "latest" / "adapter_model.safetensors"))
+    key = "model.layers.0.self_attn.q_proj.weight"
+    base_file = Path(str(trained.base_model.path)) / "model.safetensors"
+    with safe_open(str(base_file), framework="pt") as handle:
+        w = handle.get_tensor(key)
+    prefix = "base_model.model.model.layers.0.self_attn.q_proj"
+    delta = adapter[f"{prefix}.lora_B.weight"] @ adapter[f"{prefix}.lora_A.weight"] * (8 / 4)
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    with safe_open(str(out / index["weight_map"][key]), framework="pt") as handle:
+        merged_w = handle.get_tensor(key)
+    assert merged_w.dtype == torch.bfloat16
+    assert torch.equal(merged_w, (w.float() + delta).to(torch.bfloat16))
+
+
+def test_a_wrong_merge_is_caught_and_nothing_is_published(trained, monkeypatch):
+    right = merge.lora_delta
+    monkeypatch.setattr(merge, "lora_delta", lambda pair, a, b: 2 * right(pair, a, b))  # a scale bug
+    out = _volume(trained) / "models" / "wrong"
+    with pytest.raises(CheckFailedError, match="nothing was published") as caught:
+        consolidate(trained, ConsolidationRequest("models/wrong"))
+    assert caught.value.exit_code == 64
+    assert not out.exists() and _leftovers(out.parent) == []
+
+
+def test_an_existing_consolidation_is_replaced_only_when_the_new_one_is_complete(trained, monkeypatch):
+    first = consolidate(trained, ConsolidationRequest("models/replaced"))
+    out = Path(str(first.output))
+    before = (out / "consolidation.json").read_text()
+    monkeypatch.setattr(merge, "lora_delta", lambda *_: torch.zeros(1))  # a broken merge
+    with pytest.raises(CheckFailedError):
+        consolidate(trained, ConsolidationRequest("models/replaced"))
+    assert (out / "consolidation.json").read_text() == before  # the old one is still there, whole
+    monkeypatch.undo()
+    second = consolidate(trained, ConsolidationRequest("models/replaced"))
+    assert second.output == first.output
+    assert (
+        json.loads((out / "consolidation.json").read_text())["startedAt"] >= json.loads(before)["startedAt"]
+    )
+    assert _leftovers(out.parent) == []

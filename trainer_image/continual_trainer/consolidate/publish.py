@@ -1,0 +1,202 @@
+"""Where a consolidation goes and how it is published: never half-written, never over something else.
+
+* **A volume folder** (``--output PATH``, relative to the data root or absolute inside it): the model is
+  written into a hidden staging folder beside the output (same file system), checked, fsync'd, and only then
+  renamed into place. An existing output is **replaced** -- only once the new one is complete, and only if it
+  is a consolidation (it holds ``consolidation.json``): the old folder is renamed aside, the new one renamed
+  in, the old one deleted. A reader sees the old model or the new one, never a mix (for the instant between
+  the two renames, no folder). A path that is not ours (the run folder, the base model, the volume itself, a
+  folder of the user's) is refused before anything is written.
+* **An S3 prefix** (``--output s3://bucket/prefix/``): each consolidation is a new folder
+  ``prefix/<consolidationId>/`` (``<UTC yyyymmddThhmmssZ>-step<globalStep:08d>``, as snapshots are named), so
+  nothing is overwritten: the files are uploaded (multipart, by s3transfer) and ``consolidation.json`` is
+  written **last** with a create-only conditional write. A folder without it is incomplete and never counts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from continual_trainer import sandbox
+from continual_trainer.exitcodes import PermanentError, TransientError
+from continual_trainer.fsutil import fsync_dir, fsync_tree
+
+MANIFEST_NAME = "consolidation.json"
+#: Folders of a run that an output must never be, contain, or lie in.
+_RUN_PARTS = ("checkpoints", "ledger", "adapters", "cache", "quarantine")
+
+
+class OutputNotWritableError(PermanentError):
+    """The output cannot be (or must not be) written: the message names ``--output`` and the fix."""
+
+    reason = "OutputNotWritable"
+
+
+def sha256_file(path: Path) -> str:
+    """The file's sha256 (streamed, 1 MiB at a time)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_entries(folder: Path) -> list[dict[str, Any]]:
+    """``{path, size, sha256}`` of every file below ``folder`` except the manifest, in name order."""
+    entries = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = path.relative_to(folder).as_posix()
+        if rel != MANIFEST_NAME:
+            entries.append({"path": rel, "size": path.stat().st_size, "sha256": sha256_file(path)})
+    return entries
+
+
+def write_manifest(folder: Path, manifest: dict[str, Any]) -> bytes:
+    """Add the file list to ``manifest``, write it as ``consolidation.json``; return its bytes."""
+    data = (json.dumps({**manifest, "files": file_entries(folder)}, indent=2) + "\n").encode()
+    (folder / MANIFEST_NAME).write_bytes(data)
+    return data
+
+
+# -- a volume folder -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class VolumeTarget:
+    """A confined output folder on the volume."""
+
+    path: Path
+
+    def staging(self) -> Path:
+        """A fresh hidden folder beside the output (same file system, so the rename is atomic)."""
+        return self.path.with_name(f".{self.path.name}.staging-{uuid.uuid4().hex[:8]}")
+
+
+def volume_target(output: str, root: Path, run_dir: Path, base_folder: Path | None) -> VolumeTarget:
+    """``--output`` resolved inside the data root, refusing every path a publish would damage."""
+    given = Path(output)
+    full = given if given.is_absolute() else root / given
+    fix = "choose a new folder on the volume for the merged model (e.g. models/merged), below dataRoot"
+    real = sandbox.confine(full, root, field="--output", given=output, fix=fix)
+    protected = [root.resolve(), run_dir.resolve()]
+    if base_folder is not None:
+        protected.append(base_folder.resolve())
+    for guard in protected:
+        if (
+            real == guard
+            or guard.is_relative_to(real)
+            or (guard != root.resolve() and real.is_relative_to(guard))
+        ):
+            raise OutputNotWritableError(
+                f"--output: {output!r} is (or contains, or lies in) {guard}, which a publish would replace: "
+                f"{fix}; nothing was written"
+            )
+    for part in _RUN_PARTS:
+        if real.is_relative_to(run_dir.resolve() / part):
+            raise OutputNotWritableError(f"--output: {output!r} is inside the run's {part}/ folder: {fix}")
+    if real.exists() and not (real / MANIFEST_NAME).is_file():
+        raise OutputNotWritableError(
+            f"--output: {real} exists and is not a consolidation (it has no {MANIFEST_NAME}): it is replaced "
+            f"only when an earlier consolidation wrote it. Remove it, or {fix}; nothing was written"
+        )
+    return VolumeTarget(real)
+
+
+def make_staging(target: VolumeTarget) -> Path:
+    """Create the staging folder (and the output's parents): an unwritable place says so, naming --output."""
+    staging = target.staging()
+    try:
+        staging.mkdir(parents=True)
+    except OSError as exc:
+        raise OutputNotWritableError(
+            f"--output: cannot write beside {target.path} ({exc.strerror or exc}): make its folder writable "
+            "by the trainer (the pod's securityContext fsGroup, or the volume's permissions), or choose "
+            "another --output; nothing was published"
+        ) from exc
+    return staging
+
+
+def publish_folder(staging: Path, target: VolumeTarget) -> None:
+    """fsync the staged folder, then put it at the output (replacing an older consolidation)."""
+    fsync_tree(staging)
+    old: Path | None = None
+    if target.path.exists():
+        old = target.path.with_name(f".{target.path.name}.previous-{uuid.uuid4().hex[:8]}")
+        target.path.rename(old)
+    try:
+        staging.rename(target.path)
+    except BaseException:
+        if old is not None:
+            old.rename(target.path)  # put the previous one back: nothing changed
+        raise
+    fsync_dir(target.path.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def discard(staging: Path) -> None:
+    """Remove a staging folder (a failed check, an error, SIGTERM): nothing is published."""
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+# -- an S3 prefix ----------------------------------------------------------------------------------------
+def s3_prefix(output: str, consolidation_id: str) -> Any:
+    """The S3 location the consolidation's files go to: ``<prefix>/<consolidation id>/``."""
+    from continual_trainer.objectstore import parse_s3_uri
+
+    try:
+        location = parse_s3_uri(output if output.endswith("/") else output + "/")
+    except ValueError as exc:
+        raise OutputNotWritableError(f"--output: {exc}") from exc
+    return location.child(f"{location.key}{consolidation_id}/")
+
+
+def upload_folder(client: Any, folder: Path, prefix: Any, manifest: bytes) -> None:
+    """Upload every file below ``folder`` under ``prefix``, then the manifest last, create-only."""
+    from boto3.s3.transfer import TransferConfig
+
+    transfer = TransferConfig(multipart_threshold=64 << 20, multipart_chunksize=64 << 20)
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST_NAME):
+        key = prefix.key + path.relative_to(folder).as_posix()
+        _store_call(
+            lambda p=path, k=key: client.upload_file(str(p), prefix.bucket, k, Config=transfer),
+            prefix.child(key).uri,
+        )
+    key = prefix.key + MANIFEST_NAME
+    _store_call(lambda: put_create_only(client, prefix.bucket, key, manifest), prefix.child(key).uri)
+
+
+def put_create_only(client: Any, bucket: str, key: str, body: bytes) -> None:
+    """``PutObject`` with ``If-None-Match: *``: an existing manifest is never overwritten."""
+    from botocore.exceptions import ClientError
+
+    from continual_trainer.objectstore import error_code
+
+    try:
+        client.put_object(Bucket=bucket, Key=key, Body=body, IfNoneMatch="*", ContentType="application/json")
+    except ClientError as exc:
+        if error_code(exc) in {"PreconditionFailed", "412", "ConditionalRequestConflict"}:
+            raise OutputNotWritableError(
+                f"--output: s3://{bucket}/{key} already exists: a consolidation folder is written once; "
+                "nothing was overwritten"
+            ) from exc
+        raise
+
+
+def _store_call(op: Any, uri: str) -> None:
+    from continual_trainer import objectstore
+
+    try:
+        objectstore.call_with_retries(op, objectstore.RetryPolicy())
+    except OutputNotWritableError:
+        raise
+    except Exception as exc:
+        inner = getattr(exc, "last_exception", None) or exc.__cause__ or exc  # s3transfer wraps ClientError
+        text = objectstore.describe(inner, uri)
+        if objectstore.classify(inner) == "transient":
+            raise TransientError(f"--output: {text}", reason="ObjectStoreUnavailable") from exc
+        raise OutputNotWritableError(f"--output: {text}; nothing counts as published") from exc
