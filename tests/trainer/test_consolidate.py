@@ -18,7 +18,7 @@ import yaml
 from safetensors import safe_open
 from tests.trainer.helpers import DEMO_BATCHES, make_config, run_trainer
 
-from continual_trainer.config import TrainerConfig
+from continual_trainer.config import ObjectStoreClientSpec, TrainerConfig
 from continual_trainer.consolidate import check, merge
 from continual_trainer.consolidate.job import CheckFailedError, ConsolidationRequest, consolidate
 
@@ -178,3 +178,134 @@ def test_an_existing_consolidation_is_replaced_only_when_the_new_one_is_complete
         json.loads((out / "consolidation.json").read_text())["startedAt"] >= json.loads(before)["startedAt"]
     )
     assert _leftovers(out.parent) == []
+
+
+# -- bad cases: a clear refusal (exit 64), nothing published, the run untouched ----------------------------
+def _tree(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every path below ``folder`` with its size and mtime (ns): what "untouched" means (the lock file
+    holds the pid of whoever took the lock last; the test's termination message lies on the volume too)."""
+    return {
+        str(p.relative_to(folder)): (p.lstat().st_size, p.lstat().st_mtime_ns)
+        for p in folder.rglob("*")
+        if p.name != ".lock" and not p.name.startswith("term-")
+    }
+
+
+@pytest.mark.parametrize(
+    ("output", "reason", "says"),
+    [
+        ("../outside", "PathOutsideDataRoot", "outside the data root"),
+        ("/etc/merged", "PathOutsideDataRoot", "outside the data root"),
+        ("run", "OutputNotWritable", "which a publish would replace"),
+        (".", "OutputNotWritable", "which a publish would replace"),
+        ("models/tiny", "OutputNotWritable", "which a publish would replace"),
+        ("models", "OutputNotWritable", "which a publish would replace"),
+        ("run/checkpoints/merged", "OutputNotWritable", "which a publish would replace"),
+        ("inbox", "OutputNotWritable", "is not a consolidation"),
+        ("a-file/merged", "UnresolvablePath", "Not a directory"),
+    ],
+)
+def test_an_output_that_escapes_the_volume_or_would_damage_it_is_refused(trained, output, reason, says):
+    volume = _volume(trained)
+    (volume / "a-file").write_text("not a folder\n")
+    before = _tree(volume)
+    with pytest.raises(Exception, match=says) as caught:
+        consolidate(trained, ConsolidationRequest(output))
+    assert (caught.value.exit_code, caught.value.reason) == (64, reason)
+    assert "--output" in caught.value.message
+    assert _tree(volume) == before
+
+
+def test_an_unwritable_output_exits_64_naming_the_flag_and_publishes_nothing(trained):
+    volume = _volume(trained)
+    (volume / "a-file").write_text("not a folder\n")
+    before = _tree(volume)
+    code, result, _ = _cli(trained, "--output", "a-file/merged")
+    assert code == 64
+    assert result["kind"] == "consolidation" and result["exitCode"] == 64 and "output" not in result
+    assert result["message"].startswith("--output: 'a-file/merged'")
+    assert _tree(volume) == before
+
+
+def test_a_run_that_trained_nothing_yet_says_so(trained, tmp_path):
+    empty = trained.model_copy(update={"run_dir": str(_volume(trained) / "fresh-run")})
+    (_volume(trained) / "fresh-run").mkdir(exist_ok=True)
+    code, result, _ = _cli(empty, "--output", "models/never")
+    assert (code, result["reason"]) == (64, "NothingToConsolidate")
+    assert "no batch has completed" in result["message"] and "train a batch first" in result["message"]
+    assert not (_volume(trained) / "models" / "never").exists()
+
+
+def test_a_quantized_base_is_refused_merge_before_quantizing(trained):
+    config_json = Path(str(trained.base_model.path)) / "config.json"
+    original = config_json.read_text()
+    try:
+        data = json.loads(original)
+        data["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_4bit": True}
+        config_json.write_text(json.dumps(data))
+        code, result, _ = _cli(trained, "--output", "models/from-quantized")
+    finally:
+        config_json.write_text(original)
+    assert (code, result["reason"]) == (64, "QuantizedBaseModel")
+    assert "Merge before quantizing" in result["message"] and "bitsandbytes" in result["message"]
+    assert not (_volume(trained) / "models" / "from-quantized").exists()
+
+
+def test_quantized_tensors_are_refused_even_without_a_quantization_config(tmp_path):
+    from safetensors.torch import save_file
+
+    from continual_trainer.consolidate.source import QuantizedBaseError, base_weights
+
+    (tmp_path / "config.json").write_text('{"model_type": "llama"}')
+    save_file(
+        {"model.layers.0.mlp.up_proj.weight": torch.zeros(4, 4, dtype=torch.int8)},
+        str(tmp_path / "model.safetensors"),
+    )
+    with pytest.raises(QuantizedBaseError, match="Merge before quantizing"):
+        base_weights(tmp_path)
+
+
+# -- an S3 output: files first, the manifest last (create-only), one folder per consolidation ---------------
+def test_an_s3_output_uploads_every_file_and_the_manifest_last(trained, s3_server, monkeypatch):
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    bucket = s3_server.make_bucket("models")
+    store = ObjectStoreClientSpec.model_validate(s3_server.object_store())
+    config = trained.model_copy(update={"object_store": store})
+    result = consolidate(config, ConsolidationRequest("s3://models/run-a/", max_shard_bytes=SMALL_SHARDS))
+    assert result.output is not None and result.output.startswith("s3://models/run-a/")
+    assert result.output.endswith("-step00000006/")
+    key = result.output.removeprefix(f"s3://{bucket}/")
+    client = s3_server.client()
+    objects = {o["Key"][len(key) :] for o in client.list_objects_v2(Bucket=bucket, Prefix=key)["Contents"]}
+    manifest = json.loads(client.get_object(Bucket=bucket, Key=key + "consolidation.json")["Body"].read())
+    assert objects == {f["path"] for f in manifest["files"]} | {"consolidation.json"}
+    assert len([o for o in objects if o.endswith(".safetensors")]) == result.shards > 1
+    for entry in manifest["files"]:
+        body = client.get_object(Bucket=bucket, Key=key + entry["path"])["Body"].read()
+        assert hashlib.sha256(body).hexdigest() == entry["sha256"]
+    assert not list(trained.root.glob(".consolidation-staging-*"))  # the local staging is gone
+
+
+def test_the_manifest_write_is_create_only_and_a_missing_bucket_is_refused_before_merging(
+    trained, s3_server, monkeypatch
+):
+    from continual_trainer.consolidate import publish
+    from continual_trainer.objectstore import make_client
+
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    store = ObjectStoreClientSpec.model_validate(s3_server.object_store())
+    client = make_client(store)
+    s3_server.make_bucket("models")
+    publish.put_create_only(client, "models", "x/consolidation.json", b"{}")
+    with pytest.raises(publish.OutputNotWritableError, match="already exists"):
+        publish.put_create_only(client, "models", "x/consolidation.json", b'{"other": 1}')
+    assert client.get_object(Bucket="models", Key="x/consolidation.json")["Body"].read() == b"{}"
+
+    monkeypatch.setattr(merge, "merge", lambda request: pytest.fail("merged before the bucket was reached"))
+    config = trained.model_copy(update={"object_store": store})
+    with pytest.raises(publish.OutputNotWritableError, match="the bucket does not exist") as caught:
+        consolidate(config, ConsolidationRequest("s3://no-such-bucket/models/"))
+    assert caught.value.exit_code == 64
+    assert not list(trained.root.glob(".consolidation-staging-*"))

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from continual_trainer import sandbox
+from continual_trainer import runrecord, sandbox
 from continual_trainer.config import TrainerConfig
 from continual_trainer.consolidate import check, merge, publish, source
 from continual_trainer.consolidate.result import ConsolidationResult
@@ -89,7 +89,10 @@ def locate(config: TrainerConfig, request: ConsolidationRequest) -> Located:
     """The adapter, the base's shards, the batches trained and the output dtype (or a refusal)."""
     adapter = source.latest_adapter(config.root)
     base = source.base_weights(source.base_folder(config.base_model))
-    done = [r for r in Ledger(config.root).batches() if r.state == "completed"]
+    ledger = Ledger(config.root)
+    # The adapter was trained on the recorded base model: merging it into another one would be wrong.
+    runrecord.check(config, ledger.read_run(), sandbox.data_root(config))
+    done = [r for r in ledger.batches() if r.state == "completed"]
     batches = sum(1 for r in done if r.target_step <= adapter.global_step)
     dtype = request.dtype or _base_dtype(base.config)
     return Located(adapter, base, batches, dtype)
@@ -106,6 +109,10 @@ def _consolidate_locked(config: TrainerConfig, request: ConsolidationRequest) ->
     if request.output.startswith("s3://"):
         consolidation_id = f"{started.strftime('%Y%m%dT%H%M%SZ')}-step{found.adapter.global_step:08d}"
         prefix = publish.s3_prefix(request.output, consolidation_id)
+        from continual_trainer.objectstore import make_client
+
+        client = make_client(config.object_store)
+        publish.preflight(client, prefix)  # a missing bucket or refused credentials, before the merge
         staging = config.root / f".consolidation-staging-{uuid.uuid4().hex[:8]}"
         staging.mkdir()
         target: publish.VolumeTarget | None = None
@@ -123,9 +130,7 @@ def _consolidate_locked(config: TrainerConfig, request: ConsolidationRequest) ->
             publish.publish_folder(staging, target)
             published = True
         else:
-            from continual_trainer.objectstore import make_client
-
-            publish.upload_folder(make_client(config.object_store), staging, prefix, manifest)
+            publish.upload_folder(client, staging, prefix, manifest)
     finally:
         if not published:
             publish.discard(staging)

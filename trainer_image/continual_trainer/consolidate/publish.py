@@ -155,6 +155,20 @@ def s3_prefix(output: str, consolidation_id: str) -> Any:
     return location.child(f"{location.key}{consolidation_id}/")
 
 
+def preflight(client: Any, prefix: Any) -> None:
+    """Reach the bucket before anything is merged, and refuse a consolidation folder that already exists."""
+
+    def listing() -> Any:
+        return client.list_objects_v2(Bucket=prefix.bucket, Prefix=prefix.key, MaxKeys=1)
+
+    found = _store_call(listing, prefix.uri)
+    if found.get("KeyCount", 0):
+        raise OutputNotWritableError(
+            f"--output: {prefix.uri} already holds objects (a consolidation of the same step in the same "
+            "second?): a consolidation folder is written once; retry in a second"
+        )
+
+
 def upload_folder(client: Any, folder: Path, prefix: Any, manifest: bytes) -> None:
     """Upload every file below ``folder`` under ``prefix``, then the manifest last, create-only."""
     from boto3.s3.transfer import TransferConfig
@@ -187,11 +201,11 @@ def put_create_only(client: Any, bucket: str, key: str, body: bytes) -> None:
         raise
 
 
-def _store_call(op: Any, uri: str) -> None:
+def _store_call(op: Any, uri: str) -> Any:
     from continual_trainer import objectstore
 
     try:
-        objectstore.call_with_retries(op, objectstore.RetryPolicy())
+        return objectstore.call_with_retries(op, objectstore.RetryPolicy())
     except OutputNotWritableError:
         raise
     except Exception as exc:
