@@ -303,7 +303,7 @@ def test_the_manifest_write_is_create_only_and_a_missing_bucket_is_refused_befor
         publish.put_create_only(client, "models", "x/consolidation.json", b'{"other": 1}')
     assert client.get_object(Bucket="models", Key="x/consolidation.json")["Body"].read() == b"{}"
 
-    monkeypatch.setattr(merge, "merge", lambda request: pytest.fail("merged before the bucket was reached"))
+    monkeypatch.setattr(merge, "merge", lambda _request: pytest.fail("merged before the bucket was reached"))
     config = trained.model_copy(update={"object_store": store})
     with pytest.raises(publish.OutputNotWritableError, match="the bucket does not exist") as caught:
         consolidate(config, ConsolidationRequest("s3://no-such-bucket/models/"))
