@@ -180,6 +180,17 @@ def test_an_existing_consolidation_is_replaced_only_when_the_new_one_is_complete
     assert _leftovers(out.parent) == []
 
 
+def test_sigterm_before_the_publish_exits_85_and_publishes_nothing(trained):
+    import os
+
+    env = dict(os.environ, CONTINUAL_TRAINER_FAILPOINTS="phase@publish=term")
+    code, result, stderr = _cli(trained, "--output", "models/preempted", env=env)
+    assert (code, result["reason"]) == (85, "Preempted"), stderr[-2000:]
+    assert "nothing was published" in result["message"]
+    out = _volume(trained) / "models" / "preempted"
+    assert not out.exists() and _leftovers(out.parent) == []
+
+
 # -- bad cases: a clear refusal (exit 64), nothing published, the run untouched ----------------------------
 def _tree(folder: Path) -> dict[str, tuple[int, int]]:
     """Every path below ``folder`` with its size and mtime (ns): what "untouched" means (the lock file
@@ -196,11 +207,13 @@ def _tree(folder: Path) -> dict[str, tuple[int, int]]:
     [
         ("../outside", "PathOutsideDataRoot", "outside the data root"),
         ("/etc/merged", "PathOutsideDataRoot", "outside the data root"),
-        ("run", "OutputNotWritable", "which a publish would replace"),
-        (".", "OutputNotWritable", "which a publish would replace"),
-        ("models/tiny", "OutputNotWritable", "which a publish would replace"),
-        ("models", "OutputNotWritable", "which a publish would replace"),
-        ("run/checkpoints/merged", "OutputNotWritable", "which a publish would replace"),
+        ("run", "OutputNotWritable", "which a consolidation must not"),
+        (".", "OutputNotWritable", "which a consolidation must not"),
+        ("models/tiny", "OutputNotWritable", "which a consolidation must not"),
+        ("models", "OutputNotWritable", "which a consolidation must not"),
+        ("run/checkpoints/merged", "OutputNotWritable", "lies in the run folder"),
+        ("run/merged", "OutputNotWritable", "lies in the run folder"),
+        ("models/tiny/merged", "OutputNotWritable", "lies in the base model"),
         ("inbox", "OutputNotWritable", "is not a consolidation"),
         ("a-file/merged", "UnresolvablePath", "Not a directory"),
     ],

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from continual_trainer import runrecord, sandbox
+from continual_trainer import preemption, runrecord, sandbox
 from continual_trainer.config import TrainerConfig
 from continual_trainer.consolidate import check, merge, publish, source
 from continual_trainer.consolidate.result import ConsolidationResult
@@ -71,6 +71,7 @@ def consolidate(config: TrainerConfig, request: ConsolidationRequest) -> Consoli
     if request.dtype is not None and request.dtype not in merge.DTYPE_NAMES:
         raise BadConfigError(f"--dtype: {request.dtype!r} is not one of {', '.join(merge.DTYPE_NAMES)}")
     layout = RunLayout(config.root)
+    preemption.phase("lock")
     if not layout.root.is_dir():
         raise source.NothingToConsolidateError(
             f"runDir: {layout.root} does not exist: the run has trained nothing yet; train a batch first"
@@ -87,6 +88,7 @@ def consolidate(config: TrainerConfig, request: ConsolidationRequest) -> Consoli
 
 def locate(config: TrainerConfig, request: ConsolidationRequest) -> Located:
     """The adapter, the base's shards, the batches trained and the output dtype (or a refusal)."""
+    preemption.phase("checks")
     adapter = source.latest_adapter(config.root)
     base = source.base_weights(source.base_folder(config.base_model))
     ledger = Ledger(config.root)
@@ -126,6 +128,7 @@ def _consolidate_locked(config: TrainerConfig, request: ConsolidationRequest) ->
     try:
         stats, result = _build(config, request, found, staging)
         manifest = publish.write_manifest(staging, _manifest(config, request, found, stats, result, started))
+        preemption.phase("publish")  # a SIGTERM up to the rename publishes nothing (the staging is removed)
         if target is not None:
             publish.publish_folder(staging, target)
             published = True
@@ -153,6 +156,7 @@ def _build(
     """Merge into ``staging``, add config, generation config, tokenizer and card, then check it."""
     from transformers import AutoConfig, AutoTokenizer
 
+    preemption.phase("merge")
     stats = merge.merge(
         merge.MergeRequest(found.adapter, found.base, found.dtype, staging, request.max_shard_bytes)
     )
@@ -162,6 +166,7 @@ def _build(
     if (found.base.folder / "generation_config.json").is_file():
         shutil.copy2(found.base.folder / "generation_config.json", staging / "generation_config.json")
     AutoTokenizer.from_pretrained(str(found.adapter.folder)).save_pretrained(str(staging))
+    preemption.phase("check")
     result = check.compare(found.base.folder, found.adapter.folder, staging, found.dtype)
     if not result.passed:
         raise CheckFailedError(

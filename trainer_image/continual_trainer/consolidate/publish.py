@@ -28,8 +28,6 @@ from continual_trainer.exitcodes import PermanentError, TransientError
 from continual_trainer.fsutil import fsync_dir, fsync_tree
 
 MANIFEST_NAME = "consolidation.json"
-#: Folders of a run that an output must never be, contain, or lie in.
-_RUN_PARTS = ("checkpoints", "ledger", "adapters", "cache", "quarantine")
 
 
 class OutputNotWritableError(PermanentError):
@@ -82,22 +80,20 @@ def volume_target(output: str, root: Path, run_dir: Path, base_folder: Path | No
     full = given if given.is_absolute() else root / given
     fix = "choose a new folder on the volume for the merged model (e.g. models/merged), below dataRoot"
     real = sandbox.confine(full, root, field="--output", given=output, fix=fix)
-    protected = [root.resolve(), run_dir.resolve()]
+    # The volume's root may hold an output; the run folder (the trainer's alone) and the base model may not
+    # even do that; none of them may be the output or lie below it (the publish replaces the output).
+    guards = [
+        ("the volume's root (dataRoot)", root.resolve(), False),
+        ("the run folder", run_dir.resolve(), True),
+    ]
     if base_folder is not None:
-        protected.append(base_folder.resolve())
-    for guard in protected:
-        if (
-            real == guard
-            or guard.is_relative_to(real)
-            or (guard != root.resolve() and real.is_relative_to(guard))
-        ):
+        guards.append(("the base model", base_folder.resolve(), True))
+    for what, guard, sealed in guards:
+        if real == guard or guard.is_relative_to(real) or (sealed and real.is_relative_to(guard)):
             raise OutputNotWritableError(
-                f"--output: {output!r} is (or contains, or lies in) {guard}, which a publish would replace: "
-                f"{fix}; nothing was written"
+                f"--output: {output!r} is, contains or lies in {what} ({guard}), which a consolidation must not "
+                f"replace or write into: {fix}; nothing was written"
             )
-    for part in _RUN_PARTS:
-        if real.is_relative_to(run_dir.resolve() / part):
-            raise OutputNotWritableError(f"--output: {output!r} is inside the run's {part}/ folder: {fix}")
     if real.exists() and not (real / MANIFEST_NAME).is_file():
         raise OutputNotWritableError(
             f"--output: {real} exists and is not a consolidation (it has no {MANIFEST_NAME}): it is replaced "
