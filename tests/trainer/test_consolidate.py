@@ -322,3 +322,50 @@ def test_the_manifest_write_is_create_only_and_a_missing_bucket_is_refused_befor
         consolidate(config, ConsolidationRequest("s3://no-such-bucket/models/"))
     assert caught.value.exit_code == 64
     assert not list(trained.root.glob(".consolidation-staging-*"))
+
+
+def test_rslora_rank_and_alpha_patterns_and_modules_to_save_merge_as_peft_applies_them(tiny_model, tmp_path):
+    """An adapter built by PEFT itself with every scaling rule the merge implements (no training needed:
+    random non-zero B and a perturbed saved module), consolidated and checked against PEFT's forward."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    volume = tmp_path / "volume"
+    shutil.copytree(tiny_model, volume / "models" / "tiny")
+    model = AutoModelForCausalLM.from_pretrained(str(volume / "models" / "tiny"), dtype=torch.float32)
+    lora = LoraConfig(
+        r=4,
+        lora_alpha=8,
+        use_rslora=True,
+        rank_pattern={"v_proj": 2},
+        alpha_pattern={r"layers\.1\.self_attn\.q_proj": 32},
+        target_modules=["q_proj", "v_proj", "down_proj"],
+        modules_to_save=["lm_head"],
+    )
+    peft_model = get_peft_model(model, lora)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name or "modules_to_save" in name:
+                param.add_(torch.randn_like(param) * 0.05)
+    adapter = volume / "run" / "adapters" / "step-3"
+    peft_model.save_pretrained(str(adapter))
+    AutoTokenizer.from_pretrained(str(volume / "models" / "tiny")).save_pretrained(str(adapter))
+    (adapter.parent / "latest").symlink_to("step-3")
+    config = TrainerConfig.model_validate(
+        {
+            "runName": "patterns",
+            "runDir": str(volume / "run"),
+            "dataRoot": str(volume),
+            "baseModel": {"path": "models/tiny"},
+            "batch": {"id": "unused", "data": {"path": "unused.jsonl"}},
+            "terminationMessagePath": None,
+        }
+    )
+    result = consolidate(config, ConsolidationRequest("merged"))
+    assert result.max_abs_diff is not None and result.max_abs_diff <= 1e-4
+    manifest = json.loads((volume / "merged" / "consolidation.json").read_text())
+    assert manifest["mergedTensors"] == 3 * 2 and manifest["replacedTensors"] == 1  # lm_head, whole
+    merged = AutoModelForCausalLM.from_pretrained(str(volume / "merged"))
+    saved = peft_model.base_model.model.lm_head.modules_to_save["default"].weight
+    assert torch.equal(merged.lm_head.weight, saved)
