@@ -112,6 +112,8 @@ def test_the_merged_folder_loads_without_peft_and_matches_base_plus_adapter(trai
         data = (out / name).read_bytes()
         assert (len(data), hashlib.sha256(data).hexdigest()) == (entry["size"], entry["sha256"])
     assert manifest["check"]["tolerance"] == 1e-4 and manifest["check"]["maxAbsDiff"] == result["maxAbsDiff"]
+    run_record = json.loads((trained.root / "ledger" / "run.json").read_text())
+    assert manifest["baseModel"]["configSha256"] == run_record["model"]["configSha256"]
     assert _leftovers(out.parent) == []
 
     # plain transformers (no PEFT) loads it, and its logits are base + adapter's, not the base's

@@ -22,6 +22,7 @@ from continual_trainer.consolidate import check, merge, publish, source
 from continual_trainer.consolidate.result import ConsolidationResult
 from continual_trainer.exitcodes import BadConfigError, PermanentError, TransientError
 from continual_trainer.fsutil import exclusive_lock
+from continual_trainer.identity import model_identity
 from continual_trainer.ledger import Ledger
 
 log = logging.getLogger(__name__)
@@ -193,10 +194,17 @@ def _manifest(
     started: dt.datetime,
 ) -> dict[str, Any]:
     name, revision = _base_name(config)
+    identity = model_identity(config.base_model, sandbox.data_root(config))
     return {
         "kind": "consolidation",
         "run": {"namespace": config.run_namespace, "name": config.run_name, "uid": config.run_uid},
-        "baseModel": {"name": name, "revision": revision},
+        # the digests the run record checks drift with: config.json, and the weight files' names and sizes
+        "baseModel": {
+            "name": name,
+            "revision": revision,
+            "configSha256": identity.config_sha256,
+            "weightsSha256": identity.weights_sha256,
+        },
         "adapter": f"adapters/{found.adapter.folder.name}",
         "globalStep": found.adapter.global_step,
         "batches": found.batches,
