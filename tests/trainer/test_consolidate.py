@@ -299,7 +299,7 @@ def test_an_s3_output_uploads_every_file_and_the_manifest_last(trained, s3_serve
     for entry in manifest["files"]:
         body = client.get_object(Bucket=bucket, Key=key + entry["path"])["Body"].read()
         assert hashlib.sha256(body).hexdigest() == entry["sha256"]
-    assert not list(trained.root.glob(".consolidation-staging-*"))  # the local staging is gone
+    assert not list(_volume(trained).glob(".consolidation-staging-*"))  # the staging on the volume is gone
 
 
 def test_the_manifest_write_is_create_only_and_a_missing_bucket_is_refused_before_merging(
@@ -323,7 +323,7 @@ def test_the_manifest_write_is_create_only_and_a_missing_bucket_is_refused_befor
     with pytest.raises(publish.OutputNotWritableError, match="the bucket does not exist") as caught:
         consolidate(config, ConsolidationRequest("s3://no-such-bucket/models/"))
     assert caught.value.exit_code == 64
-    assert not list(trained.root.glob(".consolidation-staging-*"))
+    assert not list(_volume(trained).glob(".consolidation-staging-*"))
 
 
 def test_rslora_rank_and_alpha_patterns_and_modules_to_save_merge_as_peft_applies_them(tiny_model, tmp_path):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,38 +108,18 @@ def _base_dtype(config: dict[str, Any]) -> str:
 def _consolidate_locked(config: TrainerConfig, request: ConsolidationRequest) -> ConsolidationResult:
     found = locate(config, request)
     started = utc_now()
-    if request.output.startswith("s3://"):
-        consolidation_id = f"{started.strftime('%Y%m%dT%H%M%SZ')}-step{found.adapter.global_step:08d}"
-        prefix = publish.s3_prefix(request.output, consolidation_id)
-        from continual_trainer.objectstore import make_client
-
-        client = make_client(config.object_store)
-        publish.preflight(client, prefix)  # a missing bucket or refused credentials, before the merge
-        staging = config.root / f".consolidation-staging-{uuid.uuid4().hex[:8]}"
-        staging.mkdir()
-        target: publish.VolumeTarget | None = None
-        where = prefix.uri
-    else:
-        root = sandbox.data_root(config)
-        target = publish.volume_target(request.output, root, config.root, found.base.folder)
-        staging = publish.make_staging(target)
-        where = str(target.path)
-    published = False
+    target = _target(config, request, found, started)
+    staging = target.make_staging()
     try:
         stats, result = _build(config, request, found, staging)
         manifest = publish.write_manifest(staging, _manifest(config, request, found, stats, result, started))
         preemption.phase("publish")  # a SIGTERM up to the rename publishes nothing (the staging is removed)
-        if target is not None:
-            publish.publish_folder(staging, target)
-            published = True
-        else:
-            publish.upload_folder(client, staging, prefix, manifest)
+        target.commit(staging, manifest)
     finally:
-        if not published:
-            publish.discard(staging)
-    log.info("consolidated step %s into %s", found.adapter.global_step, where)
+        publish.discard(staging)
+    log.info("consolidated step %s into %s", found.adapter.global_step, target.where)
     return ConsolidationResult(
-        output=where,
+        output=target.where,
         global_step=found.adapter.global_step,
         batches=found.batches,
         dtype=found.dtype,
@@ -149,6 +128,17 @@ def _consolidate_locked(config: TrainerConfig, request: ConsolidationRequest) ->
         tolerance=result.tolerance,
         completed_at=rfc3339(utc_now()),
     )
+
+
+def _target(
+    config: TrainerConfig, request: ConsolidationRequest, found: Located, started: dt.datetime
+) -> publish.VolumeTarget | publish.S3Target:
+    """Where the model goes, checked (confined, not ours to replace, the bucket reachable) before the merge."""
+    root = sandbox.data_root(config)
+    if request.output.startswith("s3://"):
+        consolidation_id = f"{started.strftime('%Y%m%dT%H%M%SZ')}-step{found.adapter.global_step:08d}"
+        return publish.s3_target(request.output, consolidation_id, config.object_store, root)
+    return publish.volume_target(request.output, root, config.root, found.base.folder)
 
 
 def _build(

@@ -21,11 +21,15 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from continual_trainer import sandbox
 from continual_trainer.exitcodes import PermanentError, TransientError
 from continual_trainer.fsutil import fsync_dir, fsync_tree
+from continual_trainer.objectstore import S3Location
+
+if TYPE_CHECKING:
+    from continual_trainer.config import ObjectStoreClientSpec
 
 MANIFEST_NAME = "consolidation.json"
 
@@ -69,9 +73,28 @@ class VolumeTarget:
 
     path: Path
 
-    def staging(self) -> Path:
+    @property
+    def where(self) -> str:
+        """The output, as the result record names it."""
+        return str(self.path)
+
+    def make_staging(self) -> Path:
         """A fresh hidden folder beside the output (same file system, so the rename is atomic)."""
-        return self.path.with_name(f".{self.path.name}.staging-{uuid.uuid4().hex[:8]}")
+        staging = self.path.with_name(f".{self.path.name}.staging-{uuid.uuid4().hex[:8]}")
+        try:
+            staging.mkdir(parents=True)
+        except OSError as exc:
+            raise OutputNotWritableError(
+                f"--output: cannot write beside {self.path} ({exc.strerror or exc}): make its folder writable "
+                "by the trainer (the pod's securityContext fsGroup, or the volume's permissions), or choose "
+                "another --output; nothing was published"
+            ) from exc
+        return staging
+
+    def commit(self, staging: Path, manifest: bytes) -> None:
+        """Put the staged folder at the output (its manifest is already in it)."""
+        del manifest
+        publish_folder(staging, self)
 
 
 def volume_target(output: str, root: Path, run_dir: Path, base_folder: Path | None) -> VolumeTarget:
@@ -102,20 +125,6 @@ def volume_target(output: str, root: Path, run_dir: Path, base_folder: Path | No
     return VolumeTarget(real)
 
 
-def make_staging(target: VolumeTarget) -> Path:
-    """Create the staging folder (and the output's parents): an unwritable place says so, naming --output."""
-    staging = target.staging()
-    try:
-        staging.mkdir(parents=True)
-    except OSError as exc:
-        raise OutputNotWritableError(
-            f"--output: cannot write beside {target.path} ({exc.strerror or exc}): make its folder writable "
-            "by the trainer (the pod's securityContext fsGroup, or the volume's permissions), or choose "
-            "another --output; nothing was published"
-        ) from exc
-    return staging
-
-
 def publish_folder(staging: Path, target: VolumeTarget) -> None:
     """fsync the staged folder, then put it at the output (replacing an older consolidation)."""
     fsync_tree(staging)
@@ -135,23 +144,52 @@ def publish_folder(staging: Path, target: VolumeTarget) -> None:
 
 
 def discard(staging: Path) -> None:
-    """Remove a staging folder (a failed check, an error, SIGTERM): nothing is published."""
+    """Remove a staging folder (a failed check, an error, SIGTERM: nothing is published; after a publish
+    by rename it is gone already)."""
     shutil.rmtree(staging, ignore_errors=True)
 
 
 # -- an S3 prefix ----------------------------------------------------------------------------------------
-def s3_prefix(output: str, consolidation_id: str) -> Any:
-    """The S3 location the consolidation's files go to: ``<prefix>/<consolidation id>/``."""
-    from continual_trainer.objectstore import parse_s3_uri
+@dataclass(frozen=True)
+class S3Target:
+    """A new folder ``<prefix>/<consolidation id>/`` in a bucket; the model is staged on the volume first."""
+
+    client: Any
+    prefix: S3Location
+    scratch: Path  # where the staging folder goes: the volume's root (big enough for the model)
+
+    @property
+    def where(self) -> str:
+        """The folder's URI, as the result record names it."""
+        return self.prefix.uri
+
+    def make_staging(self) -> Path:
+        """A fresh hidden folder on the volume for the files before they are uploaded."""
+        staging = self.scratch / f".consolidation-staging-{uuid.uuid4().hex[:8]}"
+        staging.mkdir(parents=True)
+        return staging
+
+    def commit(self, staging: Path, manifest: bytes) -> None:
+        """Upload the files, then the manifest last (create-only)."""
+        upload_folder(self.client, staging, self.prefix, manifest)
+
+
+def s3_target(
+    output: str, consolidation_id: str, store: ObjectStoreClientSpec | None, scratch: Path
+) -> S3Target:
+    """The S3 folder for ``--output s3://bucket/prefix/``, reached (and found empty) before anything is merged."""
+    from continual_trainer.objectstore import make_client, parse_s3_uri
 
     try:
         location = parse_s3_uri(output if output.endswith("/") else output + "/")
     except ValueError as exc:
         raise OutputNotWritableError(f"--output: {exc}") from exc
-    return location.child(f"{location.key}{consolidation_id}/")
+    target = S3Target(make_client(store), location.child(f"{location.key}{consolidation_id}/"), scratch)
+    preflight(target.client, target.prefix)
+    return target
 
 
-def preflight(client: Any, prefix: Any) -> None:
+def preflight(client: Any, prefix: S3Location) -> None:
     """Reach the bucket before anything is merged, and refuse a consolidation folder that already exists."""
 
     def listing() -> Any:
@@ -165,7 +203,7 @@ def preflight(client: Any, prefix: Any) -> None:
         )
 
 
-def upload_folder(client: Any, folder: Path, prefix: Any, manifest: bytes) -> None:
+def upload_folder(client: Any, folder: Path, prefix: S3Location, manifest: bytes) -> None:
     """Upload every file below ``folder`` under ``prefix``, then the manifest last, create-only."""
     from boto3.s3.transfer import TransferConfig
 
