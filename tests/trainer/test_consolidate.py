@@ -371,3 +371,34 @@ def test_rslora_rank_and_alpha_patterns_and_modules_to_save_merge_as_peft_applie
     merged = AutoModelForCausalLM.from_pretrained(str(volume / "merged"))
     saved = peft_model.base_model.model.lm_head.modules_to_save["default"].weight
     assert torch.equal(merged.lm_head.weight, saved)
+
+
+def test_a_hub_base_model_is_merged_from_its_cached_snapshot_files(tiny_model, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from continual_trainer.config import BaseModelSpec
+    from continual_trainer.consolidate.source import base_folder, base_weights
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--acme--tiny"
+    shutil.copytree(tiny_model, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    folder = base_folder(BaseModelSpec(id="acme/tiny", revision="main"))
+    assert folder == repo / "snapshots" / commit
+    assert "model.embed_tokens.weight" in base_weights(folder).weight_map
+
+
+def test_an_adapters_latest_link_out_of_the_run_is_refused(tmp_path):
+    from continual_trainer.consolidate.source import latest_adapter
+
+    elsewhere = tmp_path / "elsewhere" / "step-9"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "adapter_model.safetensors").write_bytes(b"")
+    (tmp_path / "run" / "adapters").mkdir(parents=True)
+    (tmp_path / "run" / "adapters" / "latest").symlink_to(elsewhere)
+    with pytest.raises(Exception, match="ln -sfn step-N adapters/latest") as caught:
+        latest_adapter(tmp_path / "run")
+    assert (caught.value.exit_code, caught.value.reason) == (64, "AdapterLinkDamaged")

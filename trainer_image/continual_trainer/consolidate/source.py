@@ -98,7 +98,8 @@ def latest_adapter(run_dir: Path) -> Adapter:
     if match is None or not folder.is_relative_to((run_dir / "adapters").resolve()):
         raise PermanentError(
             f"{link} points at {folder}, not at an adapters/step-N folder of the run: it is written by the "
-            "trainer only; restore the run folder from a snapshot (spec.restoreFrom)",
+            "trainer only (at every batch end): point it back at the newest adapter (`ln -sfn step-N "
+            "adapters/latest` in the run folder, N its global step), or restore the volume from a backup",
             reason="AdapterLinkDamaged",
         )
     config = _read_json(folder / "adapter_config.json", "the adapter's config")
