@@ -6,9 +6,9 @@ Why this way:
   model already loaded in bf16), upcast to fp32, the LoRA delta is added in fp32, and the sum is cast to the
   output dtype exactly once. Merging in bf16 rounds twice (the base, then the sum) and drifts.
 * **Shard by shard.** The output shards are planned from the input headers (names, shapes, dtypes: no
-  weights read); then each input shard is opened on its own (``safe_open`` maps it; closing it unmaps it),
-  its tensors are merged one at a time and appended to the output shard being filled, which is written and
-  dropped as soon as it is full. Peak memory is about one input shard plus one output shard, not the model.
+  weights read); then for each output shard the input files holding its tensors are opened (``safe_open``
+  maps a file; closing it unmaps it), its tensors merged one at a time, and the shard is written and
+  dropped. Peak memory is about one output shard's worth of input plus the output shard, not the model.
 * Tensors the adapter does not touch keep their bytes when the dtype does not change.
 """
 
@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     import torch
 
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
+#: The default output shard size's ceiling (the size Hugging Face's hub tooling has long used).
+MAX_DEFAULT_SHARD_BYTES = 5 * 10**9
 #: safetensors header dtype -> bytes per element (for planning shards without reading weights).
 _ELEMENT_BYTES = {
     "F64": 8,
@@ -148,11 +150,12 @@ def plan_shards(infos: list[TensorInfo], out_element_bytes: int, max_shard_bytes
 
 
 def default_shard_bytes(infos: list[TensorInfo], out_element_bytes: int) -> int:
-    """The base's largest shard, in the output dtype: the merged model keeps the base's memory bound."""
+    """The base's largest shard in the output dtype (the merged model keeps the base's layout), at most
+    :data:`MAX_DEFAULT_SHARD_BYTES` (a base saved as one big file still merges a shard at a time)."""
     per_file: dict[Path, int] = {}
     for info in infos:
         per_file[info.file] = per_file.get(info.file, 0) + info.out_bytes(out_element_bytes)
-    return max(per_file.values(), default=1)
+    return min(MAX_DEFAULT_SHARD_BYTES, max(per_file.values(), default=1))
 
 
 def lora_delta(pair: LoraPair, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -177,46 +180,53 @@ def merge(request: MergeRequest) -> MergeStats:
     element = dtype.itemsize
     budget = request.max_shard_bytes or default_shard_bytes(infos, element)
     plan = plan_shards(infos, element, budget)
-    shard_of = {name: i for i, names in enumerate(plan.shards) for name in names}
+    where = {info.name: info.file for info in infos}
     weight_map: dict[str, str] = {}
-    pending: dict[str, torch.Tensor] = {}
-    writing = 0
-
-    def flush() -> None:
-        nonlocal pending, writing
-        name = plan.file_name(writing)
-        save_file(pending, str(request.out / name), metadata={"format": "pt"})
-        weight_map.update(dict.fromkeys(pending, name))
-        pending, writing = {}, writing + 1
-
-    for path, names in _by_file(infos):
-        with safe_open(str(path), framework="pt") as handle:
-            for name in names:
-                if shard_of[name] != writing:
-                    flush()
-                tensor = handle.get_tensor(name)
-                if name in replaced:
-                    tensor = adapter_tensors[replaced[name]]
-                elif name in pairs:
-                    pair = pairs[name]
-                    delta = lora_delta(pair, adapter_tensors[pair.a_key], adapter_tensors[pair.b_key])
-                    tensor = tensor.float() + delta
-                pending[name] = tensor.to(dtype) if tensor.is_floating_point() else tensor
-    if pending:
-        flush()
+    for number, names in enumerate(plan.shards):
+        out: dict[str, torch.Tensor] = {}
+        # Each input file is opened for the tensors of this output shard only: closing it unmaps it, so
+        # the pages read stay resident for one output shard's worth of tensors, whatever the input layout.
+        for path, group in _by_file([(name, where[name]) for name in names]):
+            with safe_open(str(path), framework="pt") as handle:
+                for name in group:
+                    out[name] = _merged(
+                        name, handle.get_tensor(name), dtype, pairs, replaced, adapter_tensors
+                    )
+        file_name = plan.file_name(number)
+        save_file(out, str(request.out / file_name), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(out, file_name))
+        del out
     index = {"metadata": {"total_size": plan.total_bytes}, "weight_map": dict(sorted(weight_map.items()))}
     (request.out / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
     return MergeStats(len(plan.shards), len(pairs), len(replaced), plan.total_bytes)
 
 
-def _by_file(infos: list[TensorInfo]) -> Iterator[tuple[Path, list[str]]]:
+def _merged(
+    name: str,
+    tensor: torch.Tensor,
+    dtype: torch.dtype,
+    pairs: dict[str, LoraPair],
+    replaced: dict[str, str],
+    adapter: dict[str, torch.Tensor],
+) -> torch.Tensor:
+    """One output tensor: replaced whole, or ``W + delta`` in fp32, or as it was; floats cast once."""
+    if name in replaced:
+        tensor = adapter[replaced[name]]
+    elif name in pairs:
+        pair = pairs[name]
+        tensor = tensor.float() + lora_delta(pair, adapter[pair.a_key], adapter[pair.b_key])
+    return tensor.to(dtype) if tensor.is_floating_point() else tensor
+
+
+def _by_file(items: list[tuple[str, Path]]) -> Iterator[tuple[Path, list[str]]]:
+    """Consecutive runs of tensor names that live in the same file (the plan keeps file order)."""
     current: Path | None = None
     names: list[str] = []
-    for info in infos:
-        if info.file != current:
+    for name, path in items:
+        if path != current:
             if current is not None:
                 yield current, names
-            current, names = info.file, []
-        names.append(info.name)
+            current, names = path, []
+        names.append(name)
     if current is not None:
         yield current, names
