@@ -303,10 +303,10 @@ def test_an_s3_output_uploads_every_file_and_the_manifest_last(trained, s3_serve
 
 
 def test_the_manifest_write_is_create_only_and_a_missing_bucket_is_refused_before_merging(
-    trained, s3_server, monkeypatch
+    trained, s3_server, monkeypatch, tmp_path
 ):
     from continual_trainer.consolidate import publish
-    from continual_trainer.objectstore import make_client
+    from continual_trainer.objectstore import S3Location, make_client
 
     for name, value in s3_server.env().items():
         monkeypatch.setenv(name, value)
@@ -317,6 +317,12 @@ def test_the_manifest_write_is_create_only_and_a_missing_bucket_is_refused_befor
     with pytest.raises(publish.OutputNotWritableError, match="already exists"):
         publish.put_create_only(client, "models", "x/consolidation.json", b'{"other": 1}')
     assert client.get_object(Bucket="models", Key="x/consolidation.json")["Body"].read() == b"{}"
+
+    # boto3's upload_file wraps the store's error: it is still classified by the store's own code
+    (tmp_path / "shard").write_bytes(b"x")
+    location = S3Location("no-such-bucket", "p/")
+    with pytest.raises(publish.OutputNotWritableError, match="the bucket does not exist"):
+        publish.upload_folder(client, tmp_path, location, b"{}")
 
     monkeypatch.setattr(merge, "merge", lambda _request: pytest.fail("merged before the bucket was reached"))
     config = trained.model_copy(update={"object_store": store})

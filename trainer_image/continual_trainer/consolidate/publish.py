@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -24,12 +25,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from continual_trainer import sandbox
-from continual_trainer.exitcodes import PermanentError, TransientError
+from continual_trainer.exitcodes import PermanentError, TrainerError, TransientError
 from continual_trainer.fsutil import fsync_dir, fsync_tree
 from continual_trainer.objectstore import S3Location
 
 if TYPE_CHECKING:
     from continual_trainer.config import ObjectStoreClientSpec
+
+log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "consolidation.json"
 
@@ -219,31 +222,58 @@ def upload_folder(client: Any, folder: Path, prefix: S3Location, manifest: bytes
 
 
 def put_create_only(client: Any, bucket: str, key: str, body: bytes) -> None:
-    """``PutObject`` with ``If-None-Match: *``: an existing manifest is never overwritten."""
+    """``PutObject`` with ``If-None-Match: *``: an existing manifest is never overwritten.
+
+    A store that does not implement conditional writes (501) gets a HEAD first: not atomic against a
+    concurrent writer of the same key, but consolidation folders are named per job, so that is not one.
+    """
     from botocore.exceptions import ClientError
 
     from continual_trainer.objectstore import error_code
 
+    exists = OutputNotWritableError(
+        f"--output: s3://{bucket}/{key} already exists: a consolidation folder is written once; nothing was "
+        "overwritten"
+    )
     try:
         client.put_object(Bucket=bucket, Key=key, Body=body, IfNoneMatch="*", ContentType="application/json")
     except ClientError as exc:
-        if error_code(exc) in {"PreconditionFailed", "412", "ConditionalRequestConflict"}:
-            raise OutputNotWritableError(
-                f"--output: s3://{bucket}/{key} already exists: a consolidation folder is written once; "
-                "nothing was overwritten"
-            ) from exc
-        raise
+        code = error_code(exc)
+        if code in {"PreconditionFailed", "412", "ConditionalRequestConflict"}:
+            raise exists from exc
+        if code not in {"NotImplemented", "501"}:
+            raise
+        log.warning("the store does not implement conditional writes (%s): checking for %s first", code, key)
+        try:
+            client.head_object(Bucket=bucket, Key=key)
+        except ClientError as missing:
+            if error_code(missing) not in {"404", "NoSuchKey", "NotFound"}:
+                raise
+        else:
+            raise exists from exc
+        client.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json")
+
+
+def _unwrapped(exc: BaseException) -> BaseException:
+    """The store's own error inside boto3's ``S3UploadFailedError`` (which keeps it as its context)."""
+    if type(exc).__name__ == "S3UploadFailedError":
+        return exc.__cause__ or exc.__context__ or exc
+    return exc
 
 
 def _store_call(op: Any, uri: str) -> Any:
+    """``op`` with bounded retries of transient store errors; failures named by URI, with the fix."""
     from continual_trainer import objectstore
 
+    def retryable(exc: BaseException) -> bool:
+        return not isinstance(exc, TrainerError) and objectstore.classify(_unwrapped(exc)) == "transient"
+
     try:
-        return objectstore.call_with_retries(op, objectstore.RetryPolicy())
-    except OutputNotWritableError:
+        return objectstore.call_with_retries(op, objectstore.RetryPolicy(), retryable=retryable)
+    except TrainerError:
         raise
     except Exception as exc:
-        inner = getattr(exc, "last_exception", None) or exc.__cause__ or exc  # s3transfer wraps ClientError
+        inner = _unwrapped(exc)
         text = objectstore.describe(inner, uri)
         if objectstore.classify(inner) == "transient":
             raise TransientError(f"--output: {text}", reason="ObjectStoreUnavailable") from exc
