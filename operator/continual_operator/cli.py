@@ -7,6 +7,7 @@
 * ``report``    draw a run's training curve from its volume (PNG + HTML; needs matplotlib);
 * ``snapshot``  upload a verified snapshot of a local run to S3; ``restore`` puts one into a new volume
   (docs/snapshots.md).
+* ``consolidate`` merge a local run's adapter into its base model: a deployable folder (docs/consolidation.md).
 
 It never imports torch: training always happens in ``continual-trainer`` processes.
 """
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime as dt
+import json
 import logging
 import os
 import shlex
@@ -229,6 +232,73 @@ def cmd_restore(args: argparse.Namespace) -> int:
     return 0
 
 
+def _local_job_config(volume: Path, state: Path, job: str) -> Path:
+    """The trainer config local mode last rendered for the run on ``volume``, for an artifact job ``job``.
+
+    It is the config a cluster's Job of that run would get (local paths, the run's identity), with the
+    volume as the data root and the job's own termination-message file; written beside the batch configs.
+    """
+    from continual_operator.workloads.resources import render_trainer_config
+    from continual_trainer.config import parse_config
+
+    jobs = state / "jobs"
+    configs = sorted(
+        (p for p in jobs.glob("*.yaml") if not p.name.startswith(f"{job}-")), key=lambda p: p.stat().st_mtime
+    )
+    if not configs:
+        raise LocalModeError(
+            f"no local run on {volume}: {jobs} holds no trainer config. Train one first "
+            "(`continual-training local --run RUN.yaml --volume ...` or `continual-training demo`), or give "
+            "--state if the run keeps its state elsewhere"
+        )
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    config = parse_config(configs[-1].read_text()).model_copy(
+        update={
+            "data_root": str(volume),
+            "termination_message_path": str(jobs / f"{job}-{stamp}.termination.json"),
+        }
+    )
+    path = jobs / f"{job}-{stamp}.yaml"
+    path.write_text(render_trainer_config(config))
+    return path
+
+
+def cmd_consolidate(args: argparse.Namespace) -> int:
+    """Consolidate the run on --volume with the same job a cluster runs (``python -m continual_trainer.consolidate``)."""
+    from continual_operator.local.state import locked
+
+    volume = args.volume.resolve()
+    state = (args.state or volume / ".local-state").resolve()
+    with locked(state / "lock", volume / ".continual-local.lock"):  # never beside local mode's trainers
+        config = _local_job_config(volume, state, "consolidate")
+        command = [sys.executable, "-m", "continual_trainer.consolidate", "--config", str(config)]
+        command += ["--output", args.output, *(["--dtype", args.dtype] if args.dtype else [])]
+        env = dict(os.environ)
+        if _on_volume_base(config):  # as local mode runs its trainers: a model on the volume needs no hub
+            env.setdefault("HF_HUB_OFFLINE", "1")
+        code = subprocess.run(command, env=env, check=False).returncode
+    termination = config.with_name(config.name.removesuffix(".yaml") + ".termination.json")
+    result = json.loads(termination.read_text()) if termination.exists() else {}
+    if code == 0:
+        print(
+            f"consolidated global step {result['globalStep']} ({result['batches']} batches) into "
+            f"{result['output']}: {result['dtype']}, {result['shards']} shards, logits within "
+            f"{result['maxAbsDiff']:.3g} of base + adapter (tolerance {result['tolerance']:.3g})"
+        )
+    else:
+        print(
+            f"continual-training consolidate: {result.get('message', f'failed (exit {code})')}",
+            file=sys.stderr,
+        )
+    return code
+
+
+def _on_volume_base(config: Path) -> bool:
+    import yaml
+
+    return bool(yaml.safe_load(config.read_text()).get("baseModel", {}).get("path"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="continual-training", description=__doc__.splitlines()[0])
     parser.add_argument("--log-level", default="WARNING")
@@ -341,6 +411,22 @@ def build_parser() -> argparse.ArgumentParser:
     snapshot_flags(restore)
     restore.add_argument("--source", required=True, help="s3://bucket/prefix/<snapshotId>/")
     restore.set_defaults(func=cmd_restore)
+
+    consolidate = sub.add_parser(
+        "consolidate", help="merge a local run's latest adapter into its base model (a deployable folder)"
+    )
+    consolidate.add_argument("--volume", type=Path, required=True, help="the volume local mode trained on")
+    consolidate.add_argument("--state", type=Path, help="local mode's state (default: VOLUME/.local-state)")
+    consolidate.add_argument(
+        "--output",
+        required=True,
+        help="a folder on the volume (relative to VOLUME; an earlier consolidation there is replaced), or "
+        "s3://bucket/prefix/ (the run's spec.objectStore; a new folder per consolidation)",
+    )
+    consolidate.add_argument(
+        "--dtype", choices=["float32", "bfloat16", "float16"], help="default: the base model's own"
+    )
+    consolidate.set_defaults(func=cmd_consolidate)
     return parser
 
 
