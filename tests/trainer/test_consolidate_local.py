@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from continual_operator.cli import build_parser
-from continual_operator.local import LocalOptions, run_local
+from continual_operator.local.mode import LocalOptions, run_local
 
 DEMO = Path(__file__).resolve().parents[2] / "operator" / "continual_operator" / "demo" / "run.yaml"
 DATA = Path(__file__).resolve().parents[2] / "trainer_image" / "continual_trainer" / "demo_data"
@@ -58,7 +58,7 @@ def test_consolidate_a_local_run_into_a_folder_plain_transformers_loads(tiny_mod
 
 
 def test_a_volume_local_mode_never_trained_says_how_to_train(tmp_path):
-    from continual_operator.local import LocalModeError
+    from continual_operator.local.state import LocalModeError
 
     with pytest.raises(LocalModeError, match="continual-training local --run"):
         _consolidate("--volume", str(tmp_path), "--output", "merged")
