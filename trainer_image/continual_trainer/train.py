@@ -584,8 +584,14 @@ def _train(
     sinks: Broadcast,
     model: PeftModel,
 ) -> BatchResult | None:
-    """Run the remaining steps of the batch. Returns a result only when preempted."""
-    from continual_trainer import engine
+    """Run the remaining steps of the batch. Returns a result only when preempted.
+
+    Several ranks: the coordinator runs it and orders the followers to run it too (their share of each
+    step, :mod:`continual_trainer.followers`); only the coordinator writes the volume and decides the outcome.
+    """
+    from continual_trainer import engine, followers, ranks
+
+    gang = ranks.current()
 
     training: TrainingSpec = record.training
     plan = build_plan(
@@ -601,14 +607,20 @@ def _train(
     pad_id = int(tokenizer.pad_token_id)  # type: ignore[attr-defined]
     dataset = engine.StepDataset(remaining, pad_id)
     meter = engine.read_meter(resume.path if resume else None, record.start_step, record.start_step + done)
-    shutil.rmtree(layout.staging, ignore_errors=True)  # leftovers of a save that was killed: never complete
+    if gang.is_coordinator:
+        shutil.rmtree(
+            layout.staging, ignore_errors=True
+        )  # leftovers of a save that was killed: never complete
+        followers.announce(record, resume.path if resume else None, resume.step if resume else 0, encoded)
     event = _event_factory(config, record)
     latest: list[ckpts.Checkpoint | None] = [resume]
     last_time = [time.monotonic(), record.start_step + done]
 
     def on_publish(staged: Path, step: int) -> None:
         runrecord.stamp(staged, Ledger(layout.root))
-        final = ckpts.publish(staged, layout.checkpoints, batch_id=record.batch_id, step=step)
+        final = ckpts.publish(
+            staged, layout.checkpoints, batch_id=record.batch_id, step=step, world_size=gang.world_size
+        )
         latest[0] = ckpts.Checkpoint(final, step)
         ckpts.retain(
             ckpts.list_published(layout.checkpoints), training.checkpoints_kept, {record.start_step, step}
@@ -656,6 +668,8 @@ def _train(
         trainer.train(resume_from_checkpoint=str(resume.path) if resume is not None else None)
     finally:
         restore()
+    if not gang.is_coordinator:
+        return None  # a follower trained its share; the coordinator decides and reports the outcome
     step = trainer.state.global_step
     if step >= record.target_step:
         return None
