@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from continual_trainer import checkpoints as ckpts
-from continual_trainer import preemption, runrecord, sandbox
+from continual_trainer import preemption, ranks, runrecord, sandbox
 from continual_trainer.config import BatchSpec, DataSpec, TrainerConfig, TrainingSpec
 from continual_trainer.data import BatchSource, LoadedBatch, LocalSource, load_batch
 from continual_trainer.exitcodes import (
@@ -154,9 +154,10 @@ class Phase:
     #: The start-up phase it enters (:func:`preemption.phase`: SIGTERM messages and failpoints name it);
     #: None: it stays in the phase before (no new name, so no new failpoint).
     preemption: str | None
-    #: "coordinator": only global rank 0 runs it, the other ranks wait for it; "all": every rank runs it.
-    #: With one process the process is the coordinator and runs every phase: this table is the one place
-    #: where multi-rank runs differ.
+    #: "coordinator": only global rank 0 runs it, the other ranks wait for it; "all": every rank takes part
+    #: (the other ranks as followers: they train what the coordinator orders, see followers.py, and never
+    #: write the volume). With one process the process is the coordinator and runs every phase: this table
+    #: is the one place where multi-rank runs differ.
     runs_on: Literal["coordinator", "all"]
     doc: str
 
@@ -171,13 +172,21 @@ PHASES: dict[str, Phase] = {
     for phase in (
         Phase("lock", "lock", "coordinator", "take the volume's lock: one writer per run, ever"),
         Phase(
-            "check", "checks", "all", "run record (another run, drift), the batch's ledger state, its data"
+            "check",
+            "checks",
+            "coordinator",
+            "run record (another run, drift), the batch's ledger state, its data",
         ),
-        Phase("load", "model", "all", "tokenizer, encoded samples, base model and adapter"),
+        Phase("load", "model", "coordinator", "tokenizer, encoded samples, base model and adapter"),
         Phase(
             "record", None, "coordinator", "write the run record; plan the ledger record or count an attempt"
         ),
-        Phase("resume", None, "all", "validate checkpoints, pick the resume point, or rebuild the start one"),
+        Phase(
+            "resume",
+            None,
+            "coordinator",
+            "validate checkpoints (quarantine), pick the resume point, or rebuild the start one (trains: all ranks)",
+        ),
         Phase("train", "training", "all", "train the remaining steps, publishing checkpoints"),
         Phase("verify", "finishing", "coordinator", "global_step == target, the batch-end checkpoint valid"),
         Phase("publish", None, "coordinator", "export the adapter, complete the ledger record, retention"),
@@ -223,8 +232,8 @@ class BatchSession:
         self.config = config
         self.layout = RunLayout(config.root)
         self.ledger = Ledger(self.layout.root)
-        #: Global rank 0 (one process today: always).
-        self.is_coordinator = True
+        #: Global rank 0 (one process: always); the other ranks follow it (followers.py), never run a session.
+        self.is_coordinator = ranks.current().is_coordinator
         self.started = time.monotonic()
 
     def runs(self, name: str) -> bool:
@@ -466,6 +475,11 @@ def main(config: TrainerConfig) -> BatchResult:
     # An on-volume base model outside the data root is refused before anything is touched.
     config = config.model_copy(update={"base_model": sandbox.confined_base_model(config)})
     session = BatchSession(config)
+    if not session.runs("lock"):
+        raise RuntimeError(
+            f"{ranks.current().describe()}: main() is the coordinator's; the other ranks run followers.follow "
+            "(continual_trainer.cli does so)"
+        )
     with session.lock():
         return session.run()
 
@@ -771,7 +785,7 @@ def _train(
     Several ranks: the coordinator runs it and orders the followers to run it too (their share of each
     step, :mod:`continual_trainer.followers`); only the coordinator writes the volume and decides the outcome.
     """
-    from continual_trainer import engine, followers, ranks
+    from continual_trainer import engine, followers
 
     gang = ranks.current()
 
@@ -790,9 +804,8 @@ def _train(
     dataset = engine.StepDataset(remaining, pad_id)
     meter = engine.read_meter(resume.path if resume else None, record.start_step, record.start_step + done)
     if gang.is_coordinator:
-        shutil.rmtree(
-            layout.staging, ignore_errors=True
-        )  # leftovers of a save that was killed: never complete
+        # Leftovers of a save that was killed: never complete.
+        shutil.rmtree(layout.staging, ignore_errors=True)
         followers.announce(record, resume.path if resume else None, resume.step if resume else 0, encoded)
     event = _event_factory(config, record)
     latest: list[ckpts.Checkpoint | None] = [resume]
