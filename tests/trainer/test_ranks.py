@@ -5,7 +5,8 @@
 * world size 1 -> 2 -> 1 across batches keeps the steps contiguous and every sample seen exactly ``epochs``
   times, and differs from a one-process run only by the order of the gradient additions (measured below);
 * SIGTERM to one rank: every rank exits 85 and one checkpoint is published at that step, with each rank's
-  file; the same checkpoint missing a rank's file is quarantined with the reason.
+  file; the same checkpoint missing a rank's file is quarantined with the reason;
+* a gang that finds its batch start damaged rebuilds it (two train orders in one session), exactly.
 """
 
 from __future__ import annotations
@@ -199,3 +200,18 @@ def test_sigterm_to_one_rank_checkpoints_every_rank_once_and_all_exit_85(tiny_mo
     (stopped / "rng_state_1.pth").unlink()
     assert [c.step for c in ckpts.scan(run_dir / "checkpoints", cfg.lora, run_dir)] == [2]
     assert "missing files: rng_state_1.pth (saved by 2 ranks" in str(ckpts.quarantine_reason(run_dir, 3))
+
+
+def test_a_gang_rebuilds_a_damaged_batch_start_then_trains_the_batch_exactly(
+    gang_reference, tiny_model, tmp_path
+):
+    # Two train orders in one session: re-train batch 1's end (from checkpoint-4), then batch 2.
+    run_dir = tmp_path / "run"
+    assert run_gang(config(run_dir, tiny_model, 0)).code == 0
+    (run_dir / "checkpoints" / "checkpoint-6" / "optimizer.pt").unlink()
+    out = run_gang(config(run_dir, tiny_model, 1))
+    assert out.code == 0, out.stderr[-3000:]
+    assert rank_codes(out) == {0: "SUCCESS", 1: "SUCCESS"}
+    assert "re-training steps 5..6 from checkpoint-4" in out.result["rebuilt"]
+    final = run_dir / "checkpoints" / "checkpoint-12"
+    assert max_abs_diff(adapter_weights(final), adapter_weights(gang_reference)) == 0.0
