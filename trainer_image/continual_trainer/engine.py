@@ -12,8 +12,9 @@ Five deliberate departures from ``Trainer``'s defaults make a batch-by-batch run
 2. **The LR is a pure function of the global step** (:class:`PolicyLR`), not a schedule rebuilt from
    ``max_steps``; its saved state is only the step.
 3. **Dropout randomness is a function of the global step**: the RNG is re-seeded from (seed, global step)
-   at the start of every optimizer step, so what a step draws does not depend on how many processes,
-   dataloader iterators or restores came before it.
+   at the start of every optimizer step, and each micro-batch after the step's first from (that seed, its
+   index in the step), so what a micro-batch draws does not depend on how many processes, dataloader
+   iterators or restores came before it, nor on the rank that trains it.
 4. **Saving is ours**: ``Trainer`` saves into a staging folder when our callback asks (every ``saveSteps``
    from the batch start, at the batch end, on SIGTERM); the callback then publishes it atomically.
 5. **Settings are per step**: the seed, ``maxGradNorm`` and ``weightDecay`` of the batch a step belongs to
