@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 
 #: How often a waiting rank looks at its collective (and lets Python run a signal handler).
 POLL_SECONDS = 0.005
+#: How long a control collective may wait (the followers wait for the coordinator's first order while it
+#: checks and downloads the batch's data and loads the model; a dead rank is noticed at once, not by this).
+CONTROL_TIMEOUT_SECONDS = 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -111,8 +114,11 @@ def init(ranks: Ranks | None = None) -> Ranks:
         dist.init_process_group(backend="nccl" if cuda else "gloo", init_method="env://")
         log.info("joined the gang as %s (%s)", ranks.describe(), dist.get_backend())
     if _control.handle is None:
-        # NCCL's collectives want CUDA tensors and are not meant to be polled: control goes through gloo.
-        _control.handle = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else dist.group.WORLD
+        # A group of its own for control: gloo (NCCL's collectives want CUDA tensors and are not meant to be
+        # polled), and a long timeout (the training group keeps its default one).
+        from datetime import timedelta
+
+        _control.handle = dist.new_group(backend="gloo", timeout=timedelta(seconds=CONTROL_TIMEOUT_SECONDS))
     return ranks
 
 
