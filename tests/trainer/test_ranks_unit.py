@@ -163,3 +163,64 @@ def test_a_staged_checkpoint_missing_a_rank_file_is_never_published(tmp_path):
         ckpts.publish(staged, tmp_path / "checkpoints", batch_id="b", step=4, world_size=2)
     assert not (tmp_path / "checkpoints" / "checkpoint-4").exists()
     assert staged.is_dir()  # nothing lost: the retry starts from the last published checkpoint
+
+
+GANG_SCRIPT = """
+import sys, time
+from continual_trainer import preemption, ranks
+preemption.install()
+gang = ranks.init()
+assert ranks.broadcast_object({"from": gang.rank} if gang.is_coordinator else None) == {"from": 0}
+assert ranks.all_reduce_sum([1.0, float(gang.rank)]) == [2.0, 1.0]
+ranks.barrier("both")
+if gang.rank == 1:
+    try:
+        print("waiting", flush=True)
+        ranks.barrier("rank 0 never comes")
+    except preemption.Preempted:
+        print("preempted", flush=True)
+        sys.exit(85)
+time.sleep(120)
+"""
+
+
+def test_two_ranks_exchange_and_a_sigterm_interrupts_a_wait(tmp_path):
+    import signal
+    import socket
+    import time
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    procs = []
+    for rank in (0, 1):
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": "2",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", GANG_SCRIPT],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    try:
+        assert procs[1].stdout is not None
+        assert procs[1].stdout.readline().strip() == "waiting", (
+            procs[1].stderr.read() if procs[1].stderr else ""
+        )
+        time.sleep(0.5)  # rank 1 is inside the barrier now, which rank 0 never reaches
+        procs[1].send_signal(signal.SIGTERM)  # its wait is polled: the handler runs at once
+        assert procs[1].wait(timeout=30) == 85
+        assert procs[1].stdout.read().strip() == "preempted"
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.communicate()
