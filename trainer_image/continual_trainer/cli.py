@@ -178,7 +178,13 @@ def run(argv: list[str] | None = None) -> None:
     summary = result.model_dump_json(by_alias=True, exclude_none=True)
     who = f" ({gang.describe()})" if gang.distributed else ""
     print(f"continual-trainer{who}: {code.name} {summary}", file=sys.stderr)
-    ranks.shutdown()
+    if gang.distributed:
+        # A collective interrupted by SIGTERM (or left behind by a lost rank) is still pending, and the
+        # process group's teardown would wait for it forever. Every write is durable already: leave now.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(int(code))
     sys.exit(int(code))
 
 
