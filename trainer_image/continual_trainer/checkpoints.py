@@ -8,6 +8,11 @@ ever holds checkpoints that were complete when published. On resume every candid
 (files, manifest, parseable state, step equal to the folder's number, LoRA config equal to the run's);
 anything else is moved to ``quarantine/`` with the reason, never deleted, and the previous valid one is used.
 
+A checkpoint saved by several ranks (``torchrun``) holds one RNG file per rank (``rng_state_<rank>.pth``,
+written by each rank into the staging folder) instead of ``rng_state.pth``; the manifest records the
+``worldSize`` that saved it, every rank's file is in it, and a checkpoint missing any rank's file is invalid.
+Only the coordinator (rank 0) publishes, validates and retains.
+
 Retention only ever deletes folders named exactly ``checkpoint-<int>`` in ``checkpoints/``, by step number
 (not mtime), and never the one the last completed batch ended on.
 """
@@ -24,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from continual_trainer.config import LoraSpec
+from continual_trainer.exitcodes import IntegrityError
 from continual_trainer.fsutil import atomic_write_json, fsync_dir, fsync_tree
 from continual_trainer.ledger import utcnow
 
@@ -31,6 +37,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 MANIFEST = "continual-manifest.json"
+#: The files of a checkpoint saved by one process.
 REQUIRED_FILES = (
     "adapter_model.safetensors",
     "adapter_config.json",
@@ -41,6 +48,28 @@ REQUIRED_FILES = (
     "training_args.bin",
     MANIFEST,
 )
+
+
+def rank_files(world_size: int) -> tuple[str, ...]:
+    """The per-rank files ``Trainer`` saves: ``rng_state.pth`` alone, else ``rng_state_<rank>.pth`` per rank."""
+    if world_size <= 1:
+        return ("rng_state.pth",)
+    return tuple(f"rng_state_{rank}.pth" for rank in range(world_size))
+
+
+def required_files(world_size: int) -> tuple[str, ...]:
+    """Every file a checkpoint saved by ``world_size`` ranks must hold."""
+    shared = tuple(name for name in REQUIRED_FILES if name != "rng_state.pth")
+    return shared + rank_files(world_size)
+
+
+def _missing(folder: Path, world_size: int) -> str | None:
+    missing = [name for name in required_files(world_size) if not (folder / name).is_file()]
+    if not missing:
+        return None
+    ranks = [name for name in missing if name in rank_files(world_size) and world_size > 1]
+    why = f" (saved by {world_size} ranks: each rank's file is part of it)" if ranks else ""
+    return f"missing files: {', '.join(missing)}{why}"
 
 
 @dataclass(frozen=True)
@@ -65,22 +94,32 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def write_manifest(folder: Path, *, batch_id: str, step: int) -> None:
-    """Record every file's size and hash (after the files were fsync'd)."""
+def write_manifest(folder: Path, *, batch_id: str, step: int, world_size: int = 1) -> None:
+    """Record every file's size and hash (after the files were fsync'd), and the ranks that saved them."""
     files = {
         str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": _sha256(p)}
         for p in sorted(folder.rglob("*"))
         if p.is_file() and p.name != MANIFEST
     }
-    atomic_write_json(
-        folder / MANIFEST, {"batchId": batch_id, "step": step, "createdAt": utcnow(), "files": files}
-    )
+    manifest: dict[str, object] = {"batchId": batch_id, "step": step, "createdAt": utcnow(), "files": files}
+    if world_size > 1:  # one process: the manifest as it always was
+        manifest["worldSize"] = world_size
+    atomic_write_json(folder / MANIFEST, manifest)
 
 
-def publish(staged: Path, checkpoints_dir: Path, *, batch_id: str, step: int) -> Path:
-    """Make a staged checkpoint durable, add its manifest and rename it into ``checkpoints_dir``."""
+def publish(staged: Path, checkpoints_dir: Path, *, batch_id: str, step: int, world_size: int = 1) -> Path:
+    """Make a staged checkpoint durable, add its manifest and rename it into ``checkpoints_dir``.
+
+    A staged checkpoint that lacks a file (one rank's RNG state, say) is never published.
+    """
+    missing = [n for n in required_files(world_size) if n != MANIFEST and not (staged / n).is_file()]
+    if missing:
+        raise IntegrityError(
+            f"the staged checkpoint {staged} lacks {', '.join(missing)} (saved by {world_size} rank(s)): not "
+            "published; the batch is retried from the last published checkpoint"
+        )
     fsync_tree(staged)
-    write_manifest(staged, batch_id=batch_id, step=step)
+    write_manifest(staged, batch_id=batch_id, step=step, world_size=world_size)
     checkpoints_dir.mkdir(parents=True, exist_ok=True)
     final = checkpoints_dir / staged.name
     if final.exists():
@@ -97,11 +136,16 @@ def validate(folder: Path, lora: LoraSpec) -> str | None:
     step = step_of(folder)
     if step is None:
         return "name is not checkpoint-<int>"
-    missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
-    if missing:
-        return f"missing files: {', '.join(missing)}"
+    if not (folder / MANIFEST).is_file():
+        return _missing(folder, 1) or f"missing files: {MANIFEST}"
     try:
         manifest = json.loads((folder / MANIFEST).read_text())
+        world_size = manifest.get("worldSize", 1)
+        if not isinstance(world_size, int) or world_size < 1:
+            return f"{MANIFEST} has worldSize={world_size!r}, not a positive integer"
+        missing = _missing(folder, world_size)
+        if missing:
+            return missing
         for name, meta in manifest["files"].items():
             path = folder / name
             if not path.is_file():

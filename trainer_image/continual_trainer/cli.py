@@ -3,6 +3,11 @@
 It turns every outcome into the documented exit code (:mod:`continual_trainer.exitcodes`), writes the
 result record to the termination-message file (``/dev/termination-log`` in a pod: Kubernetes shows it in
 the pod status, and the operator reads it), and prints a one-line summary.
+
+Launched as several ranks (``torchrun``, :mod:`continual_trainer.ranks`), global rank 0 runs the batch
+session (:func:`continual_trainer.train.main`) and every other rank follows it
+(:func:`continual_trainer.followers.follow`); all ranks end with the coordinator's exit code, and only the
+coordinator writes the result record.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from continual_trainer import preemption
+from continual_trainer import followers, preemption, ranks
 from continual_trainer.exitcodes import ExitCode, TrainerError
 
 # Only the standard library, the exit codes and the preemption module at import time: ``run`` installs
@@ -51,12 +56,22 @@ def write_termination_message(path: str | None, result: BatchResult) -> None:
 
 
 def execute(config: TrainerConfig) -> tuple[ExitCode, BatchResult]:
-    """Run ``main`` and classify the outcome (a :class:`~continual_trainer.preemption.Preempted` passes)."""
+    """Run ``main`` and classify the outcome (a :class:`~continual_trainer.preemption.Preempted` passes).
+
+    A rank other than the coordinator follows it instead, and returns the coordinator's outcome.
+    """
     from continual_trainer.records import BatchResult
-    from continual_trainer.train import main
 
     try:
         try:
+            gang = ranks.current()
+            if gang.distributed:
+                preemption.phase("gang")
+                ranks.init(gang)
+                if not gang.is_coordinator:
+                    return followers.follow(config)
+            from continual_trainer.train import main
+
             result = main(config)
         except Exception as exc:
             preemption.raise_if_requested(exc)  # a SIGTERM a library wrapped in an error of its own
@@ -152,14 +167,33 @@ def run(argv: list[str] | None = None) -> None:
         code, result = ExitCode.PREEMPTED, preempted_result(config, exc)
     # The outcome is decided: a late SIGTERM must not turn it into a traceback.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    gang = _gang()
     if config is not None:
         path = config.termination_message_path
     else:  # SIGTERM before the config was read: the pod's file, which the kubelet created
         path = DEFAULT_TERMINATION_PATH if Path(DEFAULT_TERMINATION_PATH).exists() else None
-    write_termination_message(path, result)
+    if gang.is_coordinator:  # the ranks of a pod share its termination-message file: one writer
+        write_termination_message(path, result)
+        followers.finish(code, result)
     summary = result.model_dump_json(by_alias=True, exclude_none=True)
-    print(f"continual-trainer: {code.name} {summary}", file=sys.stderr)
+    who = f" ({gang.describe()})" if gang.distributed else ""
+    print(f"continual-trainer{who}: {code.name} {summary}", file=sys.stderr)
+    if gang.distributed:
+        # A collective interrupted by SIGTERM (or left behind by a lost rank) is still pending, and the
+        # process group's teardown would wait for it forever. Every write is durable already: leave now.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(int(code))
     sys.exit(int(code))
+
+
+def _gang() -> ranks.Ranks:
+    """This process's ranks; a broken rank environment was already reported (exit 64) as one process."""
+    try:
+        return ranks.current()
+    except TrainerError:
+        return ranks.Ranks()
 
 
 if __name__ == "__main__":

@@ -11,6 +11,16 @@ by the whole run's ``global_step`` and silently trains nothing, or the wrong sam
 * step ``k`` of the batch is global step ``start + k``. A retry that resumes from a checkpoint at global step
   ``c`` continues with batch step ``c - start``: skipped data is measured from the batch start, never from 0.
 
+None of this depends on how many processes train the batch. With ``W`` ranks (:mod:`continual_trainer.ranks`)
+each step is *shared out*, never re-planned: micro-batch ``i`` of a step goes to rank ``i mod W``
+(:func:`rank_share`), so rank ``r`` trains micro-batches ``r, r + W, r + 2W, ...``. A step whose micro-batch
+count does not divide by ``W`` gives some ranks one micro-batch fewer; a rank with none (fewer micro-batches
+than ranks) takes part in the gradient all-reduce with a zero contribution. No padding, no repeated sample:
+every loss term is divided by the whole step's label-token count and multiplied by ``W`` (DDP averages the
+ranks' gradients), so the reduced gradient is the one-process sum, up to the order of the additions. The
+batch's target step, its samples and their order are the same for every ``W``; ``W`` may change between
+batches and between attempts of one batch.
+
 This module is pure Python (no torch): the operator and tests can compute plans too.
 """
 
@@ -72,3 +82,12 @@ def build_plan(
             for i in range(0, len(micro), accumulation)
         )
     return steps
+
+
+def rank_share(step: StepPlan, rank: int, world_size: int) -> list[tuple[int, tuple[int, ...]]]:
+    """The micro-batches of ``step`` that ``rank`` of ``world_size`` trains, with their index in the step.
+
+    Round robin: micro-batch ``i`` goes to rank ``i mod world_size`` (see the module docstring). The index
+    seeds the micro-batch's dropout, so what a micro-batch draws is the same on whichever rank trains it.
+    """
+    return [(i, mb) for i, mb in enumerate(step.micro_batches) if i % world_size == rank]

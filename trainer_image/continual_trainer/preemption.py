@@ -13,8 +13,9 @@ survives SIGKILL at any point); :class:`Preempted` derives from ``BaseException`
 
 Tests pick the moment with a failpoint: ``CONTINUAL_TRAINER_FAILPOINTS=phase@config=term`` sends the process
 SIGTERM when it enters the phase ``config`` (``=stop``: SIGSTOP, to act on a process frozen there; no
-action: SIGKILL). The phases, in order: ``entry``, ``imports``, ``config``, ``lock``, ``checks``,
-``model``, ``training`` (until the engine's handler is installed), ``finishing``.
+action: SIGKILL). The phases, in order: ``entry``, ``imports``, ``config``, ``gang`` (several ranks
+only: joining their process group), ``lock``, ``checks``, ``model``, ``training`` (until the engine's handler
+is installed), ``finishing``. ``CONTINUAL_TRAINER_FAILPOINT_RANK=<r>`` limits failpoints to rank ``r``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ PHASE_TEXT = {
     "entry": "starting",
     "imports": "importing its libraries",
     "config": "reading its config",
+    "gang": "joining the other ranks of its gang",
     "lock": "taking the volume's lock",
     "checks": "checking the config, the run record and the data",
     "model": "loading the model",
@@ -98,6 +100,9 @@ def raise_if_requested(cause: BaseException) -> None:
 def _failpoint(name: str) -> None:
     spec = os.environ.get("CONTINUAL_TRAINER_FAILPOINTS")
     if not spec:
+        return
+    only = os.environ.get("CONTINUAL_TRAINER_FAILPOINT_RANK")  # one rank of a gang (torchrun sets RANK)
+    if only is not None and only != os.environ.get("RANK", "0"):
         return
     for item in spec.split(","):
         point, _, rest = item.partition("@")

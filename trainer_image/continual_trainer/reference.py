@@ -7,7 +7,8 @@ steps in one warm process.
 
 It shares the data plan, the step items, the LR policy and the RNG discipline with :mod:`train` -- that is
 what "the same data in the same order" means -- but none of the resume machinery: no ledger, no checkpoint
-loading (unless ``resume_from`` is given, which the tests use to build controls).
+loading (unless ``resume_from`` is given, which the tests use to build controls). Launched as several ranks
+(``torchrun``), it trains them DDP exactly as the batch-by-batch trainer does, the coordinator publishing.
 
 Each batch is trained with *its own* config's settings, as the batch-by-batch trainer does: data order,
 batch size, accumulation, epochs and sequence length shape its steps; learning rate and schedule, seed,
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from continual_trainer import checkpoints as ckpts
-from continual_trainer import engine, sandbox
+from continual_trainer import engine, ranks, sandbox
 from continual_trainer import model as modeling
 from continual_trainer.config import TrainerConfig, TrainingSpec
 from continual_trainer.plan import build_plan
@@ -85,8 +86,11 @@ def run_uninterrupted(
 
     result = UninterruptedResult(final_step=windows[-1].target, windows=windows)
 
-    def on_publish(staged: Path, step: int) -> None:
-        ckpts.publish(staged, layout.checkpoints, batch_id=configs[window_of(step - 1)].batch.id, step=step)
+    def on_publish(staged: Path, step: int) -> None:  # the coordinator's (SaveControl calls it there)
+        batch_id = configs[window_of(step - 1)].batch.id
+        ckpts.publish(
+            staged, layout.checkpoints, batch_id=batch_id, step=step, world_size=ranks.current().world_size
+        )
 
     def on_progress(state: Any, logs: dict[str, float]) -> None:
         result.learning_rates[state.global_step] = logs["learning_rate"]
@@ -119,3 +123,28 @@ def run_uninterrupted(
     output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from is not None else None)
     result.train_runtime = float(output.metrics["train_runtime"])
     return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m continual_trainer.reference --run-dir DIR CONFIG...``: the yardstick as a process.
+
+    So that it can be launched as the trainer is, e.g. by ``torchrun --nproc-per-node 2`` (the tests compare a
+    batch-by-batch gang with it); checkpoints go to ``DIR/checkpoints``.
+    """
+    import argparse
+
+    from continual_trainer.config import parse_config
+
+    parser = argparse.ArgumentParser(prog="continual_trainer.reference", description=main.__doc__)
+    parser.add_argument("--run-dir", required=True, type=Path)
+    parser.add_argument("configs", nargs="+", type=Path, help="trainer configs, one per batch, in order")
+    args = parser.parse_args(argv)
+    configs = [parse_config(path.read_text()) for path in args.configs]
+    result = run_uninterrupted(configs, args.run_dir)
+    if ranks.current().is_coordinator:
+        print(json.dumps({"finalStep": result.final_step, "learningRates": result.learning_rates}))
+    ranks.shutdown()
+
+
+if __name__ == "__main__":
+    main()

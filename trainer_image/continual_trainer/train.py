@@ -1,6 +1,8 @@
 """``main(config)``: train exactly one data batch of a continual run, resumably and exactly once.
 
-The order of work is chosen so that nothing is lost and nothing is trained twice:
+A :class:`BatchSession` does it in explicit phases (:data:`PHASES`: lock, check, load, record, resume,
+train, verify, publish), one method each; the table says which phases only the coordinator runs. The order
+of work is chosen so that nothing is lost and nothing is trained twice:
 
 1. take the volume's lock (one writer per run, ever);
 2. check the config against the run record (rebuilt from the checkpoints if it went missing): another run's
@@ -24,13 +26,14 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from continual_trainer import checkpoints as ckpts
-from continual_trainer import preemption, runrecord, sandbox
+from continual_trainer import preemption, ranks, runrecord, sandbox
 from continual_trainer.config import BatchSpec, DataSpec, TrainerConfig, TrainingSpec
 from continual_trainer.data import BatchSource, LoadedBatch, LocalSource, load_batch
 from continual_trainer.exitcodes import (
@@ -42,7 +45,7 @@ from continual_trainer.exitcodes import (
 from continual_trainer.fsutil import atomic_symlink, exclusive_lock, fsync_tree
 from continual_trainer.history import HistorySink
 from continual_trainer.identity import require_base_model_folder
-from continual_trainer.ledger import BatchRecord, Ledger, Rebuild, utcnow
+from continual_trainer.ledger import BatchRecord, Ledger, Rebuild, RunRecord, utcnow
 from continual_trainer.plan import build_plan, total_steps
 from continual_trainer.progress import (
     Broadcast,
@@ -57,7 +60,7 @@ from continual_trainer.schedules import BatchWindow, lr_at
 if TYPE_CHECKING:
     from peft import PeftModel
 
-    from continual_trainer.model import Encoded
+    from continual_trainer.model import Encoded, EncodedBatch
 
 log = logging.getLogger(__name__)
 
@@ -143,149 +146,342 @@ def recorded_config(config: TrainerConfig, record: BatchRecord) -> TrainerConfig
     return config.model_copy(update={"batch": batch, "training": record.training})
 
 
-def main(config: TrainerConfig) -> BatchResult:
-    """Train the config's batch; return its result or raise a :class:`TrainerError`."""
-    # An on-volume base model outside the data root is refused before anything is touched.
-    config = config.model_copy(update={"base_model": sandbox.confined_base_model(config)})
-    layout = RunLayout(config.root)
-    preemption.phase("lock")
-    layout.root.mkdir(parents=True, exist_ok=True)
-    try:
-        with exclusive_lock(layout.lock):
-            return _main_locked(config, layout)
-    except BlockingIOError as exc:
-        raise TransientError(
-            f"another trainer holds the lock on {layout.lock}: only one process may write a run's volume"
-        ) from exc
+@dataclass(frozen=True)
+class Phase:
+    """One phase of a batch session: the start-up phase it enters, who runs it, what it does."""
+
+    name: str
+    #: The start-up phase it enters (:func:`preemption.phase`: SIGTERM messages and failpoints name it);
+    #: None: it stays in the phase before (no new name, so no new failpoint).
+    preemption: str | None
+    #: "coordinator": only global rank 0 runs it, the other ranks wait for it; "all": every rank takes part
+    #: (the other ranks as followers: they train what the coordinator orders, see followers.py, and never
+    #: write the volume). With one process the process is the coordinator and runs every phase: this table
+    #: is the one place where multi-rank runs differ.
+    runs_on: Literal["coordinator", "all"]
+    doc: str
+
+    @property
+    def coordinator_only(self) -> bool:
+        return self.runs_on == "coordinator"
 
 
-def _main_locked(config: TrainerConfig, layout: RunLayout) -> BatchResult:
-    started = time.monotonic()
-    preemption.phase("checks")
-    ledger = Ledger(layout.root)
-    root = sandbox.data_root(config)
-    run_record = runrecord.read_or_rebuild(ledger, layout.root)
-    runrecord.check(config, run_record, root)
-    batch_id = config.batch.id
-    record = ledger.read_batch(batch_id)
+#: The phases of a batch session, in order. "Only the coordinator does this" is decided here, once.
+PHASES: dict[str, Phase] = {
+    phase.name: phase
+    for phase in (
+        Phase("lock", "lock", "coordinator", "take the volume's lock: one writer per run, ever"),
+        Phase(
+            "check",
+            "checks",
+            "coordinator",
+            "run record (another run, drift), the batch's ledger state, its data",
+        ),
+        Phase("load", "model", "coordinator", "tokenizer, encoded samples, base model and adapter"),
+        Phase(
+            "record", None, "coordinator", "write the run record; plan the ledger record or count an attempt"
+        ),
+        Phase(
+            "resume",
+            None,
+            "coordinator",
+            "validate checkpoints (quarantine), pick the resume point, or rebuild the start one (trains: all ranks)",
+        ),
+        Phase("train", "training", "all", "train the remaining steps, publishing checkpoints"),
+        Phase("verify", "finishing", "coordinator", "global_step == target, the batch-end checkpoint valid"),
+        Phase("publish", None, "coordinator", "export the adapter, complete the ledger record, retention"),
+    )
+}
 
-    if record is not None and record.state == "completed":
-        _check_same_data(record, config)
-        assert record.result is not None
-        log.info("batch %s already completed at step %s: nothing to do", batch_id, record.target_step)
-        from continual_trainer.s3source import release_cache
 
-        release_cache(config)  # a cache left behind by a process killed right after completing
-        return record.result.model_copy(update={"outcome": "AlreadyCompleted", "duration_seconds": 0.0})
-    if record is not None and record.state == "failed":
-        raise PermanentError(
-            f"batch {batch_id} failed permanently before ({record.result.message if record.result else ''}); "
-            "submit the data again under a new batch id",
-            reason="BatchFailed",
+@dataclass(frozen=True)
+class Checked:
+    """What phase "check" established: the run record, the data root, an earlier attempt, the data."""
+
+    run_record: RunRecord | None
+    data_root: Path
+    earlier: BatchRecord | None
+    loaded: LoadedBatch
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """What phase "load" built: the tokenizer, the batch's encoded samples, the model with its adapter."""
+
+    tokenizer: Any
+    encoding: EncodedBatch
+    model: PeftModel
+
+
+@dataclass(frozen=True)
+class Planned:
+    """Phase "record": the batch's ledger record; a first attempt's is written once the resume point is known."""
+
+    record: BatchRecord
+    first_attempt: bool
+
+
+class BatchSession:
+    """One batch of a run, trained phase by phase (:data:`PHASES`; the module docstring tells why this order).
+
+    ``main`` takes the lock and calls :meth:`run`, which goes through the other phases; each phase is one
+    method, and whether it runs on this process is :meth:`runs` (the coordinator runs all of them).
+    """
+
+    def __init__(self, config: TrainerConfig) -> None:
+        self.config = config
+        self.layout = RunLayout(config.root)
+        self.ledger = Ledger(self.layout.root)
+        #: Global rank 0 (one process: always); the other ranks follow it (followers.py), never run a session.
+        self.is_coordinator = ranks.current().is_coordinator
+        self.started = time.monotonic()
+
+    def runs(self, name: str) -> bool:
+        """Whether this process runs the phase ``name`` (a coordinator-only phase runs on rank 0 only)."""
+        return self.is_coordinator or not PHASES[name].coordinator_only
+
+    def enter(self, name: str) -> None:
+        """Enter a phase: its start-up phase for SIGTERM and failpoints (see preemption.py)."""
+        at = PHASES[name].preemption
+        if at is not None:
+            preemption.phase(at)
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Phase "lock": hold the volume's lock while the body runs (a second trainer is refused)."""
+        self.enter("lock")
+        layout = self.layout
+        layout.root.mkdir(parents=True, exist_ok=True)
+        try:
+            with exclusive_lock(layout.lock):
+                yield
+        except BlockingIOError as exc:
+            raise TransientError(
+                f"another trainer holds the lock on {layout.lock}: only one process may write a run's volume"
+            ) from exc
+
+    def run(self) -> BatchResult:
+        """The phases after "lock": the batch's result, or raise a :class:`TrainerError`."""
+        self.started = time.monotonic()
+        checked = self.check()
+        if isinstance(checked, BatchResult):
+            return checked
+        loaded = self.load(checked)
+        planned = self.record(checked)
+        session = Session(
+            self.config, self.layout, self.ledger, loaded.tokenizer, make_sinks(self.config, self.layout)
         )
+        resumed = self.resume(session, planned)
+        if resumed.preempted is not None:
+            return self._timed(resumed.preempted)
+        record = planned.record
+        preempted = self.train(session, record, loaded, resumed)
+        if preempted is not None:
+            return self._timed(preempted)
+        final = self.verify(record)
+        return self.publish(session, record, loaded, resumed, final)
 
-    loaded = load_data(config)
-    if record is not None and record.data_digest != loaded.digest:
-        raise PermanentError(
-            f"batch id {batch_id!r} was started with other data ({record.data_digest}, now {loaded.digest}): "
-            "a batch's data must not change; give the new data a new batch id",
-            reason="BatchDataChanged",
-        )
+    def _timed(self, result: BatchResult) -> BatchResult:
+        return result.model_copy(update={"duration_seconds": round(time.monotonic() - self.started, 3)})
 
-    # Loading the model is the slow part (even importing its libraries): after every cheap check.
-    require_base_model_folder(config.base_model, root)
-    preemption.phase("model")
-    from continual_trainer import model as modeling
+    def check(self) -> Checked | BatchResult:
+        """Phase "check": everything cheap, before anything heavy loads.
 
-    base = config.base_model  # main() made an on-volume path absolute (sandbox.confined_base_model)
-    tokenizer = modeling.load_tokenizer(base)
-    training = record.training if record is not None else config.training
-    encoding = modeling.encode_batch(loaded.samples, tokenizer, training.max_seq_length)
-    encoded = encoding.samples
-    model = modeling.load_model(base, config.lora, training)
-    # Only now, with the model and adapter built, may the run record be written (it is what drift is
-    # checked against: a record from a failed build would refuse the fixed config).
-    runrecord.settle(config, ledger, run_record, root)
-    first_attempt = record is None
-    if record is None:
-        record = _plan_batch(config, ledger, layout, loaded)
-    else:
+        The run record (rebuilt from the checkpoints if it went missing) refuses another run's config and
+        configuration drift; a completed batch returns its result at once (a re-run is a no-op); a failed
+        one is refused; all of the batch's data is read and checked, and must be what an earlier attempt
+        started with.
+        """
+        self.enter("check")
+        config, ledger = self.config, self.ledger
+        root = sandbox.data_root(config)
+        run_record = runrecord.read_or_rebuild(ledger, self.layout.root)
+        runrecord.check(config, run_record, root)
+        batch_id = config.batch.id
+        record = ledger.read_batch(batch_id)
+
+        if record is not None and record.state == "completed":
+            _check_same_data(record, config)
+            assert record.result is not None
+            log.info("batch %s already completed at step %s: nothing to do", batch_id, record.target_step)
+            from continual_trainer.s3source import release_cache
+
+            release_cache(config)  # a cache left behind by a process killed right after completing
+            return record.result.model_copy(update={"outcome": "AlreadyCompleted", "duration_seconds": 0.0})
+        if record is not None and record.state == "failed":
+            raise PermanentError(
+                f"batch {batch_id} failed permanently before ({record.result.message if record.result else ''}); "
+                "submit the data again under a new batch id",
+                reason="BatchFailed",
+            )
+
+        loaded = load_data(config)
+        if record is not None and record.data_digest != loaded.digest:
+            raise PermanentError(
+                f"batch id {batch_id!r} was started with other data ({record.data_digest}, now {loaded.digest}): "
+                "a batch's data must not change; give the new data a new batch id",
+                reason="BatchDataChanged",
+            )
+        return Checked(run_record, root, record, loaded)
+
+    def load(self, checked: Checked) -> Loaded:
+        """Phase "load": the tokenizer, the encoded batch, the base model with its (seeded) adapter.
+
+        Loading the model is the slow part (even importing its libraries): after every cheap check.
+        """
+        config = self.config
+        require_base_model_folder(config.base_model, checked.data_root)
+        self.enter("load")
+        from continual_trainer import model as modeling
+
+        base = config.base_model  # main() made an on-volume path absolute (sandbox.confined_base_model)
+        tokenizer = modeling.load_tokenizer(base)
+        training = checked.earlier.training if checked.earlier is not None else config.training
+        encoding = modeling.encode_batch(checked.loaded.samples, tokenizer, training.max_seq_length)
+        model = modeling.load_model(base, config.lora, training)
+        return Loaded(tokenizer, encoding, model)
+
+    def record(self, checked: Checked) -> Planned:
+        """Phase "record": the run record, then the batch's ledger record.
+
+        Only now, with the model and adapter built, may the run record be written (it is what drift is
+        checked against: a record from a failed build would refuse the fixed config). A first attempt plans
+        its record (start step = where the previous batch ended, target step, settings), which is written
+        once the resume point is known (:meth:`resume`); a retry reuses its record and counts the attempt.
+        """
+        self.enter("record")
+        config, ledger = self.config, self.ledger
+        runrecord.settle(config, ledger, checked.run_record, checked.data_root)
+        record = checked.earlier
+        if record is None:
+            return Planned(_plan_batch(config, ledger, self.layout, checked.loaded), first_attempt=True)
         record = record.model_copy(update={"attempts": record.attempts + 1})
         ledger.write_batch(record)
         if record.training != config.training:
             log.warning(
-                "batch %s keeps the settings it started with; config changes apply next batch", batch_id
+                "batch %s keeps the settings it started with; config changes apply next batch",
+                record.batch_id,
             )
+        return Planned(record, first_attempt=False)
 
-    sinks = make_sinks(config, layout)
-    session = Session(config, layout, ledger, tokenizer, sinks)
-    resumed = resume_phase(session, record)
-    if resumed.preempted is not None:
-        return resumed.preempted.model_copy(update={"duration_seconds": round(time.monotonic() - started, 3)})
-    resume = resumed.checkpoint
-    if first_attempt:
-        # Only now: a batch that halts before training (no checkpoint to start from) leaves no record behind
-        # that would block the advised recovery (retry it, or submit its data under another batch id).
-        ledger.write_batch(record)
-        log.info(
-            "batch %s: steps %s..%s (%s samples)",
-            batch_id,
-            record.start_step,
-            record.target_step,
-            record.samples,
+    def resume(self, session: Session, planned: Planned) -> Resumed:
+        """Phase "resume" (or "rebuild"), then a first attempt's ledger record is written.
+
+        Only after the resume point is known: a batch that halts before training (no checkpoint to start
+        from) leaves no record behind that would block the advised recovery (retry it, or submit its data
+        under another batch id).
+        """
+        self.enter("resume")
+        resumed = resume_phase(session, planned.record)
+        if resumed.preempted is None and planned.first_attempt:
+            record = planned.record
+            self.ledger.write_batch(record)
+            log.info(
+                "batch %s: steps %s..%s (%s samples)",
+                record.batch_id,
+                record.start_step,
+                record.target_step,
+                record.samples,
+            )
+        return resumed
+
+    def train(
+        self, session: Session, record: BatchRecord, loaded: Loaded, resumed: Resumed
+    ) -> BatchResult | None:
+        """Phase "train": the remaining steps (none left: nothing); a result only when SIGTERM stopped it."""
+        training = record.training
+        window = BatchWindow(record.start_step, record.target_step)
+
+        def lr_fn(step: int) -> float:
+            return lr_at(training.lr_schedule, training.learning_rate, step, window)
+
+        resume = resumed.checkpoint
+        done_step = resume.step if resume is not None else 0
+        event = _event_factory(self.config, record)
+        session.sinks.emit(event("batch-started", done_step, resume))
+        if done_step >= record.target_step:
+            return None
+        self.enter("train")
+        encoded = loaded.encoding.samples
+        return _train(
+            self.config,
+            self.layout,
+            record,
+            encoded,
+            resume,
+            lr_fn,
+            loaded.tokenizer,
+            session.sinks,
+            loaded.model,
         )
-    window = BatchWindow(record.start_step, record.target_step)
 
-    def lr_fn(step: int) -> float:
-        return lr_at(training.lr_schedule, training.learning_rate, step, window)
+    def verify(self, record: BatchRecord) -> Path:
+        """Phase "verify": the batch-end checkpoint exists and is valid (else the batch is not complete)."""
+        self.enter("verify")
+        final = self.layout.checkpoints / f"checkpoint-{record.target_step}"
+        reason = ckpts.validate(final, self.config.lora)
+        if reason is not None:
+            raise IntegrityError(
+                f"training stopped but the batch-end checkpoint {final} is not valid ({reason}); the batch is not "
+                "complete and will be retried from the last valid checkpoint"
+            )
+        return final
 
-    done_step = resume.step if resume is not None else 0
-    event = _event_factory(config, record)
-    sinks.emit(event("batch-started", done_step, resume))
-    if done_step < record.target_step:
-        preemption.phase("training")
-        outcome = _train(config, layout, record, encoded, resume, lr_fn, tokenizer, sinks, model)
-        if outcome is not None:  # preempted
-            return outcome.model_copy(update={"duration_seconds": round(time.monotonic() - started, 3)})
-    preemption.phase("finishing")
+    def publish(
+        self, session: Session, record: BatchRecord, loaded: Loaded, resumed: Resumed, final: Path
+    ) -> BatchResult:
+        """Phase "publish": export the adapter, complete the ledger record, apply retention, report."""
+        self.enter("publish")
+        from continual_trainer.engine import read_meter
 
-    final = layout.checkpoints / f"checkpoint-{record.target_step}"
-    reason = ckpts.validate(final, config.lora)
-    if reason is not None:
-        raise IntegrityError(
-            f"training stopped but the batch-end checkpoint {final} is not valid ({reason}); the batch is not "
-            "complete and will be retried from the last valid checkpoint"
+        layout = self.layout
+        meter = read_meter(final, record.start_step, record.target_step)
+        adapter = _export_adapter(layout, final, record.target_step, loaded.tokenizer)
+        result = BatchResult(
+            batch_id=record.batch_id,
+            outcome="Succeeded",
+            start_step=record.start_step,
+            end_step=record.target_step,
+            target_step=record.target_step,
+            samples=record.samples,
+            tokens=meter.tokens,
+            mean_loss=meter.mean,
+            truncated=loaded.encoding.truncation,
+            rebuilt=resumed.rebuilt,
+            checkpoint=str(final.relative_to(layout.root)),
+            adapter=str(adapter.relative_to(layout.root)),
+            duration_seconds=round(time.monotonic() - self.started, 3),
         )
-    from continual_trainer.engine import read_meter
+        self.ledger.write_batch(
+            record.model_copy(update={"state": "completed", "completed_at": utcnow(), "result": result})
+        )
+        ckpts.retain(
+            ckpts.list_published(layout.checkpoints), record.training.checkpoints_kept, {record.target_step}
+        )
+        from continual_trainer.s3source import release_cache
 
-    meter = read_meter(final, record.start_step, record.target_step)
-    adapter = _export_adapter(layout, final, record.target_step, tokenizer)
-    result = BatchResult(
-        batch_id=batch_id,
-        outcome="Succeeded",
-        start_step=record.start_step,
-        end_step=record.target_step,
-        target_step=record.target_step,
-        samples=record.samples,
-        tokens=meter.tokens,
-        mean_loss=meter.mean,
-        truncated=encoding.truncation,
-        rebuilt=resumed.rebuilt,
-        checkpoint=str(final.relative_to(layout.root)),
-        adapter=str(adapter.relative_to(layout.root)),
-        duration_seconds=round(time.monotonic() - started, 3),
-    )
-    ledger.write_batch(
-        record.model_copy(update={"state": "completed", "completed_at": utcnow(), "result": result})
-    )
-    ckpts.retain(ckpts.list_published(layout.checkpoints), training.checkpoints_kept, {record.target_step})
-    from continual_trainer.s3source import release_cache
+        release_cache(self.config)
+        event = _event_factory(self.config, record)
+        session.sinks.emit(
+            event(
+                "batch-finished", record.target_step, ckpts.Checkpoint(final, record.target_step), meter.mean
+            )
+        )
+        return result
 
-    release_cache(config)
-    sinks.emit(
-        event("batch-finished", record.target_step, ckpts.Checkpoint(final, record.target_step), meter.mean)
-    )
-    return result
+
+def main(config: TrainerConfig) -> BatchResult:
+    """Train the config's batch; return its result or raise a :class:`TrainerError`."""
+    # An on-volume base model outside the data root is refused before anything is touched.
+    config = config.model_copy(update={"base_model": sandbox.confined_base_model(config)})
+    session = BatchSession(config)
+    if not session.runs("lock"):
+        raise RuntimeError(
+            f"{ranks.current().describe()}: main() is the coordinator's; the other ranks run followers.follow "
+            "(continual_trainer.cli does so)"
+        )
+    with session.lock():
+        return session.run()
 
 
 def _check_same_data(record: BatchRecord, config: TrainerConfig) -> None:
@@ -593,8 +789,14 @@ def _train(
     sinks: Broadcast,
     model: PeftModel,
 ) -> BatchResult | None:
-    """Run the remaining steps of the batch. Returns a result only when preempted."""
-    from continual_trainer import engine
+    """Run the remaining steps of the batch. Returns a result only when preempted.
+
+    Several ranks: the coordinator runs it and orders the followers to run it too (their share of each
+    step, :mod:`continual_trainer.followers`); only the coordinator writes the volume and decides the outcome.
+    """
+    from continual_trainer import engine, followers
+
+    gang = ranks.current()
 
     training: TrainingSpec = record.training
     plan = build_plan(
@@ -610,14 +812,19 @@ def _train(
     pad_id = int(tokenizer.pad_token_id)  # type: ignore[attr-defined]
     dataset = engine.StepDataset(remaining, pad_id)
     meter = engine.read_meter(resume.path if resume else None, record.start_step, record.start_step + done)
-    shutil.rmtree(layout.staging, ignore_errors=True)  # leftovers of a save that was killed: never complete
+    if gang.is_coordinator:
+        # Leftovers of a save that was killed: never complete.
+        shutil.rmtree(layout.staging, ignore_errors=True)
+        followers.announce(record, resume.path if resume else None, resume.step if resume else 0, encoded)
     event = _event_factory(config, record)
     latest: list[ckpts.Checkpoint | None] = [resume]
     last_time = [time.monotonic(), record.start_step + done]
 
     def on_publish(staged: Path, step: int) -> None:
         runrecord.stamp(staged, Ledger(layout.root))
-        final = ckpts.publish(staged, layout.checkpoints, batch_id=record.batch_id, step=step)
+        final = ckpts.publish(
+            staged, layout.checkpoints, batch_id=record.batch_id, step=step, world_size=gang.world_size
+        )
         latest[0] = ckpts.Checkpoint(final, step)
         ckpts.retain(
             ckpts.list_published(layout.checkpoints), training.checkpoints_kept, {record.start_step, step}
@@ -665,6 +872,8 @@ def _train(
         trainer.train(resume_from_checkpoint=str(resume.path) if resume is not None else None)
     finally:
         restore()
+    if not gang.is_coordinator:
+        return None  # a follower trained its share; the coordinator decides and reports the outcome
     step = trainer.state.global_step
     if step >= record.target_step:
         return None
