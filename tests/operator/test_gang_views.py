@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from test_gang import gang_job, produced
 
-from continual_operator.workloads import gang, gang_views
+from continual_operator.workloads import gang, gang_views, outcomes
 from continual_operator.workloads.outcomes import classify
 from continual_operator.workloads.registry import job_view
 from continual_operator.workloads.views import JobView
@@ -125,12 +125,10 @@ def test_trainer_exit_code_behind_torchrun_keeps_the_classification(
 ) -> None:
     result = BatchResult.model_validate({"batchId": "b", "outcome": outcome, "exitCode": int(code)})
     # torchrun exits 1 for all three; the coordinator's result record keeps the trainer's code.
-    assert gang_views.trainer_exit_code(gang_views.TORCHRUN_FAILED, result) == code
-    assert (
-        classify(view(gang_views.trainer_exit_code(gang_views.TORCHRUN_FAILED, result), result)).kind == kind
-    )
-    assert gang_views.trainer_exit_code(137, result) == 137  # a killed container is the container's truth
-    assert gang_views.trainer_exit_code(gang_views.TORCHRUN_FAILED, None) == gang_views.TORCHRUN_FAILED
+    assert outcomes.trainer_exit_code(outcomes.TORCHRUN_FAILED, result) == code
+    assert classify(view(outcomes.trainer_exit_code(outcomes.TORCHRUN_FAILED, result), result)).kind == kind
+    assert outcomes.trainer_exit_code(137, result) == 137  # a killed container is the container's truth
+    assert outcomes.trainer_exit_code(outcomes.TORCHRUN_FAILED, None) == outcomes.TORCHRUN_FAILED
 
 
 # -- gang_view: a gang attempt as the planner's JobView --------------------------------------------------
@@ -171,8 +169,8 @@ def test_gang_view_of_a_finished_gang_is_the_coordinators_result() -> None:
 
 def test_gang_view_reads_the_trainers_exit_code_behind_torchrun() -> None:
     pods = [
-        ended("j-0", "0", "10", gang_views.TORCHRUN_FAILED, message=PERMANENT.to_termination_message()),
-        ended("j-1", "1", "25", gang_views.TORCHRUN_FAILED),  # stopped by the Job controller afterwards
+        ended("j-0", "0", "10", outcomes.TORCHRUN_FAILED, message=PERMANENT.to_termination_message()),
+        ended("j-1", "1", "25", outcomes.TORCHRUN_FAILED),  # stopped by the Job controller afterwards
     ]
     view = gang_views.gang_view(finished(indexed(), "Failed"), pods)
     assert view is not None and view.exit_code == ExitCode.PERMANENT
@@ -181,7 +179,7 @@ def test_gang_view_reads_the_trainers_exit_code_behind_torchrun() -> None:
 
 def test_gang_view_classifies_by_the_pod_that_failed_first() -> None:
     pods = [
-        ended("j-0", "0", "41", gang_views.TORCHRUN_FAILED, message=PREEMPTED.to_termination_message()),
+        ended("j-0", "0", "41", outcomes.TORCHRUN_FAILED, message=PREEMPTED.to_termination_message()),
         ended("j-1", "1", "10", 137, reason="OOMKilled"),
     ]
     view = gang_views.gang_view(finished(indexed(), "Failed"), pods)
@@ -220,7 +218,7 @@ def test_gang_view_of_a_jobset_counts_only_the_newest_restart() -> None:
         gang_views.gang_view(jobset, []) is not None and gang_views.gang_view(jobset, []).suspended
     )  # Kueue holds it
     old = ended(
-        "js-node-0-0-a", "0", "10", gang_views.TORCHRUN_FAILED, message=PREEMPTED.to_termination_message()
+        "js-node-0-0-a", "0", "10", outcomes.TORCHRUN_FAILED, message=PREEMPTED.to_termination_message()
     )
     old["metadata"]["labels"][gang_views.JOBSET_RESTART_LABEL] = "0"
     new = ended("js-node-0-0-b", "0", "50", 0, message=SUCCEEDED.to_termination_message())

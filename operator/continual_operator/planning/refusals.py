@@ -36,6 +36,7 @@ DATA_PATH_OUTSIDE_VOLUME = "DataPathOutsideVolume"
 BASE_MODEL_PATH_OUTSIDE_VOLUME = "BaseModelPathOutsideVolume"
 SPEC_CHANGE_REFUSED = "SpecChangeRefused"
 VOLUME_IN_USE = "VolumeInUse"
+MULTI_NODE_UNAVAILABLE = "MultiNodeUnavailable"
 _LATEST = dt.datetime.max.replace(tzinfo=dt.UTC)
 
 
@@ -197,12 +198,27 @@ def volume_refusal(run: ContinualTrainingRun, others: Sequence[ContinualTraining
     )
 
 
+def multi_node_refusal(run: ContinualTrainingRun) -> Refusal | None:
+    """``spec.resources.nodes`` > 1: the gang builders exist (workloads/gang.py) but no executor starts them yet."""
+    nodes = run.spec.resources.nodes
+    if nodes == 1:
+        return None
+    return Refusal(
+        MULTI_NODE_UNAVAILABLE,
+        f"spec.resources.nodes={nodes}: this operator version trains a batch on one node only (multi-node "
+        "gangs are not started yet, see docs/scaling.md). Set spec.resources.nodes: 1 and give the pod up to "
+        "one node's GPUs in spec.resources.gpus (one trainer process per GPU under torchrun); no batch starts "
+        "until then",
+    )
+
+
 def run_refusal(
     run: ContinualTrainingRun, others: Sequence[ContinualTrainingRun] = (), *, check_paths: bool = True
 ) -> Refusal | None:
     """The first reason ``run`` may not start a Job, or None (``check_paths``: see ``PlanContext``)."""
     return (
         spec_change_refusal(run)
+        or multi_node_refusal(run)
         or (base_model_refusal(run) if check_paths else None)
         or volume_refusal(run, others)
     )

@@ -15,17 +15,13 @@ from dataclasses import replace
 from typing import Any
 
 from continual_operator.workloads.gang import ANNOTATION_WORLD_SIZE, COMPLETION_INDEX_ANNOTATION
-from continual_operator.workloads.outcomes import parse_result
+from continual_operator.workloads.outcomes import parse_result, trainer_exit_code
 from continual_operator.workloads.registry import job_view
 from continual_operator.workloads.views import TRAINER_CONTAINER, JobView
-from continual_trainer.records import BatchResult
 
 #: Labels JobSet puts on its pods: which Job of the replicated job, and which gang restart they belong to.
 JOBSET_JOB_INDEX_LABEL = "jobset.sigs.k8s.io/job-index"
 JOBSET_RESTART_LABEL = "jobset.sigs.k8s.io/restart-attempt"
-#: torchrun's exit code whenever one of its workers failed (ChildFailedError) or it was signalled
-#: (SignalException), whatever the workers' own codes were: measured with torch 2.13.
-TORCHRUN_FAILED = 1
 
 
 def coordinator_pod(pods: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
@@ -166,18 +162,6 @@ def _running(pod: Mapping[str, Any]) -> bool:
 def _started(pod: Mapping[str, Any]) -> bool:
     state = _trainer_state(pod)
     return "running" in state or "terminated" in state
-
-
-def trainer_exit_code(container_exit_code: int | None, result: BatchResult | None) -> int | None:
-    """The trainer's exit code behind a gang container's: the coordinator's ``exitCode`` under torchrun.
-
-    torchrun exits 1 whenever a worker failed or it was signalled, so 64 (permanent), 75 (transient) and
-    85 (preempted) all read as 1 at the container; the coordinator's result record keeps the real code.
-    Any other container code (0, 137 for a killed container) is the container's own truth.
-    """
-    if container_exit_code == TORCHRUN_FAILED and result is not None:
-        return result.exit_code
-    return container_exit_code
 
 
 def world_size(obj: Mapping[str, Any]) -> int | None:

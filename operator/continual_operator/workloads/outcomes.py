@@ -59,6 +59,23 @@ def parse_result(message: str | None) -> BatchResult | None:
         return None
 
 
+#: torchrun's exit code whenever one of its workers failed (ChildFailedError) or it was signalled
+#: (SignalException), whatever the workers' own codes were: measured with torch 2.13.
+TORCHRUN_FAILED = 1
+
+
+def trainer_exit_code(container_exit_code: int | None, result: BatchResult | None) -> int | None:
+    """The trainer's exit code behind a container that runs it under torchrun: the coordinator's ``exitCode``.
+
+    torchrun exits 1 whenever a worker failed or it was signalled, so 64 (permanent), 75 (transient) and
+    85 (preempted) all read as 1 at the container; the coordinator's result record keeps the real code.
+    Any other container code (0, 137 for a killed container) is the container's own truth.
+    """
+    if container_exit_code == TORCHRUN_FAILED and result is not None:
+        return result.exit_code
+    return container_exit_code
+
+
 def _text(job: JobView, result: BatchResult | None) -> str:
     """The best human explanation available: the trainer's message, else the raw termination message."""
     text = (result.message if result is not None else None) or job.termination_message or ""

@@ -4,17 +4,21 @@ Named ``{run}-{batch}-a{attempt}`` (:func:`~continual_operator.naming.job_name`)
 :mod:`.resources` (with the per-run ServiceAccount, Role, RoleBinding and claim before it); read back from
 the batch and attempt labels; classified from the trainer's exit code and result record
 (:mod:`.outcomes`). It writes the volume.
+
+``spec.resources.gpus`` > 1 on one node: the Job runs ``torchrun --nproc-per-node <gpus>`` (one trainer
+process per GPU, :func:`.gang.get_single_node_job`); torchrun exits 1 for every failure, so such a Job is
+classified by the coordinator's ``exitCode`` in its result record (:func:`.outcomes.trainer_exit_code`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from continual_operator.api import ContinualTrainingRun, TrainingBatch
 from continual_operator.naming import ANNOTATION_BATCH, LABEL_ATTEMPT, LABEL_BATCH, job_name
-from continual_operator.workloads import outcomes, resources
+from continual_operator.workloads import gang, outcomes, resources
 from continual_operator.workloads.kinds import ObjectRef, Workload
 from continual_operator.workloads.outcomes import Outcome
 from continual_operator.workloads.views import Identity, JobView, get, read_job
@@ -56,7 +60,9 @@ class TrainKind:
             manifests=(
                 *resources.run_objects(run),
                 resources.get_config_map(run, batch, attempt, request.abandon_batches),
-                resources.get_job(run, batch, attempt),
+                gang.get_single_node_job(
+                    resources.get_job(run, batch, attempt), gang.Gang.of(run.spec.resources)
+                ),
             ),
             owned=self.owned_objects(name),
             batch=batch.metadata.name,
@@ -72,7 +78,11 @@ class TrainKind:
         if not batch or not str(attempt or "").isdigit():
             return None
         identity = Identity(KIND, str(batch), int(str(attempt)), self.writes_volume)
-        return read_job(job, pods, identity)
+        view = read_job(job, pods, identity)
+        if str(annotations.get(gang.ANNOTATION_WORLD_SIZE, "1")) != "1":  # torchrun: the coordinator's code
+            result = outcomes.parse_result(view.termination_message)
+            view = replace(view, exit_code=outcomes.trainer_exit_code(view.exit_code, result))
+        return view
 
     def classify(self, view: JobView) -> Outcome:
         return outcomes.classify(view)
