@@ -253,3 +253,23 @@ def test_local_mode_runs_an_artifact_job_with_this_interpreter(tmp_path: Path) -
         "--source",
         SOURCE,
     ]
+
+
+def test_an_artifact_job_whose_pod_cannot_start_says_so_on_the_run() -> None:
+    run = make_run(snapshots={"everyBatches": 1, "destination": DESTINATION}, status={"completedStep": 5})
+    world = World(run, [make_batch("b1", status={"phase": "Succeeded", "endStep": 5})], [])
+    (snap,) = world.step().of(CreateWorkload)
+    world.jobs = [
+        dataclasses.replace(
+            j,
+            waiting_reason="CreateContainerConfigError",
+            waiting_message='secret "s3-creds" not found',
+            pending_since=NOW,
+        )
+        for j in world.jobs
+    ]
+    world.step()
+    training = next(c for c in world.run.status.conditions if c.type == "Training")
+    assert (world.run.status.phase, training.reason) == ("Pending", "CreateContainerConfigError")
+    assert f"Job {snap.job_name} cannot start its pod" in training.message
+    assert 'secret "s3-creds" not found' in training.message and "its snapshot waits" in training.message
