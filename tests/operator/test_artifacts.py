@@ -273,3 +273,13 @@ def test_an_artifact_job_whose_pod_cannot_start_says_so_on_the_run() -> None:
     assert (world.run.status.phase, training.reason) == ("Pending", "CreateContainerConfigError")
     assert f"Job {snap.job_name} cannot start its pod" in training.message
     assert 'secret "s3-creds" not found' in training.message and "its snapshot waits" in training.message
+
+
+def test_restore_from_on_a_run_that_trained_already_is_ignored_and_says_so_once() -> None:
+    run = make_run(restoreFrom=SOURCE, status={"completedStep": 12, "globalStep": 12})
+    world = World(run, [make_batch("b1")], [])
+    the_plan = world.step()
+    assert [c.kind for c in the_plan.of(CreateWorkload)] == ["train"]  # no restore over training state
+    assert _condition(world, "Restored") == ("False", "RestoreNotApplicable")
+    assert ("Warning", "RestoreNotApplicable") in _events(the_plan)
+    assert ("Warning", "RestoreNotApplicable") not in _events(world.step())

@@ -93,8 +93,24 @@ def _existing_condition(draft: Draft, type_: str) -> None:
 def record_artifacts(draft: Draft) -> None:
     """Finished artifact Jobs into the run's status and conditions."""
     _record_restore(draft)
+    _restore_not_applicable(draft)
     for cadenced in SCHEDULED:
         _record_scheduled(draft, cadenced)
+
+
+def _restore_not_applicable(draft: Draft) -> None:
+    """spec.restoreFrom set on a run that trained (or restored) already: say that it is ignored, once."""
+    source = draft.spec.restore_from
+    if source is None or draft.restored_step is not None or needs_restore(draft) or _jobs(draft, RESTORE):
+        return
+    restored = next((c for c in draft.run.status.conditions if c.type == RESTORED), None)
+    if restored is not None and restored.reason == "RestoreCompleted":
+        return
+    message = (
+        f"spec.restoreFrom {source} is ignored: the run has progress already (step {draft.completed_step()}); "
+        "a snapshot is restored into a new run (create one with spec.restoreFrom), or remove the field"
+    )
+    _condition(draft, RESTORED, "False", "RestoreNotApplicable", message, warn=True)
 
 
 def _record_scheduled(draft: Draft, cadenced: Cadenced) -> None:
