@@ -11,7 +11,9 @@
   due job starts when nobody holds the writer lease, *before* the next batch. Its result goes into
   ``status.lastSnapshot`` / ``status.lastConsolidation``; a failure is the ``Snapshots`` / ``Consolidation``
   condition and a Warning Event, retried after the back-off (``spec.failurePolicy``) up to
-  ``maxRetriesPerBatch`` times per step, while batches go on training: an artifact never stops training.
+  ``maxRetriesPerBatch`` times per step, while batches go on training: a failed artifact never stops
+  training. (A Job whose pod cannot start -- a missing Secret -- holds the lease until it starts or is
+  deleted; the run's Training condition names the reason. The start deadline covers train Jobs only.)
 
 Every finished artifact Job is read with its kind (:mod:`continual_operator.workloads.artifact`); the
 failed attempts of the current key stay (they are the record of the retries), everything else is deleted
