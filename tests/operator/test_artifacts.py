@@ -253,3 +253,52 @@ def test_local_mode_runs_an_artifact_job_with_this_interpreter(tmp_path: Path) -
         "--source",
         SOURCE,
     ]
+
+
+def test_an_artifact_job_whose_pod_cannot_start_says_so_on_the_run() -> None:
+    run = make_run(snapshots={"everyBatches": 1, "destination": DESTINATION}, status={"completedStep": 5})
+    world = World(run, [make_batch("b1", status={"phase": "Succeeded", "endStep": 5})], [])
+    (snap,) = world.step().of(CreateWorkload)
+    world.jobs = [
+        dataclasses.replace(
+            j,
+            waiting_reason="CreateContainerConfigError",
+            waiting_message='secret "s3-creds" not found',
+            pending_since=NOW,
+        )
+        for j in world.jobs
+    ]
+    world.step()
+    training = next(c for c in world.run.status.conditions if c.type == "Training")
+    assert (world.run.status.phase, training.reason) == ("Pending", "CreateContainerConfigError")
+    assert f"Job {snap.job_name} cannot start its pod" in training.message
+    assert 'secret "s3-creds" not found' in training.message and "its snapshot waits" in training.message
+
+
+def test_restore_from_on_a_run_that_trained_already_is_ignored_and_says_so_once() -> None:
+    run = make_run(restoreFrom=SOURCE, status={"completedStep": 12, "globalStep": 12})
+    world = World(run, [make_batch("b1")], [])
+    the_plan = world.step()
+    assert [c.kind for c in the_plan.of(CreateWorkload)] == ["train"]  # no restore over training state
+    assert _condition(world, "Restored") == ("False", "RestoreNotApplicable")
+    assert ("Warning", "RestoreNotApplicable") in _events(the_plan)
+    assert ("Warning", "RestoreNotApplicable") not in _events(world.step())
+
+
+def test_an_artifact_job_past_the_start_deadline_is_stopped_and_training_goes_on() -> None:
+    run = make_run(snapshots={"everyBatches": 1, "destination": DESTINATION}, status={"completedStep": 5})
+    world = World(
+        run, [make_batch("b0", status={"phase": "Succeeded", "endStep": 5}), make_batch("b1", created=1)], []
+    )
+    (snap,) = world.step().of(CreateWorkload)
+    stuck = {"waiting_reason": "CreateContainerConfigError", "waiting_message": 'secret "s3-creds" not found'}
+    world.jobs = [dataclasses.replace(j, pending_since=NOW, **stuck) for j in world.jobs]  # type: ignore[arg-type]
+    world.later(601)
+    the_plan = world.step()
+    assert _condition(world, "Snapshots") == ("False", "StartDeadlineExceeded")
+    assert ("Warning", "StartDeadlineExceeded") in _events(the_plan)
+    assert [j.deleting for j in world.jobs] == [True]  # a writer until its pod is gone
+    world.jobs = []  # gone
+    (train,) = world.step().of(CreateWorkload)
+    assert train.batch == "b1"  # not the same snapshot again: training goes on
+    assert snap.job_name not in {j.name for j in world.jobs}

@@ -220,3 +220,38 @@ def test_trainer_progress_patches_reach_no_handler() -> None:
     filters = {h.id: h.when for h in registry._watching.get_all_handlers()}
     assert filters["run-event"] is handlers.run_deleted
     assert filters["batch-event"] is handlers.batch_event_matters
+
+
+async def test_a_snapshot_job_runs_between_batches_and_its_result_lands_in_the_run_status(
+    world: KubeWorld, memo: kopf.Memo
+) -> None:
+    """Through the handler, the reconciler and the cluster executor: serialized with training."""
+    snapshots = {"everyBatches": 1, "destination": "s3://backups/demo/"}
+    world.add(RUNS, run_body(snapshots=snapshots, objectStore={"credentialsSecretRef": {"name": "s3-creds"}}))
+    world.add(BATCHES, batch_body("b1"))
+    world.add(BATCHES, batch_body("b2", created=1))
+    await handlers.on_run_change(namespace=NS, name=RUN, memo=memo)
+    world.finish_job(JOB_1, exit_code=0, message=result("b1", 0, 6))
+    await handlers.on_run_change(namespace=NS, name=RUN, memo=memo)
+
+    snapshot = "demo-snapshot-s6-a1"
+    assert world.names(JOBS) == [JOB_1, snapshot]  # not b2's Job: the snapshot holds the volume
+    job = world.get(JOBS, snapshot)
+    assert job is not None and job["metadata"]["labels"]["continual.dev/kind"] == "snapshot"
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"][:4] == ["python", "-m", "continual_trainer.snapshot", "create"]
+    assert {e["name"] for e in container["env"]} >= {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    assert condition(status_of(world, RUNS, RUN), "Training")["reason"] == "SnapshotRunning"
+
+    message = (
+        '{"kind": "snapshot", "uri": "s3://backups/demo/20250301T120000Z-step00000006/", '
+        '"snapshotId": "20250301T120000Z-step00000006", "globalStep": 6, "batches": 1, "files": 7, '
+        '"bytes": 4096, "completedAt": "2025-03-01T12:00:00Z", "retired": [], "swept": []}'
+    )
+    world.finish_job(snapshot, exit_code=0, message=message)
+    await handlers.on_run_change(namespace=NS, name=RUN, memo=memo)
+    run = status_of(world, RUNS, RUN)
+    assert run["lastSnapshot"]["snapshotId"] == "20250301T120000Z-step00000006"
+    assert condition(run, "Snapshots")["reason"] == "SnapshotCompleted"
+    assert snapshot not in world.names(JOBS)  # recorded, then deleted
+    assert job_name(RUN, "b2", 1) in world.names(JOBS)  # and b2 trains

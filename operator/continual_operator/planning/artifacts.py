@@ -11,7 +11,9 @@
   due job starts when nobody holds the writer lease, *before* the next batch. Its result goes into
   ``status.lastSnapshot`` / ``status.lastConsolidation``; a failure is the ``Snapshots`` / ``Consolidation``
   condition and a Warning Event, retried after the back-off (``spec.failurePolicy``) up to
-  ``maxRetriesPerBatch`` times per step, while batches go on training: an artifact never stops training.
+  ``maxRetriesPerBatch`` times per step, while batches go on training: a failed artifact never stops
+  training. A Job whose pod does not start within ``startDeadlineSeconds`` (a missing Secret) is stopped,
+  and that step's snapshot or consolidation is not tried again: the next step's is.
 
 Every finished artifact Job is read with its kind (:mod:`continual_operator.workloads.artifact`); the
 failed attempts of the current key stay (they are the record of the retries), everything else is deleted
@@ -93,8 +95,24 @@ def _existing_condition(draft: Draft, type_: str) -> None:
 def record_artifacts(draft: Draft) -> None:
     """Finished artifact Jobs into the run's status and conditions."""
     _record_restore(draft)
+    _restore_not_applicable(draft)
     for cadenced in SCHEDULED:
         _record_scheduled(draft, cadenced)
+
+
+def _restore_not_applicable(draft: Draft) -> None:
+    """spec.restoreFrom set on a run that trained (or restored) already: say that it is ignored, once."""
+    source = draft.spec.restore_from
+    if source is None or draft.restored_step is not None or needs_restore(draft) or _jobs(draft, RESTORE):
+        return
+    restored = next((c for c in draft.run.status.conditions if c.type == RESTORED), None)
+    if restored is not None and restored.reason == "RestoreCompleted":
+        return
+    message = (
+        f"spec.restoreFrom {source} is ignored: the run has progress already (step {draft.completed_step()}); "
+        "a snapshot is restored into a new run (create one with spec.restoreFrom), or remove the field"
+    )
+    _condition(draft, RESTORED, "False", "RestoreNotApplicable", message, warn=True)
 
 
 def _record_scheduled(draft: Draft, cadenced: Cadenced) -> None:
@@ -181,6 +199,49 @@ def _record_restore(draft: Draft) -> None:
             draft.delete(job, reason="Preempted" if job.key == key else "SourceChanged")
 
 
+# -- artifact Jobs that do not start --------------------------------------------------------------------
+START_DEADLINE_EXCEEDED = "StartDeadlineExceeded"
+
+
+def _condition_type(kind: str) -> str:
+    return RESTORED if kind == RESTORE.name else next(c.condition for c in SCHEDULED if c.kind.name == kind)
+
+
+def watch_starting_artifacts(draft: Draft) -> None:
+    """An artifact Job whose pod has not started within ``startDeadlineSeconds`` is stopped (foreground:
+    it holds the lease until its pod is gone), and its kind's condition says so; a snapshot or
+    consolidation of that step is not tried again (the next step's is), so training goes on."""
+    if draft.spec.suspend:
+        return
+    seconds = draft.spec.failure_policy.start_deadline_seconds
+    for job in draft.workloads:
+        if job.kind not in ARTIFACT_KINDS or job.finished or job.deleting or job.pending_since is None:
+            continue
+        deadline = job.pending_since + dt.timedelta(seconds=seconds)
+        if draft.now < deadline:
+            draft.wake_up_in(min(10.0, (deadline - draft.now).total_seconds()))
+            continue
+        draft.delete(job, reason=START_DEADLINE_EXCEEDED, propagation="Foreground")
+        waited = f" ({job.waiting_reason}: {job.waiting_message})" if job.waiting_reason else ""
+        message = (
+            f"Job {job.name} [{job.key}] did not start its pod within spec.failurePolicy.startDeadlineSeconds "
+            f"({seconds}s){waited}; it is stopped"
+        )
+        _condition(draft, _condition_type(job.kind), "False", START_DEADLINE_EXCEEDED, message, warn=True)
+
+
+def _given_up_on_start(draft: Draft, cadenced: Cadenced, key: str) -> bool:
+    """The last attempt of this key could not start its pod: wait for the next step."""
+    before = next((c for c in draft.run.status.conditions if c.type == cadenced.condition), None)
+    pending = [c for c in draft.extra_conditions if c[0] == cadenced.condition]
+    reason, message = (
+        (pending[-1][2], pending[-1][3])
+        if pending
+        else ((before.reason, before.message) if before is not None else ("", ""))
+    )
+    return reason == START_DEADLINE_EXCEEDED and f"[{key}]" in message
+
+
 # -- what to start --------------------------------------------------------------------------------------
 def needs_restore(draft: Draft) -> bool:
     """spec.restoreFrom on a run with no progress yet (nothing trained, nothing restored)."""
@@ -256,7 +317,7 @@ def _start_scheduled(draft: Draft, cadenced: Cadenced) -> bool:
     if last is not None and last.get("globalStep") == step:
         _wake_at_next_tick(draft, spec)
         return False  # nothing new since the last one
-    if not _due(draft, spec, last):
+    if not _due(draft, spec, last) or _given_up_on_start(draft, cadenced, f"s{step}"):
         return False
     attempt, never = _attempt(draft, cadenced.kind, f"s{step}")
     if attempt is None:

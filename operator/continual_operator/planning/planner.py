@@ -118,6 +118,7 @@ def plan(
     orphans.record_orphans(draft)  # decision 9
     artifacts.record_artifacts(draft)  # decision 14
     starting.watch_starting_jobs(draft)  # decision 13
+    artifacts.watch_starting_artifacts(draft)  # decisions 13, 14
     history.clean_up_history(draft)  # decision 10
     halting = history.halting_batch(draft)  # decision 7
     writers = draft.writers()  # decision 2

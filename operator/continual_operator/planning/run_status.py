@@ -142,7 +142,12 @@ def _phase(
         training = (
             "False",
             stuck.waiting_reason or "CannotStart",
-            f"Job {stuck.name} cannot start its pod ({stuck.waiting_reason}{why}): see TrainingBatch {stuck.batch}",
+            f"Job {stuck.name} cannot start its pod ({stuck.waiting_reason}{why}): "
+            + (
+                f"see TrainingBatch {stuck.batch}"
+                if stuck.batch
+                else f"its {stuck.kind} waits, and batches wait for it"
+            ),
         )
     elif current is not None:
         phase = "Training"

@@ -1,9 +1,9 @@
 """The workload kind protocol: what every kind of Job the operator runs must say about itself.
 
-A *workload* is what the operator runs for a run on its volume: today one trainer attempt of one batch
-(:mod:`.train`); snapshots, restores and consolidations are kinds of their own. Each kind is one small
-module of the same shape, registered once in :mod:`.registry` (like PEFT's tuner packages, or kopf's
-handler registries), and provides:
+A *workload* is what the operator runs for a run on its volume: one trainer attempt of one batch
+(:mod:`.train`), a snapshot, a restore or a consolidation (:mod:`.artifact`). Each kind is one small module
+of the same shape, registered once in :mod:`.registry` (like PEFT's tuner packages, or kopf's handler
+registries), and provides:
 
 * **naming** -- deterministic object names, so that creating a workload is idempotent;
 * **building** -- :meth:`WorkloadKind.build` returns a :class:`Workload`: every manifest to create, in order.
