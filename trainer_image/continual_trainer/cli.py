@@ -7,10 +7,12 @@ the pod status, and the operator reads it), and prints a one-line summary.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,7 +25,7 @@ if TYPE_CHECKING:
     from pydantic import ValidationError
 
     from continual_trainer.config import TrainerConfig
-    from continual_trainer.records import BatchResult
+    from continual_trainer.records import BatchResult, JobResult
 
 log = logging.getLogger("continual_trainer")
 
@@ -40,7 +42,7 @@ def format_validation_error(exc: ValidationError) -> str:
     return "invalid trainer config: " + "; ".join(lines)
 
 
-def write_termination_message(path: str | None, result: BatchResult) -> None:
+def write_termination_message(path: str | None, result: BatchResult | JobResult) -> None:
     """Best effort: the file may not exist outside a pod."""
     if not path:
         return
@@ -52,12 +54,42 @@ def write_termination_message(path: str | None, result: BatchResult) -> None:
 
 def execute(config: TrainerConfig) -> tuple[ExitCode, BatchResult]:
     """Run ``main`` and classify the outcome (a :class:`~continual_trainer.preemption.Preempted` passes)."""
-    from continual_trainer.records import BatchResult
     from continual_trainer.train import main
+
+    return classify(config, lambda: main(config))
+
+
+def execute_batches(config: TrainerConfig) -> tuple[ExitCode, JobResult]:
+    """A coalesced invocation: each batch as :func:`execute` would, in order, until one does not complete.
+
+    The batches share what is loaded (``train.Warm``). A SIGTERM between two batches' training stops at the
+    batch it came in: the batches before it stay completed, it resumes on the next attempt, the rest are
+    untouched.
+    """
+    from continual_trainer.records import JobResult
+    from continual_trainer.train import Warm, main
+
+    warm = Warm()
+    results: list[BatchResult] = []
+    code = ExitCode.SUCCESS
+    for batch in config.batch_configs():
+        try:
+            code, result = classify(batch, functools.partial(main, batch, warm))
+        except preemption.Preempted as exc:
+            code, result = ExitCode.PREEMPTED, preempted_result(batch, exc)
+        results.append(result)
+        if code != ExitCode.SUCCESS:
+            break
+    return code, JobResult(exit_code=int(code), results=results)
+
+
+def classify(config: TrainerConfig, train: Callable[[], BatchResult]) -> tuple[ExitCode, BatchResult]:
+    """Run ``train`` (one batch of ``config``) and turn its outcome into an exit code and a result record."""
+    from continual_trainer.records import BatchResult
 
     try:
         try:
-            result = main(config)
+            result = train()
         except Exception as exc:
             preemption.raise_if_requested(exc)  # a SIGTERM a library wrapped in an error of its own
             raise
@@ -147,7 +179,11 @@ def run(argv: list[str] | None = None) -> None:
         except (OSError, ValueError, TypeError) as exc:
             print(f"continual-trainer: cannot read the config {args.config}: {exc}", file=sys.stderr)
             sys.exit(int(ExitCode.PERMANENT))
-        code, result = execute(config)
+        result: BatchResult | JobResult
+        if config.next_batches:
+            code, result = execute_batches(config)
+        else:
+            code, result = execute(config)
     except preemption.Preempted as exc:
         code, result = ExitCode.PREEMPTED, preempted_result(config, exc)
     # The outcome is decided: a late SIGTERM must not turn it into a traceback.

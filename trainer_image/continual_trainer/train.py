@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from continual_trainer import checkpoints as ckpts
 from continual_trainer import preemption, runrecord, sandbox
-from continual_trainer.config import BatchSpec, DataSpec, TrainerConfig, TrainingSpec
+from continual_trainer.config import BaseModelSpec, BatchSpec, DataSpec, LoraSpec, TrainerConfig, TrainingSpec
 from continual_trainer.data import BatchSource, LoadedBatch, LocalSource, load_batch
 from continual_trainer.exitcodes import (
     ExitCode,
@@ -219,8 +219,10 @@ class BatchSession:
     method, and whether it runs on this process is :meth:`runs` (the coordinator runs all of them).
     """
 
-    def __init__(self, config: TrainerConfig) -> None:
+    def __init__(self, config: TrainerConfig, warm: Warm | None = None) -> None:
         self.config = config
+        #: What an earlier batch of the same (coalesced) invocation left loaded.
+        self.warm = warm if warm is not None else Warm()
         self.layout = RunLayout(config.root)
         self.ledger = Ledger(self.layout.root)
         #: Global rank 0 (one process today: always).
@@ -326,11 +328,25 @@ class BatchSession:
         from continual_trainer import model as modeling
 
         base = config.base_model  # main() made an on-volume path absolute (sandbox.confined_base_model)
-        tokenizer = modeling.load_tokenizer(base)
+        warm = self.warm
+        if warm.tokenizer is None or warm.base != base:
+            warm.base, warm.tokenizer, warm.model = base, modeling.load_tokenizer(base), None
+        tokenizer = warm.tokenizer
         training = checked.earlier.training if checked.earlier is not None else config.training
         encoding = modeling.encode_batch(checked.loaded.samples, tokenizer, training.max_seq_length)
-        model = modeling.load_model(base, config.lora, training)
+        model = warm.take_model(config.lora, training, self._start_step(checked))
+        if model is None:
+            model = modeling.load_model(base, config.lora, training)
+        else:
+            log.info("batch %s: the model stays loaded from the batch before (coalesced)", config.batch.id)
         return Loaded(tokenizer, encoding, model)
+
+    def _start_step(self, checked: Checked) -> int:
+        """The step the batch starts from: its record's, or (planned next) where the last completed one ended."""
+        if checked.earlier is not None:
+            return checked.earlier.start_step
+        last = self.ledger.last_completed()
+        return last.target_step if last is not None else 0
 
     def record(self, checked: Checked) -> Planned:
         """Phase "record": the run record, then the batch's ledger record.
@@ -452,6 +468,7 @@ class BatchSession:
         from continual_trainer.s3source import release_cache
 
         release_cache(self.config)
+        self.warm.keep(loaded.model, self.config.lora, record.training, record.target_step)
         event = _event_factory(self.config, record)
         session.sinks.emit(
             event(
@@ -461,11 +478,43 @@ class BatchSession:
         return result
 
 
-def main(config: TrainerConfig) -> BatchResult:
-    """Train the config's batch; return its result or raise a :class:`TrainerError`."""
+@dataclass
+class Warm:
+    """What a coalesced invocation keeps loaded from one batch to the next: the tokenizer and the model.
+
+    The model a batch trained is handed to the next batch only if that one starts where it ended, with the
+    same LoRA settings and precision: its adapter weights are then those of the checkpoint the next batch
+    resumes from (and are loaded from it again on resume), its base weights never change (frozen), and
+    everything else that training depends on (optimizer, scheduler, RNG, data order) is rebuilt per batch
+    from the checkpoint and the ledger, as in a fresh process.
+    """
+
+    base: BaseModelSpec | None = None
+    tokenizer: Any = None
+    model: PeftModel | None = None
+    key: tuple[LoraSpec, str, int] | None = None
+
+    def take_model(self, lora: LoraSpec, training: TrainingSpec, start_step: int) -> PeftModel | None:
+        """The kept model if it fits a batch starting at ``start_step`` (it is handed over once), else None."""
+        model, key = self.model, self.key
+        self.model = self.key = None
+        if model is not None and key == (lora, training.precision, start_step):
+            return model
+        return None
+
+    def keep(self, model: PeftModel, lora: LoraSpec, training: TrainingSpec, end_step: int) -> None:
+        """Keep ``model``, trained to ``end_step``, for the next batch of the invocation."""
+        self.model, self.key = model, (lora, training.precision, end_step)
+
+
+def main(config: TrainerConfig, warm: Warm | None = None) -> BatchResult:
+    """Train the config's batch; return its result or raise a :class:`TrainerError`.
+
+    ``warm``: the state an earlier batch of the same coalesced invocation left loaded (see :class:`Warm`).
+    """
     # An on-volume base model outside the data root is refused before anything is touched.
     config = config.model_copy(update={"base_model": sandbox.confined_base_model(config)})
-    session = BatchSession(config)
+    session = BatchSession(config, warm)
     with session.lock():
         return session.run()
 
