@@ -16,10 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from continual_trainer import preemption
+from continual_trainer import preemption, timeline
 from continual_trainer.exitcodes import ExitCode, TrainerError
 
-# Only the standard library, the exit codes and the preemption module at import time: ``run`` installs
+# Only the standard library, the exit codes, the preemption and timeline modules at import time: ``run`` installs
 # the SIGTERM handler before pydantic, the config models or torch are imported (see preemption.py).
 if TYPE_CHECKING:
     from pydantic import ValidationError
@@ -146,6 +146,7 @@ def preempted_result(config: TrainerConfig | None, exc: preemption.Preempted) ->
 def run(argv: list[str] | None = None) -> None:
     """Console-script entry point: SIGTERM is handled from its first line on (exit 85)."""
     preemption.install()
+    timeline.mark("imports, config")
     config: TrainerConfig | None = None
     try:
         preemption.phase("entry")
