@@ -81,6 +81,12 @@ def test_coalesced_batches_equal_uninterrupted_each_with_its_own_record_and_adap
     assert [t["step"] for t in trace] == list(range(TOTAL))
     # the model was loaded once: b2 and b3 trained the one b1 left loaded
     assert out.stderr.count("the model stays loaded from the batch before") == 2
+    # the start-up timeline is logged once, at the end of the first step
+    lines = [line for line in out.stderr.splitlines() if "start-up timeline " in line]
+    assert len(lines) == 1
+    spans = json.loads(lines[0].split("start-up timeline ", 1)[1])["spans"]
+    assert {"imports, config", "load: model", "resume", "train: first step"} <= set(spans)
+    assert all(seconds >= 0 for seconds in spans.values())
     final = run_dir / "checkpoints" / f"checkpoint-{TOTAL}"
     assert max_abs_diff(adapter_weights(final), adapter_weights(ref_ckpts / f"checkpoint-{TOTAL}")) == 0.0
 
