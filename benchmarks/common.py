@@ -76,6 +76,8 @@ def trainer_config(run_dir: Path, model: Path, batch_id: str, data: Path, traini
         {
             "runName": "bench",
             "runDir": str(run_dir),
+            # The data sandbox: the batches' folder is the data root (the model lies outside it, off-volume).
+            "dataRoot": str(data.parent),
             "baseModel": {"path": str(model)},
             "lora": {
                 "r": 8,

@@ -12,23 +12,25 @@ coordinator writes the result record.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from continual_trainer import followers, preemption, ranks
+from continual_trainer import followers, preemption, ranks, timeline
 from continual_trainer.exitcodes import ExitCode, TrainerError
 
-# Only the standard library, the exit codes and the preemption module at import time: ``run`` installs
+# Only the standard library, the exit codes, the preemption and timeline modules at import time: ``run`` installs
 # the SIGTERM handler before pydantic, the config models or torch are imported (see preemption.py).
 if TYPE_CHECKING:
     from pydantic import ValidationError
 
     from continual_trainer.config import TrainerConfig
-    from continual_trainer.records import BatchResult
+    from continual_trainer.records import BatchResult, JobResult
 
 log = logging.getLogger("continual_trainer")
 
@@ -45,7 +47,7 @@ def format_validation_error(exc: ValidationError) -> str:
     return "invalid trainer config: " + "; ".join(lines)
 
 
-def write_termination_message(path: str | None, result: BatchResult) -> None:
+def write_termination_message(path: str | None, result: BatchResult | JobResult) -> None:
     """Best effort: the file may not exist outside a pod."""
     if not path:
         return
@@ -60,6 +62,44 @@ def execute(config: TrainerConfig) -> tuple[ExitCode, BatchResult]:
 
     A rank other than the coordinator follows it instead, and returns the coordinator's outcome.
     """
+    from continual_trainer.train import main
+
+    return classify(config, lambda: main(config))
+
+
+def execute_batches(config: TrainerConfig) -> tuple[ExitCode, JobResult]:
+    """A coalesced invocation: each batch as :func:`execute` would, in order, until one does not complete.
+
+    The batches share what is loaded (``train.Warm``). A SIGTERM between two batches' training stops at the
+    batch it came in: the batches before it stay completed, it resumes on the next attempt, the rest are
+    untouched.
+    """
+    from continual_trainer.records import JobResult
+    from continual_trainer.train import Warm, main
+
+    warm = Warm()
+    results: list[BatchResult] = []
+    code = ExitCode.SUCCESS
+    for batch in config.batch_configs():
+        try:
+            code, result = classify(batch, functools.partial(main, batch, warm))
+        except preemption.Preempted as exc:
+            code, result = ExitCode.PREEMPTED, preempted_result(batch, exc)
+        if _follower():  # it followed every batch of the coordinator: its outcome is the coordinator's
+            return code, JobResult(exit_code=int(code), results=[result])
+        results.append(result)
+        if code != ExitCode.SUCCESS:
+            break
+    return code, JobResult(exit_code=int(code), results=results)
+
+
+def _follower() -> bool:
+    gang = _gang()
+    return gang.distributed and not gang.is_coordinator
+
+
+def classify(config: TrainerConfig, train: Callable[[], BatchResult]) -> tuple[ExitCode, BatchResult]:
+    """Run ``train`` (one batch of ``config``) and turn its outcome into an exit code and a result record."""
     from continual_trainer.records import BatchResult
 
     try:
@@ -67,12 +107,10 @@ def execute(config: TrainerConfig) -> tuple[ExitCode, BatchResult]:
             gang = ranks.current()
             if gang.distributed:
                 preemption.phase("gang")
-                ranks.init(gang)
+                ranks.init(gang)  # once per process (a no-op for the next batches of a coalesced invocation)
                 if not gang.is_coordinator:
                     return followers.follow(config)
-            from continual_trainer.train import main
-
-            result = main(config)
+            result = train()
         except Exception as exc:
             preemption.raise_if_requested(exc)  # a SIGTERM a library wrapped in an error of its own
             raise
@@ -129,6 +167,7 @@ def preempted_result(config: TrainerConfig | None, exc: preemption.Preempted) ->
 def run(argv: list[str] | None = None) -> None:
     """Console-script entry point: SIGTERM is handled from its first line on (exit 85)."""
     preemption.install()
+    timeline.mark("imports, config")
     config: TrainerConfig | None = None
     try:
         preemption.phase("entry")
@@ -162,7 +201,11 @@ def run(argv: list[str] | None = None) -> None:
         except (OSError, ValueError, TypeError) as exc:
             print(f"continual-trainer: cannot read the config {args.config}: {exc}", file=sys.stderr)
             sys.exit(int(ExitCode.PERMANENT))
-        code, result = execute(config)
+        result: BatchResult | JobResult
+        if config.next_batches:
+            code, result = execute_batches(config)
+        else:
+            code, result = execute(config)
     except preemption.Preempted as exc:
         code, result = ExitCode.PREEMPTED, preempted_result(config, exc)
     # The outcome is decided: a late SIGTERM must not turn it into a traceback.

@@ -1,7 +1,8 @@
 """The trainer's configuration contract.
 
-One :class:`TrainerConfig` describes one trainer invocation, which trains exactly one data batch of one
-continual run. The operator renders it (camelCase YAML, the same field names as the custom resource's
+One :class:`TrainerConfig` describes one trainer invocation, which trains one data batch of one continual
+run (``batch``), or several queued ones back to back in one process (``batch`` then ``nextBatches``:
+coalesced batches). The operator renders it (camelCase YAML, the same field names as the custom resource's
 ``spec.training``/``spec.lora``) into the Job's ConfigMap; local mode writes it to a file; the trainer parses
 it here. Keep this module free of torch and transformers (an import-linter contract checks it): the operator
 imports it to render and validate configs.
@@ -33,6 +34,11 @@ UNSAFE_SCHEDULES: dict[str, str] = {
     "cosine_with_min_lr": "it decays to the minimum at the total step count",
     "reduce_lr_on_plateau": "its state depends on evaluation metrics that a batch-by-batch run does not keep",
 }
+
+
+#: The most batches one trainer process trains back to back (``training.maxBatchesPerJob``'s bound): their
+#: results must fit in one termination message (4096 bytes; see ``records.JobResult``).
+MAX_BATCHES_PER_JOB = 16
 
 
 class Model(BaseModel):
@@ -196,6 +202,16 @@ class TrainingSpec(Model):
     )
     weight_decay: float = Field(default=0.0, ge=0.0, description="AdamW weight decay.")
     max_grad_norm: float = Field(default=1.0, ge=0.0, description="Gradient clipping (0 disables it).")
+    max_batches_per_job: int = Field(
+        default=4,
+        ge=1,
+        le=MAX_BATCHES_PER_JOB,
+        description="When several batches of a run are queued, one trainer process trains up to this many "
+        "back to back (coalesced: imports, tokenizer and base model stay loaded; each batch keeps its own "
+        "ledger record, batch-end checkpoint, adapter and result). 1: one process per batch. At most 16. "
+        "It does not change what is trained: coalesced batches end bit for bit where one process per batch "
+        "would.",
+    )
 
 
 #: A pinned content checksum: 64 lowercase hex digits (what ``sha256sum`` prints).
@@ -309,7 +325,7 @@ class ProgressSpec(Model):
 
 
 class TrainerConfig(Model):
-    """One trainer invocation: train exactly one batch of one run."""
+    """One trainer invocation: train one batch of one run (coalesced: several in order, see nextBatches)."""
 
     run_name: str = Field(description="The run's name (for logs and the result record).")
     run_namespace: str | None = Field(
@@ -334,6 +350,16 @@ class TrainerConfig(Model):
     lora: LoraSpec = Field(default_factory=LoraSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     batch: BatchSpec
+    next_batches: list[BatchSpec] = Field(
+        default_factory=list,
+        # Absent from a single-batch config on the wire (it stays what it was before coalescing existed).
+        exclude_if=lambda value: not value,
+        description="Coalesced batches: more batches to train after 'batch', in order, in the same process "
+        "(the model stays loaded). Each is trained exactly as its own invocation would be (its own ledger "
+        "record, checkpoint, adapter export and result); the invocation stops at the first batch that does "
+        "not complete (preempted or failed), leaving the batches after it untouched. At most "
+        "training.maxBatchesPerJob batches in all, with distinct ids.",
+    )
     progress: ProgressSpec = Field(default_factory=ProgressSpec)
     object_store: ObjectStoreClientSpec | None = Field(
         default=None,
@@ -356,10 +382,35 @@ class TrainerConfig(Model):
         description="Debugging and tests: record the sample ids of every optimizer step in trace.jsonl.",
     )
 
+    @model_validator(mode="after")
+    def _coalesced_batches(self) -> Self:
+        ids = [self.batch.id, *(b.id for b in self.next_batches)]
+        if len(ids) > self.training.max_batches_per_job:
+            raise ValueError(
+                f"nextBatches: {len(ids)} batches in one invocation (batch and {len(self.next_batches)} more) but "
+                f"training.maxBatchesPerJob is {self.training.max_batches_per_job}: pass fewer batches or raise "
+                f"training.maxBatchesPerJob (at most {MAX_BATCHES_PER_JOB})"
+            )
+        twice = sorted({i for i in ids if ids.count(i) > 1})
+        if twice:
+            raise ValueError(
+                f"nextBatches: batch id {twice[0]!r} appears more than once in batch and nextBatches: list each "
+                "batch once"
+            )
+        return self
+
     @property
     def root(self) -> Path:
         """The run's folder as a Path."""
         return Path(self.run_dir)
+
+    def batch_configs(self) -> list[TrainerConfig]:
+        """One single-batch config per batch of the invocation, in order (just ``[self]`` for one batch)."""
+        if not self.next_batches:
+            return [self]
+        return [
+            self.model_copy(update={"batch": b, "next_batches": []}) for b in [self.batch, *self.next_batches]
+        ]
 
 
 def parse_config(text: str) -> TrainerConfig:

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from continual_trainer.exitcodes import ExitCode
     from continual_trainer.ledger import BatchRecord
     from continual_trainer.model import Encoded
-    from continual_trainer.records import BatchResult
+    from continual_trainer.records import BatchResult, JobResult
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +67,20 @@ def announce(record: BatchRecord, resume: Path | None, resume_step: int, encoded
     ranks.broadcast_object(order)
 
 
-def finish(code: ExitCode, result: BatchResult) -> None:
-    """Coordinator: hand the outcome to the followers, so that every rank exits with it (best effort)."""
+def finish(code: ExitCode, result: BatchResult | JobResult) -> None:
+    """Coordinator: hand the outcome to the followers, so that every rank exits with it (best effort).
+
+    A coalesced invocation's outcome is its last batch's: the followers trained every batch's orders.
+    """
     gang = ranks.current()
     if not gang.distributed or not gang.is_coordinator or not ranks.joined():
         return
+    from continual_trainer.records import JobResult
+
+    if isinstance(result, JobResult):
+        if not result.results:
+            return
+        result = result.results[-1]
     try:
         ranks.broadcast_object(
             Outcome(int(code), result.model_dump(mode="json")), timeout=OUTCOME_TIMEOUT_SECONDS

@@ -7,6 +7,7 @@ reads them from the volume. camelCase on the wire, like the CRD.
 
 from __future__ import annotations
 
+import json
 from typing import Literal
 
 from pydantic import Field
@@ -71,6 +72,100 @@ class BatchResult(Model):
         overflow = len(text.encode()) - TERMINATION_MESSAGE_LIMIT + 16
         message = (self.message or "")[: max(0, len(self.message or "") - overflow)] + " [...]"
         return self.model_copy(update={"message": message}).model_dump_json(by_alias=True, exclude_none=True)
+
+
+#: What a compact entry of a :class:`JobResult` may leave out, because :func:`parse_results` derives it:
+#: a completed batch's checkpoint and adapter folders, and its target step (its end step).
+_DERIVED = ("checkpoint", "adapter", "target_step")
+
+
+class JobResult(Model):
+    """The outcome of a coalesced invocation (a config with ``nextBatches``): one result per batch, in order.
+
+    ``results`` holds the batches the invocation reached: the completed ones (``Succeeded`` or
+    ``AlreadyCompleted``), then at most one that did not complete (``Preempted``: it resumes from its
+    checkpoint on the next attempt; ``Failed``: its exit code and message say why). Batches after that one are
+    absent: they were not touched. The ledger keeps every field of every result; the termination message
+    (:meth:`to_termination_message`) keeps what the operator needs within Kubernetes' 4096 bytes.
+    """
+
+    kind: Literal["batches"] = "batches"
+    exit_code: int = Field(description="The invocation's exit code: that of the last result (0: all done).")
+    results: list[BatchResult]
+
+    def to_termination_message(self) -> str:
+        """A JSON document of at most 4 KB, whatever the results: compacted step by step until it fits.
+
+        1. in full; 2. without what :func:`parse_results` derives (a completed batch's checkpoint, adapter
+        and target step); 3. without durations, with the rebuild and truncation details reduced to their
+        counts; 4. without those details; last, the message of the batch that did not complete is shortened.
+        The ledger keeps every field.
+        """
+        for level in range(_LEVELS):
+            text = self._render(level)
+            if len(text.encode()) <= TERMINATION_MESSAGE_LIMIT:
+                return text
+        last = self.results[-1]  # an empty list always fits
+        message = last.message or ""
+        overflow = len(text.encode()) - TERMINATION_MESSAGE_LIMIT + 16
+        shortened = last.model_copy(update={"message": message[: max(0, len(message) - overflow)] + " [...]"})
+        return self.model_copy(update={"results": [*self.results[:-1], shortened]})._render(_LEVELS - 1)
+
+    def _render(self, level: int) -> str:
+        if level == 0:
+            return self.model_dump_json(by_alias=True, exclude_none=True)
+        entries = [_compact(r, level) for r in self.results]
+        return json.dumps(
+            {"kind": self.kind, "exitCode": self.exit_code, "results": entries}, separators=(",", ":")
+        )
+
+
+#: The compaction levels of :meth:`JobResult.to_termination_message`.
+_LEVELS = 4
+
+
+def _compact(result: BatchResult, level: int) -> dict[str, object]:
+    """One result at a compaction level >= 1 (see :meth:`JobResult.to_termination_message`)."""
+    drop: set[str] = set()
+    if result.outcome in ("Succeeded", "AlreadyCompleted"):
+        drop.update(_DERIVED)
+    if level >= 2:
+        drop.update({"duration_seconds", "rebuilt", "truncated"})
+    data = result.model_dump(
+        mode="json", by_alias=True, exclude_none=True, exclude_defaults=True, exclude=drop
+    )
+    if level == 2 and result.rebuilt is not None:
+        data["rebuilt"] = "yes: see the run's ledger"
+    if level == 2 and result.truncated is not None:
+        summary = result.truncated
+        data["truncated"] = {"samples": summary.samples, "tokensDropped": summary.tokens_dropped, "first": ""}
+    return data
+
+
+def parse_results(text: str) -> list[BatchResult]:
+    """The batch results in a termination message: a single batch's :class:`BatchResult` or a :class:`JobResult`.
+
+    What a compact :class:`JobResult` left out is derived again: a completed batch's target step is its end
+    step, its checkpoint ``checkpoints/checkpoint-<end>`` and its adapter ``adapters/step-<end>``.
+    """
+    data = json.loads(text)
+    if not isinstance(data, dict) or data.get("kind") != "batches":
+        return [BatchResult.model_validate(data)]
+    job = JobResult.model_validate(data)
+    return [_derived(r) for r in job.results]
+
+
+def _derived(result: BatchResult) -> BatchResult:
+    if result.outcome not in ("Succeeded", "AlreadyCompleted") or result.end_step is None:
+        return result
+    end = result.end_step
+    defaults = {
+        "target_step": end,
+        "checkpoint": f"checkpoints/checkpoint-{end}",
+        "adapter": f"adapters/step-{end}",
+    }
+    update = {k: v for k, v in defaults.items() if getattr(result, k) is None}
+    return result.model_copy(update=update)
 
 
 class ProgressEvent(Model):
