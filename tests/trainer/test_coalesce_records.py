@@ -12,7 +12,7 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from continual_trainer.config import MAX_BATCHES_PER_JOB, TrainerConfig
+from continual_trainer.config import MAX_BATCHES_PER_JOB, TrainerConfig, coalesce
 from continual_trainer.records import (
     TERMINATION_MESSAGE_LIMIT,
     BatchResult,
@@ -43,6 +43,20 @@ def test_a_single_batch_config_is_unchanged_on_the_wire():
 def test_batch_configs_are_one_single_batch_config_each_in_order():
     parts = config(3).batch_configs()
     assert [(c.batch.id, c.next_batches) for c in parts] == [("b0", []), ("b1", []), ("b2", [])]
+
+
+def test_coalesce_joins_single_batch_configs_and_refuses_other_settings():
+    parts = config(3).batch_configs()
+    assert coalesce(parts) == config(3)
+    assert coalesce(parts[:1]) == parts[0]
+    other = parts[1].model_copy(update={"run_dir": "/v/elsewhere"})
+    with pytest.raises(ValueError, match="differs from that of batch 'b0' in run_dir"):
+        coalesce([parts[0], other])
+    singles = [config(1, ids=[f"b{i}"]) for i in range(5)]
+    with pytest.raises(ValidationError, match=r"training\.maxBatchesPerJob is 4"):
+        coalesce(singles)
+    with pytest.raises(ValidationError, match="appears more than once"):
+        coalesce([singles[0], singles[0]])
 
 
 def test_more_batches_than_max_batches_per_job_are_refused_naming_the_field():

@@ -413,6 +413,33 @@ class TrainerConfig(Model):
         ]
 
 
+def coalesce(configs: list[TrainerConfig]) -> TrainerConfig:
+    """One coalesced config for single-batch configs of one run, in order (the inverse of ``batch_configs``).
+
+    How the operator and local mode build a coalesced invocation: render each queued batch's config as for
+    a Job of its own, take up to ``training.maxBatchesPerJob`` of them, and coalesce them. They must differ
+    in their batch only (a ValueError names the first field that differs); the result is validated like a
+    parsed config (too many batches, an id twice).
+    """
+    if not configs:
+        raise ValueError("coalesce: no configs given")
+    first = configs[0]
+    common = first.model_dump(exclude={"batch", "next_batches"})
+    for other in configs[1:]:
+        theirs = other.model_dump(exclude={"batch", "next_batches"})
+        differ = next((k for k in common if common[k] != theirs[k]), None)
+        if differ is not None or other.next_batches:
+            field = differ or "next_batches"
+            raise ValueError(
+                f"coalesce: the config of batch {other.batch.id!r} differs from that of batch "
+                f"{first.batch.id!r} in {field}: only configs that differ in their batch can be trained in "
+                "one process"
+            )
+    data = first.model_dump(by_alias=True)
+    data["nextBatches"] = [c.batch.model_dump(by_alias=True) for c in configs[1:]]
+    return TrainerConfig.model_validate(data)
+
+
 def parse_config(text: str) -> TrainerConfig:
     """Parse YAML or JSON text into a config (pydantic errors propagate; the CLI turns them into exit codes)."""
     import yaml
