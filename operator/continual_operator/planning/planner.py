@@ -116,6 +116,7 @@ def plan(
     draft = Draft(run, batches, jobs, now, context or PlanContext())
     attempts.record_jobs(draft)  # decisions 3-6
     orphans.record_orphans(draft)  # decision 9
+    attempts.record_coalesced(draft)  # decisions 4, 9: the batches after a coalesced Job's first
     artifacts.record_artifacts(draft)  # decision 14
     starting.watch_starting_jobs(draft)  # decision 13
     artifacts.watch_starting_artifacts(draft)  # decisions 13, 14
