@@ -169,22 +169,23 @@ def _deleted_follower(draft: Draft, job: JobView, batch: str) -> None:
 
 
 def _release_followers(draft: Draft) -> None:
-    """A batch marked Training for a coalesced Job that is being deleted (a suspend, a start deadline, its
-    first batch deleted) does not have its attempt there: it waits for the next Job (never recorded from
-    that one, as no Job being deleted is)."""
-    for job in draft.jobs:
-        if not job.deleting:
+    """A batch marked Training for a coalesced Job that does not train it any more (being deleted: a
+    suspend, a start deadline, its first batch deleted; or finished without listing it) waits for the next
+    Job: it had no attempt there, and no Job being deleted is ever recorded."""
+    by_name = {j.name: j for j in draft.jobs}
+    for batch in draft.batches:
+        name = batch.metadata.name
+        status = draft.statuses[name]
+        job = by_name.get(status.job or "")
+        if status.phase != "Training" or job is None or name == job.batch:
             continue
-        for name in job.next_batches:
-            status = draft.statuses.get(name)
-            if status is None or status.phase != "Training" or status.job != job.name:
-                continue
+        if (job.deleting and name in job.next_batches) or (job.finished and name not in job.next_batches):
             draft.update(
                 name,
                 phase="Queued",
                 reason="Queued",
-                message=f"Job {job.name}, which was to train this batch after batch {job.batch}, is being "
-                "deleted: the batch trains in the next Job",
+                message=f"Job {job.name}, which was to train this batch after batch {job.batch}, "
+                f"{'is being deleted' if job.deleting else 'ended without it'}: the batch trains in the next Job",
             )
 
 
