@@ -306,3 +306,30 @@ def test_a_batch_deleted_while_its_coalesced_job_trained_moves_the_completed_ste
         "DeletedBatchCompleted"
     ) == 1
     assert TRAIN.classify(w.jobs[0]).kind == "Succeeded"
+
+
+def test_the_first_batch_deleted_while_its_coalesced_job_trained_leaves_the_others_recorded() -> None:
+    w = world(3)
+    w.step()
+    finish(w, [done("b1", 0), done("b2", 10), done("b3", 20)])
+    w.batches = [b for b in w.batches if b.metadata.name != "b1"]
+    p = w.step()
+    # The orphan's success moves the completed step first, so b2 (starting at 10) is contiguous.
+    assert [status(w, b)["phase"] for b in ("b2", "b3")] == ["Succeeded", "Succeeded"]
+    assert w.run.status.completed_step == 30
+    assert "DeletedBatchCompleted" in [e.reason for e in p.of(EmitEvent) if e.kind == "ContinualTrainingRun"]
+    assert w.jobs == []  # deleted with its batch, after the others were recorded
+
+
+def test_a_coalesced_job_that_never_starts_fails_its_first_batch_and_queues_the_others() -> None:
+    w = world(2, failurePolicy={"startDeadlineSeconds": 60})
+    w.step()
+    pending = dataclasses.replace(w.jobs[0], pending_since=NOW - dt.timedelta(seconds=120))
+    w.jobs = [pending]
+    w.step()  # past the start deadline: the Job is stopped (foreground)
+    assert w.jobs[0].deleting
+    w.step()
+    b1, b2 = status(w, "b1"), status(w, "b2")
+    assert (b1["phase"], b1["reason"], b1["failures"]) == ("Queued", "StartDeadlineExceeded", 1)
+    assert (b2["phase"], b2["reason"]) == ("Queued", "Queued")
+    assert "attempts" not in b2 and "failures" not in b2
