@@ -333,3 +333,13 @@ def test_a_coalesced_job_that_never_starts_fails_its_first_batch_and_queues_the_
     assert (b1["phase"], b1["reason"], b1["failures"]) == ("Queued", "StartDeadlineExceeded", 1)
     assert (b2["phase"], b2["reason"]) == ("Queued", "Queued")
     assert "attempts" not in b2 and "failures" not in b2
+
+
+def test_a_coalesced_job_ends_where_an_every_batches_snapshot_is_due() -> None:
+    snapshots = {"everyBatches": 2, "destination": "s3://backups/demo/", "keep": 3}
+    w = world(5, snapshots=snapshots)
+    [first] = creates(w.step())
+    assert first.workload.next_batches == ("b2",)  # the snapshot after 2 batches comes before b3
+    finish(w, [done("b1", 0), done("b2", 10)])
+    [snapshot] = creates(w.step())
+    assert (snapshot.kind, snapshot.workload.key) == ("snapshot", "s20")

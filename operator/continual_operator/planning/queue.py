@@ -18,6 +18,7 @@ import posixpath
 from continual_operator.api import TrainingBatch
 from continual_operator.naming import batch_id
 from continual_operator.planning.actions import CreateWorkload
+from continual_operator.planning.artifacts import batches_until_due
 from continual_operator.planning.draft import Draft
 from continual_operator.planning.lease import SUSPENDED
 from continual_operator.planning.refusals import Refusal, batch_path_refusal
@@ -109,13 +110,17 @@ def start_next(draft: Draft) -> None:
 def coalesced_batches(draft: Draft, first: int, job: str) -> list[TrainingBatch]:
     """The batches queued right after ``draft.batches[first]`` that its Job trains too, in order.
 
-    Up to ``spec.training.maxBatchesPerJob`` in all (1: none). Batches that are finished or being deleted
+    Up to ``spec.training.maxBatchesPerJob`` in all (1: none), and no more than may complete before an
+    ``everyBatches`` snapshot or consolidation is due (it runs between Jobs, at the step it would with
+    one Job per batch). Batches that are finished or being deleted
     are passed over, as the queue does; the first one that is not ready to start now (a retry waiting
     for its back-off, a path the queue refuses) ends the group, so that nothing overtakes it. Batches whose
     data the trainer would confine to different folders (local mode's ``--inbox`` beside the volume,
     :attr:`~.draft.PlanContext.data_roots`) cannot share a process: the group ends there too.
     """
     limit = draft.spec.training.max_batches_per_job
+    if (until_artifact := batches_until_due(draft)) is not None:
+        limit = min(limit, until_artifact)
     roots = {root for root in [_data_root(draft, draft.batches[first])] if root is not None}
     after: list[TrainingBatch] = []
     for batch in draft.batches[first + 1 :]:
