@@ -112,10 +112,10 @@ def coalesced_batches(draft: Draft, first: int, job: str) -> list[TrainingBatch]
 
     Up to ``spec.training.maxBatchesPerJob`` in all (1: none), and no more than may complete before an
     ``everyBatches`` snapshot or consolidation is due (it runs between Jobs, at the step it would with
-    one Job per batch). Batches that are finished or being deleted
-    are passed over, as the queue does; the first one that is not ready to start now (a retry waiting
-    for its back-off, a path the queue refuses) ends the group, so that nothing overtakes it. Batches whose
-    data the trainer would confine to different folders (local mode's ``--inbox`` beside the volume,
+    one Job per batch). Batches that are finished or being deleted are passed over, as the queue does;
+    the first one that is not ready to start now (a retry waiting for its back-off, a path the queue
+    refuses) ends the group, so that nothing overtakes it. Batches whose data the trainer would confine
+    to different folders (local mode's ``--inbox`` beside the volume,
     :attr:`~.draft.PlanContext.data_roots`) cannot share a process: the group ends there too.
     """
     limit = draft.spec.training.max_batches_per_job

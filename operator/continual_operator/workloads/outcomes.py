@@ -106,7 +106,7 @@ def _text(job: JobView, result: BatchResult | None) -> str:
 def classify(job: JobView) -> Outcome:
     """The outcome of a finished Job for its first batch (see the module docstring for the table)."""
     outcome = classify_batch(job, job.batch)
-    assert outcome is not None  # the first batch always has one
+    assert outcome is not None  # classify_batch always has one for the first batch
     return outcome
 
 
@@ -116,8 +116,8 @@ def classify_batch(job: JobView, batch: str) -> Outcome | None:
     if not isinstance(record, JobResult):  # one batch's result (or none): it is about the first batch
         return _classify(job, record) if batch == job.batch else None
     mine = next((r for r in record.results if r.batch_id == batch_id(batch)), None)
-    if mine is None:
-        return _classify(job, None) if batch == job.batch and not record.results else None
+    if mine is None:  # not reached; for the first batch (a config that does not match): no result
+        return _classify(job, None) if batch == job.batch else None
     if _completed(mine):
         return Outcome("Succeeded", mine.outcome, _text(job, mine), mine)
     # The batch the Job stopped at: classified by the Job's end, with its own result.
