@@ -5,7 +5,8 @@ image's command (``continual-trainer --config /etc/continual/trainer.yaml``) to 
 rendered trainer config, keeps the run's global step in ``<runDir>/fake-step`` and one record per batch id in
 ``<runDir>/fake-ledger/`` (a re-run of a finished batch answers ``AlreadyCompleted`` with the same steps, as
 the real trainer's ledger does), writes a ``continual_trainer.records.BatchResult`` as JSON (camelCase) to
-the termination-message path, and exits 0. Batch k of a run reports steps k-1..k, so the operator's
+the termination-message path (a coalesced config, with ``nextBatches``: a ``JobResult``, one result per
+batch), and exits 0. Batch k of a run reports steps k-1..k, so the operator's
 contiguity check holds.
 
 Only the standard library and PyYAML: it starts in about 30 ms.
@@ -39,33 +40,41 @@ def main() -> int:
     args, _ = parser.parse_known_args()
     config = yaml.safe_load(Path(args.config).read_text())
     run_dir = Path(config["runDir"])
-    batch_id = str(config["batch"]["id"])
     message_path = Path(config.get("terminationMessagePath") or "/dev/termination-log")
+    batches = [config["batch"], *config.get("nextBatches", [])]
+    results = [_train(run_dir, str(batch["id"]), started) for batch in batches]
+    if len(batches) == 1:
+        message: dict = results[0]
+    else:  # a coalesced invocation: a JobResult, one result per batch (continual_trainer.records)
+        message = {"kind": "batches", "exitCode": 0, "results": results}
+    message_path.write_text(json.dumps(message, separators=(",", ":")))
+    return 0
 
+
+def _train(run_dir: Path, batch_id: str, started: float) -> dict:
+    """One batch: one step, recorded once (a re-run answers AlreadyCompleted with the same steps)."""
     ledger = run_dir / "fake-ledger"
     ledger.mkdir(parents=True, exist_ok=True)
     record = ledger / f"{batch_id}.json"
     if record.exists():
-        result = json.loads(record.read_text()) | {"outcome": "AlreadyCompleted"}
-    else:
-        counter = run_dir / "fake-step"
-        start = int(counter.read_text()) if counter.exists() else 0
-        result = {
-            "batchId": batch_id,
-            "outcome": "Succeeded",
-            "startStep": start,
-            "endStep": start + 1,
-            "targetStep": start + 1,
-            "samples": 1,
-            "tokens": 1,
-            "meanLoss": 1.0,
-            "durationSeconds": round(time.monotonic() - started, 6),
-            "exitCode": 0,
-        }
-        _write(record, json.dumps(result))
-        _write(counter, str(start + 1))
-    message_path.write_text(json.dumps(result, separators=(",", ":")))
-    return 0
+        return dict(json.loads(record.read_text())) | {"outcome": "AlreadyCompleted"}
+    counter = run_dir / "fake-step"
+    start = int(counter.read_text()) if counter.exists() else 0
+    result = {
+        "batchId": batch_id,
+        "outcome": "Succeeded",
+        "startStep": start,
+        "endStep": start + 1,
+        "targetStep": start + 1,
+        "samples": 1,
+        "tokens": 1,
+        "meanLoss": 1.0,
+        "durationSeconds": round(time.monotonic() - started, 6),
+        "exitCode": 0,
+    }
+    _write(record, json.dumps(result))
+    _write(counter, str(start + 1))
+    return result
 
 
 if __name__ == "__main__":

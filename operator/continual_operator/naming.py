@@ -38,6 +38,8 @@ MANAGED_BY = "continual-training-operator"
 #: Annotations with the full names (label values may have been shortened).
 ANNOTATION_RUN = "continual.dev/run"
 ANNOTATION_BATCH = "continual.dev/batch"
+#: A coalesced train Job: the batches it trains after its first one, comma-separated, in order.
+ANNOTATION_NEXT_BATCHES = "continual.dev/next-batches"
 #: The label Kueue reads to queue a Job.
 LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
 

@@ -65,7 +65,9 @@ def run_manifest(name: str, storage: JSON, *, training: JSON | None = None, **sp
     other keyword arguments whole `spec` keys."""
     demo = yaml.safe_load(resources.files("continual_operator.demo").joinpath("run.yaml").read_text())
     body = copy.deepcopy(demo["spec"])
-    body["training"] |= training or {}
+    # One Job per batch unless a test coalesces: the scenarios create batches one by one, and which of them
+    # a coalesced Job would take depends on how fast the operator sees them (tests/e2e/test_coalesce.py).
+    body["training"] |= {"maxBatchesPerJob": 1} | (training or {})
     body |= {
         "baseModel": {"path": MODEL_PATH},
         "storage": storage,

@@ -159,7 +159,9 @@ class World:
         active = next(j for j in self.jobs if not j.finished)
         start = self.run.status.completed_step or 0
         finished = succeeded(active.batch, active.attempt, start, start + end_offset, outcome)
-        finished = dataclasses.replace(finished, name=active.name, created=active.created)
+        finished = dataclasses.replace(
+            finished, name=active.name, created=active.created, next_batches=active.next_batches
+        )
         self.jobs = [finished if j.name == active.name else j for j in self.jobs]
         return finished
 

@@ -96,7 +96,8 @@ def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
 async def test_first_reconcile_creates_one_job_with_its_config_and_the_runs_rbac(
     world: KubeWorld, memo: kopf.Memo
 ) -> None:
-    seed(world, "b1", "b2", storage={"claimTemplate": {"size": "10Gi"}})
+    # One Job per batch (coalesced Jobs: tests/operator/test_coalesce_on_kmock.py).
+    seed(world, "b1", "b2", storage={"claimTemplate": {"size": "10Gi"}}, training={"maxBatchesPerJob": 1})
 
     await handlers.on_run_change(namespace=NS, name=RUN, memo=memo)
 

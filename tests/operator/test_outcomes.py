@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 from operator_testkit import failed, job, result, succeeded
 
-from continual_operator.workloads.outcomes import backoff_seconds, classify, parse_result
+from continual_operator.workloads.outcomes import backoff_seconds, classify, classify_batch, parse_result
+from continual_operator.workloads.views import JobView
+from continual_trainer.records import BatchResult, JobResult
 
 
 @pytest.mark.parametrize(
@@ -92,3 +94,41 @@ def test_parse_result(message: str | None, parsed: bool) -> None:
 )
 def test_backoff(failures: int, base: int, cap: int, expected: int) -> None:
     assert backoff_seconds(failures, base=base, cap=cap) == expected
+
+
+def test_a_coalesced_jobs_result_gives_each_batch_its_own_outcome() -> None:
+    results = [
+        BatchResult(batch_id="b1", outcome="Succeeded", start_step=0, end_step=6),
+        BatchResult(batch_id="b2", outcome="Preempted", start_step=6, end_step=9, exit_code=85),
+    ]
+    message = JobResult(exit_code=85, results=results).to_termination_message()
+    job = JobView(
+        name="r-b1-a1",
+        batch="b1",
+        attempt=1,
+        phase="Failed",
+        exit_code=85,
+        termination_message=message,
+        next_batches=("b2", "b3"),
+    )
+    first, second, third = (classify_batch(job, b) for b in job.batches)
+    assert first is not None and (first.kind, first.result.checkpoint) == (
+        "Succeeded",
+        "checkpoints/checkpoint-6",
+    )  # type: ignore[union-attr]
+    assert second is not None and (second.kind, second.result.end_step) == ("Preempted", 9)  # type: ignore[union-attr]
+    assert third is None  # not reached
+    # A result that names none of the Job's batches (a config that does not match): the first batch's
+    # outcome is "no result", and nothing crashes.
+    other = JobResult(
+        exit_code=0, results=[BatchResult(batch_id="zz", outcome="Succeeded", start_step=0, end_step=1)]
+    )
+    stray = JobView(
+        name="r-b1-a1",
+        batch="b1",
+        attempt=1,
+        phase="Succeeded",
+        exit_code=0,
+        termination_message=other.to_termination_message(),
+    )
+    assert (classify(stray).kind, classify(stray).reason) == ("Retry", "NoResult")

@@ -33,7 +33,7 @@ from continual_operator.local.state import LOCAL_NAMESPACE, run_uid
 from continual_operator.workloads import resources
 from continual_operator.workloads.kinds import Workload
 from continual_operator.workloads.views import TRAINER_CONTAINER, JobPhase, JobView
-from continual_trainer.config import TrainerConfig
+from continual_trainer.config import BatchSpec, TrainerConfig
 
 #: Container variables that name the pod's own scratch space (its ``/tmp`` emptyDir): not for this machine.
 POD_ONLY_ENV = frozenset({"HOME", "HF_HOME"})
@@ -54,18 +54,16 @@ def local_trainer_config(
     """The pod's trainer config with local paths, no Kubernetes progress sink, and a local message file.
 
     The data root (what the trainer confines data paths to) is the volume's folder, as ``/data`` is in a
-    pod; a batch found in ``--inbox`` (a folder the user named, often beside the volume) is confined to
-    the inbox instead.
+    pod; batches found in ``--inbox`` (a folder the user named, often beside the volume) are confined to
+    the inbox instead (the planner coalesces no inbox batch with a volume batch: one process, one root).
     """
     base = config.base_model
     if base.path is not None:
         base = base.model_copy(update={"path": localize(base.path, volume)})
-    data = config.batch.data
-    in_inbox = False
-    if data.path is not None:  # uri data is read from the store, not the volume
-        data = data.model_copy(update={"path": localize(data.path, volume)})
-        in_inbox = inbox is not None and Path(str(data.path)).is_relative_to(inbox.resolve())
-    batch = config.batch.model_copy(update={"data": data})
+    batch = _local_batch(config.batch, volume)
+    next_batches = [_local_batch(b, volume) for b in config.next_batches]
+    paths = [Path(str(b.data.path)) for b in (batch, *next_batches) if b.data.path is not None]
+    in_inbox = inbox is not None and bool(paths) and all(p.is_relative_to(inbox.resolve()) for p in paths)
     store = config.object_store
     if store is not None and store.ca_bundle_path is not None:
         # The pod's CA bundle is a mounted Secret; a local process uses AWS_CA_BUNDLE like any boto3 program.
@@ -80,10 +78,18 @@ def local_trainer_config(
             "run_uid": run_uid(config.run_name),
             "base_model": base,
             "batch": batch,
+            "next_batches": next_batches,
             "progress": config.progress.model_copy(update={"kubernetes": None, "stdout": True}),
             "termination_message_path": str(termination),
         }
     )
+
+
+def _local_batch(batch: BatchSpec, volume: Path) -> BatchSpec:
+    data = batch.data
+    if data.path is None:  # uri data is read from the store, not the volume
+        return batch
+    return batch.model_copy(update={"data": data.model_copy(update={"path": localize(data.path, volume)})})
 
 
 @dataclass

@@ -69,7 +69,7 @@ from continual_operator.planning.actions import (
     UpdateRunStatus,
 )
 from continual_operator.planning.executor import Executed
-from continual_operator.planning.planner import plan
+from continual_operator.planning.planner import PlanContext, plan
 from continual_operator.planning.status import describe_validation_error, rfc3339
 from continual_operator.workloads import resources
 from continual_operator.workloads.views import JobView
@@ -441,7 +441,16 @@ class LocalRun:
     def reconcile(self) -> Plan:
         """Plan with the pure planner and carry the plan out locally."""
         assert self.run is not None
-        decided = plan(self.run, list(self.batches.values()), list(executor.views(self.jobs)), now=_now())
+        inbox = self.options.inbox
+        # Inbox batches are confined to the inbox, the others to the volume: never in one process.
+        context = PlanContext(data_roots=(str(inbox.resolve()),) if inbox is not None else ())
+        decided = plan(
+            self.run,
+            list(self.batches.values()),
+            list(executor.views(self.jobs)),
+            now=_now(),
+            context=context,
+        )
         self.apply_now(decided)
         self._mirror_progress()
         self._write_status()

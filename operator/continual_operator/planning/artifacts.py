@@ -335,6 +335,21 @@ def _start_scheduled(draft: Draft, cadenced: Cadenced) -> bool:
     return True
 
 
+def batches_until_due(draft: Draft) -> int | None:
+    """How many more batches may complete before an ``everyBatches`` snapshot or consolidation is due
+    (at least 1; None: no ``everyBatches``). A coalesced Job trains no more, so that the artifact is of
+    the step it would be with one Job per batch."""
+    done = sum(1 for s in draft.statuses.values() if s.phase == "Succeeded")
+    left = []
+    for cadenced in SCHEDULED:
+        spec = cadenced.spec(draft.spec)
+        if spec is None or spec.every_batches is None:
+            continue
+        last = draft.run_fields.get(cadenced.status_field) or _status_field(draft, cadenced)
+        left.append(max(1, spec.every_batches - (done - int((last or {}).get("batches") or 0))))
+    return min(left) if left else None
+
+
 def _due(draft: Draft, spec: Any, last: dict[str, Any] | None) -> bool:
     if spec.every_batches is not None:
         done = sum(1 for s in draft.statuses.values() if s.phase == "Succeeded")

@@ -4,6 +4,10 @@ A finished Job is recorded once: when its attempt is the batch's latest and the 
 Training (or the attempt is newer than the status knows); a Job that exists without that mark is adopted.
 Jobs being deleted are never recorded or adopted. A success is checked for step contiguity; a preemption
 retries at once; other failures back off until the retries are used up, then the batch is Failed.
+
+A coalesced Job (:func:`record_coalesced`) is its first batch's attempt; each batch after it is recorded
+from its own result when the Job ends (its attempt counted then), or goes back to Queued untouched when
+the Job did not reach it (or went away before it ended).
 """
 
 from __future__ import annotations
@@ -13,9 +17,10 @@ import posixpath
 from collections import defaultdict
 from typing import Any
 
+from continual_operator.api.batch import TrainingBatchStatus
 from continual_operator.planning.draft import Draft
 from continual_operator.planning.status import rfc3339
-from continual_operator.workloads.outcomes import Outcome, backoff_seconds
+from continual_operator.workloads.outcomes import Outcome, backoff_seconds, classify_batch
 from continual_operator.workloads.train import TRAIN
 from continual_operator.workloads.views import JobView
 
@@ -43,9 +48,20 @@ def live_jobs_by_batch(draft: Draft) -> dict[str, list[JobView]]:
     return by_batch
 
 
-def is_recorded(job: JobView, attempts: int, phase: str | None) -> bool:
-    """The batch status already accounts for this attempt."""
-    return job.attempt < attempts or (job.attempt == attempts and phase != "Training")
+def is_recorded(job: JobView, status: TrainingBatchStatus, draft: Draft) -> bool:
+    """The batch status (of the Job's first batch) already accounts for this attempt.
+
+    A batch marked Training for a coalesced Job that trains it after another batch has recorded this one.
+    """
+    attempts = status.attempts or 0
+    if job.attempt != attempts:
+        return job.attempt < attempts
+    return status.phase != "Training" or status.job in coalescing(draft, job.batch)
+
+
+def coalescing(draft: Draft, batch: str) -> set[str]:
+    """The Jobs that train ``batch`` after another batch (coalesced)."""
+    return {j.name for j in draft.jobs if batch in j.next_batches}
 
 
 def record_jobs(draft: Draft) -> None:
@@ -58,7 +74,7 @@ def record_jobs(draft: Draft) -> None:
         latest = max(by_batch[name], key=lambda j: j.attempt)
         status = draft.statuses[name]
         attempts = status.attempts or 0
-        if is_recorded(latest, attempts, status.phase):
+        if is_recorded(latest, status, draft):
             continue
         if latest.finished:
             record(draft, name, latest)
@@ -69,10 +85,14 @@ def record_jobs(draft: Draft) -> None:
 
 
 def record(draft: Draft, batch: str, job: JobView) -> None:
-    """One finished attempt of an existing batch."""
-    outcome = TRAIN.classify(job)
+    """One finished attempt of an existing batch (the first batch of its Job)."""
+    record_outcome(draft, batch, job, TRAIN.classify(job), job.attempt)
+
+
+def record_outcome(draft: Draft, batch: str, job: JobView, outcome: Outcome, attempt: int) -> None:
+    """How the batch's attempt ``attempt`` (trained by ``job``) ended, into its status."""
     status = draft.statuses[batch]
-    draft.update(batch, attempts=job.attempt, job=job.name)
+    draft.update(batch, attempts=attempt, job=job.name)
     if outcome.kind == "Succeeded":
         record_success(draft, batch, outcome)
     elif outcome.kind == "Preempted":
@@ -83,25 +103,104 @@ def record(draft: Draft, batch: str, job: JobView) -> None:
             phase="Queued",
             preemptions=(status.preemptions or 0) + 1,
             reason="Preempted",
-            message=f"attempt {job.attempt} was preempted{at} ({outcome.message}); it resumes from its last "
+            message=f"attempt {attempt} was preempted{at} ({outcome.message}); it resumes from its last "
             "checkpoint in the next attempt",
             next_attempt_time=None,
         )
         draft.event("TrainingBatch", batch, "Normal", "Preempted", draft.statuses[batch].message or "")
     else:
-        failed(draft, batch, job, outcome)
+        failed(draft, batch, job, outcome, attempt)
 
 
-def failed(draft: Draft, batch: str, job: JobView, outcome: Outcome) -> None:
+def record_coalesced(draft: Draft) -> None:
+    """The batches coalesced Jobs train after their first one: results recorded, running Jobs adopted,
+    and batches whose Job went away before it reached them queued again."""
+    for job in draft.jobs:
+        if job.deleting or not job.next_batches:
+            continue
+        first = draft.original.get(job.batch)
+        fresh = first is None or not is_recorded(job, first, draft)  # its result is recorded in this plan
+        for name in job.next_batches:
+            if name not in draft.by_name:
+                if job.finished and fresh:
+                    _deleted_follower(draft, job, name)
+                continue
+            status = draft.statuses[name]
+            if status.phase in {"Succeeded", "Failed"} or draft.by_name[name].metadata.deletion_timestamp:
+                continue
+            mine = status.phase == "Training" and status.job == job.name
+            if job.finished and mine:
+                _record_follower(draft, name, job)
+            elif not job.finished and not mine:
+                draft.update(name, phase="Training", job=job.name, next_attempt_time=None)
+    _release_followers(draft)
+
+
+def _record_follower(draft: Draft, batch: str, job: JobView) -> None:
+    outcome = classify_batch(job, batch)
+    if outcome is None:
+        draft.update(
+            batch,
+            phase="Queued",
+            reason="Queued",
+            message=f"Job {job.name} stopped before it reached this batch (nothing trained, no attempt "
+            "counted); it trains in the next Job",
+        )
+        return
+    record_outcome(draft, batch, job, outcome, (draft.statuses[batch].attempts or 0) + 1)
+
+
+def _deleted_follower(draft: Draft, job: JobView, batch: str) -> None:
+    """A batch deleted while a coalesced Job trained it: a success moves the completed step (decision 9)."""
+    outcome = classify_batch(job, batch)
+    result = outcome.result if outcome is not None else None
+    if outcome is None or outcome.kind != "Succeeded" or result is None or result.end_step is None:
+        return
+    completed = draft.completed_step()
+    if completed is None or result.end_step > completed:
+        draft.orphan_step = result.end_step
+        record_progress(draft, result.end_step, result.checkpoint, result.mean_loss)
+        draft.run_event(
+            "Normal",
+            "DeletedBatchCompleted",
+            f"TrainingBatch {batch} was deleted while Job {job.name} trained it; the Job finished steps "
+            f"{result.start_step}..{result.end_step} and the next batch continues from step {result.end_step}",
+        )
+
+
+def _release_followers(draft: Draft) -> None:
+    """A batch marked Training for a coalesced Job that does not train it any more (being deleted: a
+    suspend, a start deadline, its first batch deleted; or finished without listing it) waits for the next
+    Job: it had no attempt there, and no Job being deleted is ever recorded."""
+    by_name = {j.name: j for j in draft.jobs}
+    for batch in draft.batches:
+        name = batch.metadata.name
+        status = draft.statuses[name]
+        job = by_name.get(status.job or "")
+        if status.phase != "Training" or job is None or name == job.batch:
+            continue
+        if (job.deleting and name in job.next_batches) or (job.finished and name not in job.next_batches):
+            draft.update(
+                name,
+                phase="Queued",
+                reason="Queued",
+                message=f"Job {job.name}, which was to train this batch after batch {job.batch}, "
+                f"{'is being deleted' if job.deleting else 'ended without it'}: the batch trains in the next Job",
+            )
+
+
+def failed(draft: Draft, batch: str, job: JobView, outcome: Outcome, attempt: int | None = None) -> None:
     """A failed attempt: retried after the back-off while retries are left, else the batch fails."""
     failures = (draft.statuses[batch].failures or 0) + 1
     if outcome.kind == "Retry" and failures <= draft.spec.failure_policy.max_retries_per_batch:
-        retry(draft, batch, job, outcome, failures)
+        retry(draft, batch, job, outcome, failures, attempt)
     else:
         fail(draft, batch, outcome, failures)
 
 
-def retry(draft: Draft, batch: str, job: JobView, outcome: Outcome, failures: int) -> None:
+def retry(
+    draft: Draft, batch: str, job: JobView, outcome: Outcome, failures: int, attempt: int | None = None
+) -> None:
     policy = draft.spec.failure_policy
     delay = backoff_seconds(failures, base=policy.backoff_seconds, cap=policy.max_backoff_seconds)
     # Rounded up to the whole second nextAttemptTime is stored with: rounded down, any reconcile in
@@ -110,7 +209,7 @@ def retry(draft: Draft, batch: str, job: JobView, outcome: Outcome, failures: in
     # The retry first: the outcome's message may be a 1 KB log tail (a crash leaves no result record),
     # and Event messages are cut at 1 KB.
     message = (
-        f"attempt {job.attempt} failed ({outcome.reason}); retry {failures} of "
+        f"attempt {attempt or job.attempt} failed ({outcome.reason}); retry {failures} of "
         f"{policy.max_retries_per_batch} at {rfc3339(retry_at)}: {outcome.message}"
     )
     draft.update(

@@ -54,10 +54,14 @@ class PlanContext:
     ``other_runs``: the other runs of the namespace (one run per folder, decision 12). ``check_paths``:
     refuse paths outside the volume's mount -- on a cluster, where the pod sees the volume at ``/data``;
     local mode maps paths to local folders itself and leaves the check to the trainer's ``dataRoot``.
+    ``data_roots``: see below.
     """
 
     other_runs: Sequence[ContinualTrainingRun] = ()
     check_paths: bool = False
+    #: Folders besides the volume that batches' data is confined to (local mode's ``--inbox``): batches
+    #: under different ones are not coalesced into one trainer process (it has one ``dataRoot``).
+    data_roots: tuple[str, ...] = ()
 
 
 class Draft:

@@ -26,7 +26,7 @@ def clean_up_history(draft: Draft) -> None:
         status = draft.original.get(job.batch)
         if status is None or not job.finished or job.deleting:
             continue
-        if is_recorded(job, status.attempts or 0, status.phase):
+        if is_recorded(job, status, draft):
             recorded.append(job)
     recorded.sort(key=lambda j: (j.created or _EPOCH, j.name), reverse=True)
     for job in recorded[FINISHED_JOBS_KEPT:]:

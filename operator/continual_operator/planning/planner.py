@@ -23,7 +23,10 @@ The decisions, in the order they are applied:
 3. **Deterministic Job names** (``{run}-{batch}-a{attempt}``, :func:`~continual_operator.naming.job_name`).
    A duplicated event or a restarted operator computes the same name, the create answers 409, and no
    second Job appears. A batch is marked Training *before* its Job is created; a Job that exists without
-   that mark (the operator died in between) is adopted.
+   that mark (the operator died in between) is adopted. **Coalesced**: the queued batches right after it
+   (up to ``spec.training.maxBatchesPerJob`` in all) ride in the same Job, named after the first one's
+   attempt and marked Training with it; when it ends each is recorded from its own result
+   (:func:`.attempts.record_coalesced`), and those it did not reach are Queued again, no attempt counted.
 4. **Results.** A finished Job is recorded once: when its attempt is the batch's latest and the batch is
    still marked Training (or the attempt is newer than the status knows). Jobs being deleted are never
    recorded or adopted: the operator deletes a Job only after recording it, or to stop it on suspend.
@@ -116,6 +119,7 @@ def plan(
     draft = Draft(run, batches, jobs, now, context or PlanContext())
     attempts.record_jobs(draft)  # decisions 3-6
     orphans.record_orphans(draft)  # decision 9
+    attempts.record_coalesced(draft)  # decisions 4, 9: the batches after a coalesced Job's first
     artifacts.record_artifacts(draft)  # decision 14
     starting.watch_starting_jobs(draft)  # decision 13
     artifacts.watch_starting_artifacts(draft)  # decisions 13, 14

@@ -60,6 +60,8 @@ class Workload:
     writes_volume: bool = True
     #: What an artifact workload is about (see :mod:`.artifact`); empty for a train workload.
     key: str = ""
+    #: A coalesced train workload: the batches it trains after ``batch``, in order.
+    next_batches: tuple[str, ...] = ()
 
     def manifest(self, kind: str) -> Mapping[str, Any]:
         """The workload's own object of a Kubernetes kind (its Job, its ConfigMap)."""
@@ -82,6 +84,7 @@ class Workload:
             kind=self.kind,
             writes_volume=self.writes_volume,
             key=self.key,
+            next_batches=self.next_batches,
             created=created,
         )
 

@@ -17,6 +17,13 @@ exit 75 (TRANSIENT), 1 (UNCLASSIFIED), anything else       Retry      back-off, 
 
 A permanent exit wins over preemption signals: the trainer decided before it was disrupted, and retrying a
 bad config or bad data cannot help.
+
+A coalesced Job (several batches in one process) writes a ``JobResult``, one ``BatchResult`` per batch it
+reached (:func:`classify_batch`): a completed batch is Succeeded whatever the Job's exit code; the batch that
+did not complete is classified by the table above with its own result; batches without a result were not
+reached. A Job without a readable result record (a crash, an eviction before the trainer could write it) is
+its first batch's outcome: the batches after it were not reached as far as anyone can tell (their trainer
+answers AlreadyCompleted for any that did complete).
 """
 
 from __future__ import annotations
@@ -26,9 +33,10 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
+from continual_operator.naming import batch_id
 from continual_operator.workloads.views import JobView
 from continual_trainer.exitcodes import ExitCode
-from continual_trainer.records import BatchResult
+from continual_trainer.records import BatchResult, JobResult, parse_results
 
 OutcomeKind = Literal["Succeeded", "Preempted", "Retry", "Permanent"]
 
@@ -59,12 +67,24 @@ def parse_result(message: str | None) -> BatchResult | None:
         return None
 
 
+def parse_record(message: str | None) -> BatchResult | JobResult | None:
+    """The trainer's record in a termination message: one batch's result, a coalesced Job's, or None."""
+    if not message or not message.lstrip().startswith("{"):
+        return None
+    try:
+        job = JobResult.model_validate_json(message)
+    except ValidationError:
+        return parse_result(message)
+    # A compacted JobResult leaves out what can be derived (a completed batch's checkpoint, adapter, target).
+    return job.model_copy(update={"results": parse_results(message)})
+
+
 #: torchrun's exit code whenever one of its workers failed (ChildFailedError) or it was signalled
 #: (SignalException), whatever the workers' own codes were: measured with torch 2.13.
 TORCHRUN_FAILED = 1
 
 
-def trainer_exit_code(container_exit_code: int | None, result: BatchResult | None) -> int | None:
+def trainer_exit_code(container_exit_code: int | None, result: BatchResult | JobResult | None) -> int | None:
     """The trainer's exit code behind a container that runs it under torchrun: the coordinator's ``exitCode``.
 
     torchrun exits 1 whenever a worker failed or it was signalled, so 64 (permanent), 75 (transient) and
@@ -78,21 +98,44 @@ def trainer_exit_code(container_exit_code: int | None, result: BatchResult | Non
 
 def _text(job: JobView, result: BatchResult | None) -> str:
     """The best human explanation available: the trainer's message, else the raw termination message."""
-    text = (result.message if result is not None else None) or job.termination_message or ""
+    raw = job.termination_message if not isinstance(parse_record(job.termination_message), JobResult) else ""
+    text = (result.message if result is not None else None) or raw or ""
     return " ".join(text.split())[:_MESSAGE_LIMIT]
 
 
 def classify(job: JobView) -> Outcome:
-    """The outcome of a finished Job (see the module docstring for the table)."""
-    result = parse_result(job.termination_message)
+    """The outcome of a finished Job for its first batch (see the module docstring for the table)."""
+    outcome = classify_batch(job, job.batch)
+    assert outcome is not None  # classify_batch always has one for the first batch
+    return outcome
+
+
+def classify_batch(job: JobView, batch: str) -> Outcome | None:
+    """The outcome of one of the batches a finished Job trains (None: the Job did not reach it)."""
+    record = parse_record(job.termination_message)
+    if not isinstance(record, JobResult):  # one batch's result (or none): it is about the first batch
+        return _classify(job, record) if batch == job.batch else None
+    mine = next((r for r in record.results if r.batch_id == batch_id(batch)), None)
+    if mine is None:  # not reached; for the first batch (a config that does not match): no result
+        return _classify(job, None) if batch == job.batch else None
+    if _completed(mine):
+        return Outcome("Succeeded", mine.outcome, _text(job, mine), mine)
+    # The batch the Job stopped at: classified by the Job's end, with its own result.
+    return _classify(job, mine)
+
+
+def _completed(result: BatchResult) -> bool:
+    return (
+        result.outcome in {"Succeeded", "AlreadyCompleted"}
+        and result.start_step is not None
+        and result.end_step is not None
+    )
+
+
+def _classify(job: JobView, result: BatchResult | None) -> Outcome:
     text = _text(job, result)
     if job.phase == "Succeeded":
-        if (
-            result is not None
-            and result.outcome in {"Succeeded", "AlreadyCompleted"}
-            and result.start_step is not None
-            and result.end_step is not None
-        ):
+        if result is not None and _completed(result):
             return Outcome("Succeeded", result.outcome, text, result)
         return Outcome(
             "Retry",

@@ -28,6 +28,7 @@ from continual_operator.api import (
 )
 from continual_operator.naming import (
     ANNOTATION_BATCH,
+    ANNOTATION_NEXT_BATCHES,
     ANNOTATION_RUN,
     LABEL_ATTEMPT,
     LABEL_BATCH,
@@ -156,9 +157,13 @@ def job_labels(run: ContinualTrainingRun, batch: TrainingBatch, attempt: int) ->
 
 # -- per attempt: the trainer's config and its Job ----------------------------------------------------
 def get_trainer_config(
-    run: ContinualTrainingRun, batch: TrainingBatch, abandon_batches: Sequence[str] = ()
+    run: ContinualTrainingRun,
+    batch: TrainingBatch,
+    abandon_batches: Sequence[str] = (),
+    next_batches: Sequence[TrainingBatch] = (),
 ) -> TrainerConfig:
-    """The trainer contract for one batch of the run, with every path as the pod sees it.
+    """The trainer contract for one batch of the run (coalesced: and ``next_batches`` after it, in the same
+    process), with every path as the pod sees it.
 
     The batch id is the TrainingBatch's name (shortened with a hash beyond 63 characters), so the trainer's
     ledger has one record per TrainingBatch and a re-run of a finished batch is a no-op. Progress goes to
@@ -182,10 +187,8 @@ def get_trainer_config(
         base_model=spec.base_model.to_trainer(path=base_model_path(spec)),
         lora=spec.lora,
         training=spec.training,
-        batch=BatchSpec(
-            id=batch_id(batch.metadata.name),
-            data=_trainer_data(spec, batch),
-        ),
+        batch=_batch_spec(spec, batch),
+        next_batches=[_batch_spec(spec, b) for b in next_batches],
         progress=ProgressSpec(every_steps=progress.every_steps, kubernetes=kubernetes),
         object_store=object_store_client(spec),
         termination_message_path=TERMINATION_MESSAGE_PATH,
@@ -211,6 +214,10 @@ def object_store_client(spec: ContinualTrainingRunSpec) -> ObjectStoreClientSpec
     )
 
 
+def _batch_spec(spec: ContinualTrainingRunSpec, batch: TrainingBatch) -> BatchSpec:
+    return BatchSpec(id=batch_id(batch.metadata.name), data=_trainer_data(spec, batch))
+
+
 def _trainer_data(spec: ContinualTrainingRunSpec, batch: TrainingBatch) -> DataSpec:
     """The batch's data as the pod sees it: a volume path made absolute, or the URI unchanged."""
     data = batch.spec.data
@@ -227,7 +234,11 @@ def render_trainer_config(config: TrainerConfig) -> str:
 
 
 def get_config_map(
-    run: ContinualTrainingRun, batch: TrainingBatch, attempt: int, abandon_batches: Sequence[str] = ()
+    run: ContinualTrainingRun,
+    batch: TrainingBatch,
+    attempt: int,
+    abandon_batches: Sequence[str] = (),
+    next_batches: Sequence[TrainingBatch] = (),
 ) -> dict[str, Any]:
     """The trainer config of one attempt, named like its Job.
 
@@ -245,7 +256,9 @@ def get_config_map(
         "kind": "ConfigMap",
         "metadata": meta,
         "immutable": True,
-        "data": {CONFIG_KEY: render_trainer_config(get_trainer_config(run, batch, abandon_batches))},
+        "data": {
+            CONFIG_KEY: render_trainer_config(get_trainer_config(run, batch, abandon_batches, next_batches))
+        },
     }
 
 
@@ -397,18 +410,26 @@ def _pod_spec(
     return pod
 
 
-def get_job(run: ContinualTrainingRun, batch: TrainingBatch, attempt: int) -> dict[str, Any]:
+def get_job(
+    run: ContinualTrainingRun,
+    batch: TrainingBatch,
+    attempt: int,
+    next_batches: Sequence[TrainingBatch] = (),
+) -> dict[str, Any]:
     """The Job that trains one attempt of one batch.
 
     ``backoffLimit: 0``: retries belong to the operator, which knows a preemption from a failure and backs
     off between attempts; a new attempt is a new Job (a new deterministic name). Owned by the run, so that
     deleting the run deletes its Jobs; labelled with run, batch and attempt so that the operator finds
     them, and annotated with the full names in case the labels had to be shortened. With a Kueue queue the
-    Job is created suspended and Kueue admits it.
+    Job is created suspended and Kueue admits it. A coalesced Job (``next_batches``) is named and labelled
+    after its first batch and attempt, and lists the batches after it in an annotation.
     """
     name = job_name(run.metadata.name, batch.metadata.name, attempt)
     labels = job_labels(run, batch, attempt)
     annotations = {ANNOTATION_RUN: run.metadata.name, ANNOTATION_BATCH: batch.metadata.name}
+    if next_batches:
+        annotations[ANNOTATION_NEXT_BATCHES] = ",".join(b.metadata.name for b in next_batches)
     return workload_job(run, JobParts(name, labels, annotations, TRAINER_COMMAND))
 
 

@@ -8,6 +8,12 @@ the batch and attempt labels; classified from the trainer's exit code and result
 ``spec.resources.gpus`` > 1 on one node: the Job runs ``torchrun --nproc-per-node <gpus>`` (one trainer
 process per GPU, :func:`.gang.get_single_node_job`); torchrun exits 1 for every failure, so such a Job is
 classified by the coordinator's ``exitCode`` in its result record (:func:`.outcomes.trainer_exit_code`).
+
+**Coalesced** (``next_batches``, up to ``spec.training.maxBatchesPerJob`` queued batches in all): one Job
+trains the first batch and those after it in one process (the config's ``nextBatches``). It is named,
+labelled and counted as the first batch's attempt (still one Job per attempt: a first batch's attempts
+only grow) and lists the others in the ``continual.dev/next-batches`` annotation; its ``JobResult`` gives
+each batch its own outcome (:func:`.outcomes.classify_batch`).
 """
 
 from __future__ import annotations
@@ -17,7 +23,13 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from continual_operator.api import ContinualTrainingRun, TrainingBatch
-from continual_operator.naming import ANNOTATION_BATCH, LABEL_ATTEMPT, LABEL_BATCH, job_name
+from continual_operator.naming import (
+    ANNOTATION_BATCH,
+    ANNOTATION_NEXT_BATCHES,
+    LABEL_ATTEMPT,
+    LABEL_BATCH,
+    job_name,
+)
 from continual_operator.workloads import gang, outcomes, resources
 from continual_operator.workloads.kinds import ObjectRef, Workload
 from continual_operator.workloads.outcomes import Outcome
@@ -32,12 +44,14 @@ class TrainRequest:
 
     ``abandon_batches``: trainer batch ids of the run's Failed batches: the trainer closes their unfinished
     ledger records and sets their checkpoints aside, so that a SkipBatch policy can go on past them.
+    ``next_batches``: queued batches the same process trains after ``batch``, in order (coalesced).
     """
 
     run: ContinualTrainingRun
     batch: TrainingBatch
     attempt: int
     abandon_batches: tuple[str, ...] = ()
+    next_batches: tuple[TrainingBatch, ...] = ()
 
 
 class TrainKind:
@@ -52,22 +66,23 @@ class TrainKind:
         return job_name(run, batch, attempt)
 
     def build(self, request: TrainRequest) -> Workload:
-        run, batch, attempt = request.run, request.batch, request.attempt
+        run, batch, attempt, after = request.run, request.batch, request.attempt, request.next_batches
         name = self.job_name(run.metadata.name, batch.metadata.name, attempt)
         return Workload(
             kind=KIND,
             name=name,
             manifests=(
                 *resources.run_objects(run),
-                resources.get_config_map(run, batch, attempt, request.abandon_batches),
+                resources.get_config_map(run, batch, attempt, request.abandon_batches, after),
                 gang.get_single_node_job(
-                    resources.get_job(run, batch, attempt), gang.Gang.of(run.spec.resources)
+                    resources.get_job(run, batch, attempt, after), gang.Gang.of(run.spec.resources)
                 ),
             ),
             owned=self.owned_objects(name),
             batch=batch.metadata.name,
             attempt=attempt,
             writes_volume=self.writes_volume,
+            next_batches=tuple(b.metadata.name for b in after),
         )
 
     def read(self, job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> JobView | None:
@@ -77,11 +92,12 @@ class TrainKind:
         attempt = labels.get(LABEL_ATTEMPT)
         if not batch or not str(attempt or "").isdigit():
             return None
-        identity = Identity(KIND, str(batch), int(str(attempt)), self.writes_volume)
+        after = tuple(n for n in str(annotations.get(ANNOTATION_NEXT_BATCHES) or "").split(",") if n)
+        identity = Identity(KIND, str(batch), int(str(attempt)), self.writes_volume, next_batches=after)
         view = read_job(job, pods, identity)
         if str(annotations.get(gang.ANNOTATION_WORLD_SIZE, "1")) != "1":  # torchrun: the coordinator's code
-            result = outcomes.parse_result(view.termination_message)
-            view = replace(view, exit_code=outcomes.trainer_exit_code(view.exit_code, result))
+            record = outcomes.parse_record(view.termination_message)
+            view = replace(view, exit_code=outcomes.trainer_exit_code(view.exit_code, record))
         return view
 
     def classify(self, view: JobView) -> Outcome:

@@ -73,6 +73,13 @@ class JobView:
     #: Since when the attempt waits for its container to start (None: it started, or Kueue holds the Job,
     #: or the executor cannot tell, as in local mode): the start deadline counts from here.
     pending_since: dt.datetime | None = None
+    #: A coalesced train Job: the batches it trains after ``batch``, in order (their attempts are their own).
+    next_batches: tuple[str, ...] = ()
+
+    @property
+    def batches(self) -> tuple[str, ...]:
+        """Every batch the Job trains, in order (a train Job of one batch: just ``batch``)."""
+        return (self.batch, *self.next_batches)
 
     @property
     def finished(self) -> bool:
@@ -179,6 +186,7 @@ class Identity:
     attempt: int
     writes_volume: bool = True
     key: str = ""
+    next_batches: tuple[str, ...] = ()
 
 
 def read_job(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], identity: Identity) -> JobView:
@@ -204,6 +212,7 @@ def read_job(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], identity
         kind=identity.kind,
         writes_volume=identity.writes_volume,
         key=identity.key,
+        next_batches=identity.next_batches,
         phase=phase,
         exit_code=int(exit_code) if exit_code is not None else None,
         termination_message=terminated.get("message") or None,
