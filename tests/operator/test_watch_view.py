@@ -41,6 +41,7 @@ from continual_operator.cluster.k8s import JOBS as JOB_KIND
 from continual_operator.cluster.k8s import KubernetesStorage, writing_for
 from continual_operator.cluster.reconciler import Reconciler
 from continual_operator.cluster.view import WatchView
+from continual_operator.errors import ConflictError
 from continual_operator.naming import job_name
 
 OTHER = "other"
@@ -302,3 +303,36 @@ async def test_a_deleted_object_is_settled_when_the_view_no_longer_holds_it(worl
         storage.close()
     assert (run_world.fresh_reads, run_world.jobs) == (0, [])
     assert not world.requests("GET", JOBS)
+
+
+async def test_a_batch_status_patch_is_conditional_on_the_viewed_version_and_a_conflict_is_read_afresh(
+    world: KubeWorld,
+) -> None:
+    run, batch = run_body(), _batch("b1", "5", "Queued")
+    world.add(RUNS, run)
+    world.add(BATCHES, batch)
+    view = WatchView(
+        runs={NS: [run], (NS, RUN): [run]},
+        batches={(NS, RUN): [batch]},
+        jobs={},
+        pods={},
+        settle_seconds=0.1,
+    )
+    world.server["patch", BATCHES][:1] << kmock.KubernetesError(
+        status=409, reason="Conflict", message="the object has been modified"
+    )
+    reconciler = Reconciler(world.storage(), view=view)
+    try:
+        with pytest.raises(ConflictError):
+            await reconciler.reconcile((NS, RUN))
+        patches = [r.data for r in world.requests("PATCH", BATCHES) if r.name == "b1"]
+        assert patches[0]["metadata"] == {"resourceVersion": "5"}
+        gets_before = len([r for r in world.requests("GET", BATCHES) if r.name == "b1"])
+        await reconciler.reconcile((NS, RUN))
+    finally:
+        await reconciler.close()
+        reconciler.storage.close()
+    # The conflicted batch was read afresh by name (not listed), and the retry went through.
+    assert len([r for r in world.requests("GET", BATCHES) if r.name == "b1"]) == gets_before + 1
+    assert not [r for r in world.requests("GET", BATCHES) if r.name is None]
+    assert world.names(JOBS) == [job_name(RUN, "b1", 1)]

@@ -520,13 +520,18 @@ class KubernetesStorage:
         body: dict[str, Any] = {"status": dict(patch)}
         if resource_version is not None:
             body["metadata"] = {"resourceVersion": resource_version}
-        answer = await self._request(
-            "PATCH",
-            kind.path(namespace, name, "status"),
-            body=body,
-            content_type=MERGE_PATCH,
-            doing=self._doing("PATCH", kind, namespace, name, "status"),
-        )
+        try:
+            answer = await self._request(
+                "PATCH",
+                kind.path(namespace, name, "status"),
+                body=body,
+                content_type=MERGE_PATCH,
+                doing=self._doing("PATCH", kind, namespace, name, "status"),
+            )
+        except ConflictError:
+            # The view's copy is older than the stored object: the next reconcile reads it afresh.
+            self.journal.note(kind, namespace, name, {"kind": kind.kind, "metadata": {}})
+            raise
         self.journal.note(kind, namespace, name, answer)
         return (answer.get("metadata") or {}).get("resourceVersion")
 
