@@ -336,3 +336,26 @@ async def test_a_batch_status_patch_is_conditional_on_the_viewed_version_and_a_c
     assert len([r for r in world.requests("GET", BATCHES) if r.name == "b1"]) == gets_before + 1
     assert not [r for r in world.requests("GET", BATCHES) if r.name is None]
     assert world.names(JOBS) == [job_name(RUN, "b1", 1)]
+
+
+async def test_an_object_found_gone_stays_hidden_until_the_index_drops_it_or_holds_a_newer_one(
+    world: KubeWorld,
+) -> None:
+    # kopf re-lists after a peering pause without dropping what was deleted meanwhile: b2 is still indexed.
+    stale, kept = _batch("b2", "3", "Queued"), _batch("b1", "2", "Queued")
+    world.add(BATCHES, kept)
+    indexed = {(NS, RUN): [kept, stale]}
+    view = WatchView(runs={}, batches=indexed, jobs={}, pods={}, settle_seconds=0.1)
+    storage = world.storage()
+    try:
+        with writing_for(NS, RUN):  # a status patch of b2 answered 404
+            storage.journal.note(BATCH_KIND, NS, "b2", {"kind": "TrainingBatch", "metadata": {}})
+        first = await view.world(storage, NS, RUN)
+        second = await view.world(storage, NS, RUN)  # nothing pending: the index alone still holds b2
+        indexed[NS, RUN] = [kept, _batch("b2", "9", "Queued")]  # created again
+        third = await view.world(storage, NS, RUN)
+    finally:
+        storage.close()
+    assert [b["metadata"]["name"] for b in first.batches] == ["b1"]
+    assert [b["metadata"]["name"] for b in second.batches] == ["b1"]
+    assert sorted(b["metadata"]["name"] for b in third.batches) == ["b1", "b2"]

@@ -528,8 +528,9 @@ class KubernetesStorage:
                 content_type=MERGE_PATCH,
                 doing=self._doing("PATCH", kind, namespace, name, "status"),
             )
-        except ConflictError:
-            # The view's copy is older than the stored object: the next reconcile reads it afresh.
+        except (ConflictError, NotFoundError):
+            # The view's copy is older than the stored object (or the object is gone, which a watch
+            # restarted after a pause may never say): the next reconcile reads it afresh.
             self.journal.note(kind, namespace, name, {"kind": kind.kind, "metadata": {}})
             raise
         self.journal.note(kind, namespace, name, answer)

@@ -94,6 +94,10 @@ class WatchView:
     settle_seconds: float = SETTLE_SECONDS
     #: How many objects reconciles had to read afresh (the watch was late): a measure, for tests and logs.
     fresh_reads: int = field(default=0, init=False)
+    #: Objects a fresh read found gone while the index still held them, with the version it held: kopf
+    #: re-lists after a peering pause without dropping what was deleted meanwhile. Hidden until the index
+    #: drops them or holds a newer version (a new object of that name).
+    _gone: dict[tuple[str, str, str, str], int | None] = field(default_factory=dict, init=False)
 
     def _index(self, kind: Kind) -> Indexes:
         return {RUNS.kind: self.runs, BATCHES.kind: self.batches, JOBS.kind: self.jobs}[kind.kind]
@@ -130,16 +134,34 @@ class WatchView:
         storage.journal.settled(namespace, run, pending)
         fresh: dict[tuple[str, str], Any] = {}
         for kind, name in pending:
-            fresh[kind.kind, name] = await storage.get(kind, namespace, name)
+            body = fresh[kind.kind, name] = await storage.get(kind, namespace, name)
+            cached = self._cached(kind, namespace, run, name)
+            if body is None and cached is not None:
+                self._gone[kind.kind, namespace, run, name] = version(cached)
         self.fresh_reads += len(fresh)
         return fresh
+
+    def _hidden(self, kind: str, namespace: str, run: str, body: Mapping[str, Any]) -> bool:
+        """Whether the index's ``body`` is an object a fresh read found gone."""
+        key = (kind, namespace, run, _name(body))
+        if key not in self._gone:
+            return False
+        have, gone_at = version(body), self._gone[key]
+        if have is not None and gone_at is not None and have > gone_at:
+            del self._gone[key]  # created again since
+            return False
+        return True
 
     async def world(self, storage: KubernetesStorage, namespace: str, run: str) -> RunWorld:
         """The run's world: settled on its own writes, then read from the indexes."""
         fresh = await self.settle(storage, namespace, run)
 
         def merged(kind: Kind, items: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-            by_name = {_name(b): dict(b) for b in items}
+            items = list(items)
+            held = {_name(b) for b in items}
+            for key in [k for k in self._gone if k[:3] == (kind.kind, namespace, run) and k[3] not in held]:
+                del self._gone[key]  # the index has dropped it too
+            by_name = {_name(b): dict(b) for b in items if not self._hidden(kind.kind, namespace, run, b)}
             for (kind_name, name), body in fresh.items():
                 if kind_name != kind.kind:
                     continue
