@@ -38,6 +38,7 @@ from kube_world import (
 from continual_operator.cluster import handlers
 from continual_operator.cluster.k8s import BATCHES as BATCH_KIND
 from continual_operator.cluster.k8s import JOBS as JOB_KIND
+from continual_operator.cluster.k8s import RUNS as RUNS_KIND
 from continual_operator.cluster.k8s import KubernetesStorage, writing_for
 from continual_operator.cluster.reconciler import Reconciler
 from continual_operator.cluster.view import WatchView
@@ -359,3 +360,26 @@ async def test_an_object_found_gone_stays_hidden_until_the_index_drops_it_or_hol
     assert [b["metadata"]["name"] for b in first.batches] == ["b1"]
     assert [b["metadata"]["name"] for b in second.batches] == ["b1"]
     assert sorted(b["metadata"]["name"] for b in third.batches) == ["b1", "b2"]
+
+
+async def test_a_folder_decision_sees_the_last_writes_of_the_other_runs_on_that_folder(
+    world: KubeWorld,
+) -> None:
+    # Run "first" took the folder a moment ago (trainedWith); the watch has not delivered that yet.
+    held = {"trainedWith": {"storage": {"claim": "demo-data"}}}
+    stored = run_body("first", status=held)
+    stored["metadata"]["resourceVersion"] = "9"
+    world.add(RUNS, stored)
+    seen = run_body("first")
+    seen["metadata"]["resourceVersion"] = "8"
+    view = WatchView(runs={}, batches={}, jobs={}, pods={}, settle_seconds=0.1)
+    storage = world.storage()
+    try:
+        with writing_for(NS, "first"):
+            storage.journal.note(RUNS_KIND, NS, "first", stored)
+        runs = await view.settle_peers(storage, NS, ["first"], [seen])
+        # Its own reconcile still settles on the write (the journal keeps it for "first").
+        assert (RUNS_KIND, "first") in storage.journal.pending(NS, "first")
+    finally:
+        storage.close()
+    assert [r["status"] for r in runs] == [held]

@@ -13,8 +13,9 @@ What triggers a reconcile of a run:
 * one of its TrainingBatches is added, deleted or has its spec changed (batch status patches by the
   operator itself do not count: ``observedGeneration`` equals ``generation`` then);
 * one of its Jobs changes (the Job watch is filtered by label on the server, so only trainer Jobs come);
-  a Job reaches Complete or Failed only after its pod has terminated, so pod events trigger nothing: the
-  pod watch (filtered by the run label too) only keeps the view's pods current;
+* one of its pods waits to start (a container's waiting reason, or unschedulable: what the batch's status
+  shows, :func:`pod_waits`); a Job reaches Complete or Failed only after its pod has terminated, so other
+  pod events trigger nothing: the pod watch (filtered by the run label too) keeps the view's pods current;
 * the reconciler's own requeues: a retry's back-off ends, an API call failed, or the slow periodic
   resync (``resync_seconds``) comes round. There is deliberately no kopf timer: kopf puts a finalizer on
   every object with a timer, and a run must stay deletable without a running operator.
@@ -50,6 +51,7 @@ from continual_operator.cluster.view import WatchView, slim
 from continual_operator.errors import KubernetesApiError
 from continual_operator.naming import ANNOTATION_RUN, LABEL_RUN, MANAGED_BY
 from continual_operator.observe.metrics import Metrics
+from continual_operator.workloads.views import STARTUP_PROBLEMS
 
 RUNS = (GROUP, VERSION, RUN_INFO.plural)
 BATCHES = (GROUP, VERSION, BATCH_INFO.plural)
@@ -224,6 +226,31 @@ async def on_job_event(*, body: Mapping[str, Any], namespace: str | None, memo: 
         await reconciler_of(memo).reconcile_or_retry(run_key(namespace, run))
 
 
+def pod_waits(body: Mapping[str, Any], **_: Any) -> bool:
+    """kopf's filter of the pod-event handler: a trainer pod that cannot start and says why (a missing
+    Secret, an image that cannot be pulled, no node fits: :data:`STARTUP_PROBLEMS`), not the normal
+    ContainerCreating of every start."""
+    status = body.get("status") or {}
+    if status.get("phase") not in {None, "Pending"}:
+        return False
+    reasons = {
+        ((c.get("state") or {}).get("waiting") or {}).get("reason")
+        for c in status.get("containerStatuses") or []
+    }
+    reasons |= {
+        c.get("reason") or "Unschedulable"
+        for c in status.get("conditions") or []
+        if c.get("type") == "PodScheduled" and c.get("status") == "False"
+    }
+    return bool(reasons & STARTUP_PROBLEMS)
+
+
+async def on_pod_event(*, body: Mapping[str, Any], namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+    """Reconcile the pod's run: the batch says why its pod waits (and the start deadline counts)."""
+    if (run := run_of_job(body)) is not None:
+        await reconciler_of(memo).reconcile_or_retry(run_key(namespace, run))
+
+
 # -- the watch-fed view (kopf indexes) ----------------------------------------------------------------
 async def index_run(*, body: Mapping[str, Any], namespace: str | None, name: str, **_: Any) -> dict[Any, Any]:
     """A run, under its namespace (the namespace's runs) and under ``(namespace, name)``."""
@@ -270,4 +297,7 @@ def build_registry(options: OperatorOptions) -> kopf.OperatorRegistry:
     kopf.on.event(*RUNS, id="run-event", when=run_deleted, registry=registry)(on_run_event)
     kopf.on.event(*BATCHES, id="batch-event", when=batch_event_matters, registry=registry)(on_batch_event)
     kopf.on.event(*JOBS, id="job-event", labels={LABEL_RUN: kopf.PRESENT}, registry=registry)(on_job_event)
+    kopf.on.event(*PODS, id="pod-event", labels={LABEL_RUN: kopf.PRESENT}, when=pod_waits, registry=registry)(
+        on_pod_event
+    )
     return registry

@@ -14,6 +14,8 @@ where correctness needs them:
   answered, and GETs afresh (by name) what the watch has not delivered within
   :data:`~continual_operator.cluster.view.SETTLE_SECONDS` -- so no reconcile acts on a view older than
   its own last write (e.g. re-counting a preemption it already recorded);
+* the **writes of the other runs on the same folder** (their ``trainedWith``, patched under the folder
+  lock a moment ago): who holds a folder is decided from them, so they are settled on the same way;
 * a **finished Job whose pod the view still shows running** (the Job and pod watches are two streams): its
   pods are listed afresh, by the run's label, before its result is read (:mod:`.executor`).
 
@@ -391,6 +393,12 @@ class Reconciler:
         workloads = await executor.workloads()
         batches, batch_metas, invalid = self._parse_batches(world.batches, now)
         others = _other_runs(world.runs, name, volume_key(run)[0])
+        folder = volume_key(run)
+        if self.view is not None and (peers := [o.metadata.name for o in others if volume_key(o) == folder]):
+            # Who holds the folder is decided from the peers' trainedWith, which their own reconciles
+            # patched a moment ago (under the folder lock): the view must show those writes too.
+            raw_runs = await self.view.settle_peers(self.storage, namespace, peers, world.runs)
+            others = _other_runs(raw_runs, name, folder[0])
         context = PlanContext(other_runs=others, check_paths=True)
         the_plan = make_plan(run, batches, workloads, now=now, context=context)
         the_plan = Plan(invalid.actions + the_plan.actions)

@@ -183,6 +183,36 @@ class WatchView:
             fresh_reads=len(fresh),
         )
 
+    async def settle_peers(
+        self, storage: KubernetesStorage, namespace: str, names: Iterable[str], runs: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """``runs`` with the runs ``names`` settled on their own last writes (their reconciles' status
+        patches, e.g. ``trainedWith``): what the folder decision of a run on the same folder must see.
+
+        The writes stay in their runs' journal (their own next reconcile settles on them).
+        """
+        pending = {
+            name: written
+            for name in names
+            if (written := storage.journal.pending(namespace, name).get((RUNS, name))) is not None
+        }
+        deadline = time.monotonic() + self.settle_seconds
+        while pending:
+            pending = {n: w for n, w in pending.items() if not self._reflects(RUNS, namespace, n, n, w)}
+            if (
+                not pending
+                or time.monotonic() >= deadline
+                or all(w.version is None for w in pending.values())
+            ):
+                break
+            await asyncio.sleep(_POLL_SECONDS)
+        if not pending:
+            return runs
+        fresh = {n: await storage.get(RUNS, namespace, n) for n in pending}
+        self.fresh_reads += len(fresh)
+        kept = [r for r in runs if _name(r) not in fresh]
+        return kept + [slim(RUNS.kind, body) for body in fresh.values() if body is not None]
+
     def namespace_runs(self, namespace: str) -> list[dict[str, Any]]:
         """The namespace's runs as the view holds them (a deleted run's folder neighbours)."""
         return [dict(r) for r in self.runs.get(namespace, ())]
