@@ -648,12 +648,12 @@ def goal_numbers(results: dict[str, Any]) -> dict[str, tuple[float | None, str]]
             p50 / 1000 if p50 is not None else None,
             where,
         )
-        if main["idle"]:
-            idle = main["idle"]
-            per_run_min = idle["audit"].total * 60 / idle["seconds"] / max(main["runs"], 1)
+        idle_phase = big if big is not None and big["idle"] else main
+        if idle_phase["idle"]:
+            idle = idle_phase["idle"]
             measured["idle operator, 200 runs (requests/min)"] = (
-                per_run_min * 200,
-                f"{where}, scaled to 200 runs",
+                idle["audit"].total * 60 / idle["seconds"],
+                f"{idle_phase['runs']} idle runs, {idle['seconds']:.0f} s",
             )
     if big is not None and small is not None:
         ratio = _apiserver_cpu_per_batch(big) / max(_apiserver_cpu_per_batch(small), 1e-9)
