@@ -383,3 +383,41 @@ async def test_a_folder_decision_sees_the_last_writes_of_the_other_runs_on_that_
     finally:
         storage.close()
     assert [r["status"] for r in runs] == [held]
+
+
+@pytest.mark.parametrize(
+    ("status", "reconciles"),
+    [
+        pytest.param({"phase": "Pending"}, False, id="pending-nothing-said"),
+        pytest.param(
+            {
+                "phase": "Pending",
+                "containerStatuses": [{"state": {"waiting": {"reason": "ContainerCreating"}}}],
+            },
+            False,
+            id="the-normal-start",
+        ),
+        pytest.param(
+            {
+                "phase": "Pending",
+                "containerStatuses": [{"state": {"waiting": {"reason": "CreateContainerConfigError"}}}],
+            },
+            True,
+            id="a-missing-secret",
+        ),
+        pytest.param(
+            {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False"}]},
+            True,
+            id="unschedulable",
+        ),
+        pytest.param(
+            {"phase": "Running", "containerStatuses": [{"state": {"waiting": {"reason": "ErrImagePull"}}}]},
+            False,
+            id="started",
+        ),
+    ],
+)
+def test_a_pod_event_reconciles_only_when_the_pod_cannot_start(
+    status: dict[str, Any], reconciles: bool
+) -> None:
+    assert handlers.pod_waits({"status": status}) is reconciles
