@@ -252,21 +252,37 @@ async def on_pod_event(*, body: Mapping[str, Any], namespace: str | None, memo: 
 
 
 # -- the watch-fed view (kopf indexes) ----------------------------------------------------------------
-async def index_run(*, body: Mapping[str, Any], namespace: str | None, name: str, **_: Any) -> dict[Any, Any]:
+def _touch(memo: kopf.Memo) -> None:
+    """Wake the reconciles waiting for the view to deliver their writes (they check again)."""
+    reconciler = memo.get("reconciler")
+    if isinstance(reconciler, Reconciler) and reconciler.view is not None:
+        reconciler.view.touch()
+
+
+async def index_run(
+    *, body: Mapping[str, Any], namespace: str | None, name: str, memo: kopf.Memo, **_: Any
+) -> dict[Any, Any]:
     """A run, under its namespace (the namespace's runs) and under ``(namespace, name)``."""
     kept = slim(RUN_INFO.kind, body)
+    _touch(memo)
     return {namespace: kept, (namespace, name): kept}
 
 
-async def index_batch(*, body: Mapping[str, Any], namespace: str | None, **_: Any) -> dict[Any, Any]:
+async def index_batch(
+    *, body: Mapping[str, Any], namespace: str | None, memo: kopf.Memo, **_: Any
+) -> dict[Any, Any]:
     """A TrainingBatch under ``(namespace, spec.runName)``."""
     run = (body.get("spec") or {}).get("runName")
+    _touch(memo)
     return {(namespace, run): slim(BATCH_INFO.kind, body)} if isinstance(run, str) and run else {}
 
 
-async def index_job(*, body: Mapping[str, Any], namespace: str | None, **_: Any) -> dict[Any, Any]:
+async def index_job(
+    *, body: Mapping[str, Any], namespace: str | None, memo: kopf.Memo, **_: Any
+) -> dict[Any, Any]:
     """A trainer Job under ``(namespace, run)``."""
     run = run_of_job(body)
+    _touch(memo)
     return {(namespace, run): slim("Job", body)} if run else {}
 
 

@@ -244,8 +244,14 @@ class WriteJournal:
         return dict(self._runs.get((namespace, run), {}))
 
     def settled(self, namespace: str, run: str, left: Mapping[tuple[Kind, str], Written]) -> None:
-        """The view reflects all of the run's writes but ``left`` (which are read afresh instead)."""
-        self._runs.pop((namespace, run), None)
+        """The view reflects all of the run's writes but ``left``: those were read afresh, at the versions
+        ``left`` gives, and stay here until the view reflects them too (a lagging watch must not show
+        the next reconcile an older object again). An entry without a version is dropped."""
+        kept = {ref: w for ref, w in left.items() if w.version is not None or w.deleted}
+        if kept:
+            self._runs[namespace, run] = kept
+        else:
+            self._runs.pop((namespace, run), None)
 
     def forget(self, namespace: str, run: str) -> None:
         self._runs.pop((namespace, run), None)

@@ -24,6 +24,7 @@ an object whose version is not a number is always read afresh.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ from continual_operator.cluster.k8s import BATCHES, JOBS, RUNS, Kind, Kubernetes
 
 #: How long a reconcile waits for the watch to deliver its own last writes before reading them afresh.
 SETTLE_SECONDS = 2.0
-_POLL_SECONDS = 0.02
+_POLL_SECONDS = 0.1
 #: kopf's diff-base annotation (the whole last-handled spec): the view does not need it.
 _DIFF_BASE = "continual.dev/last-handled-configuration"
 
@@ -98,6 +99,7 @@ class WatchView:
     #: re-lists after a peering pause without dropping what was deleted meanwhile. Hidden until the index
     #: drops them or holds a newer version (a new object of that name).
     _gone: dict[tuple[str, str, str, str], int | None] = field(default_factory=dict, init=False)
+    _wake: asyncio.Event = field(default_factory=asyncio.Event, init=False)
 
     def _index(self, kind: Kind) -> Indexes:
         return {RUNS.kind: self.runs, BATCHES.kind: self.batches, JOBS.kind: self.jobs}[kind.kind]
@@ -130,16 +132,32 @@ class WatchView:
             }
             if not pending or time.monotonic() >= deadline:
                 break
-            await asyncio.sleep(_POLL_SECONDS)
-        storage.journal.settled(namespace, run, pending)
+            await self._changed(deadline)
         fresh: dict[tuple[str, str], Any] = {}
+        left: dict[tuple[Kind, str], Written] = {}
         for kind, name in pending:
             body = fresh[kind.kind, name] = await storage.get(kind, namespace, name)
             cached = self._cached(kind, namespace, run, name)
             if body is None and cached is not None:
                 self._gone[kind.kind, namespace, run, name] = version(cached)
+            if body is not None:
+                left[kind, name] = Written(version(body))
+        storage.journal.settled(namespace, run, left)
         self.fresh_reads += len(fresh)
         return fresh
+
+    def touch(self) -> None:
+        """An index has changed (called by the index handlers): wake the reconciles that wait for it."""
+        self._wake.set()
+        self._wake = asyncio.Event()
+
+    async def _changed(self, deadline: float) -> None:
+        """Until an index changes, at most :data:`_POLL_SECONDS` (kopf updates an index just after its
+        handler returns: the waiter checks again a little later) or until ``deadline``."""
+        wait = max(0.0, min(_POLL_SECONDS, deadline - time.monotonic()))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), wait)
+        await asyncio.sleep(0)
 
     def _hidden(self, kind: str, namespace: str, run: str, body: Mapping[str, Any]) -> bool:
         """Whether the index's ``body`` is an object a fresh read found gone."""
@@ -205,7 +223,7 @@ class WatchView:
                 or all(w.version is None for w in pending.values())
             ):
                 break
-            await asyncio.sleep(_POLL_SECONDS)
+            await self._changed(deadline)
         if not pending:
             return runs
         fresh = {n: await storage.get(RUNS, namespace, n) for n in pending}
