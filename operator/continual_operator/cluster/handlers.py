@@ -210,7 +210,7 @@ async def on_batch_event(
     """Reconcile the batch's run (``spec.runName``; the CRD schema makes it a non-empty string)."""
     run = (body.get("spec") or {}).get("runName")
     if isinstance(run, str) and run and batch_changed(event.get("type"), body):
-        await reconciler_of(memo).reconcile_or_retry(run_key(namespace, run))
+        await reconciler_of(memo).trigger(run_key(namespace, run))
 
 
 def run_of_job(body: Mapping[str, Any]) -> str | None:
@@ -223,7 +223,7 @@ def run_of_job(body: Mapping[str, Any]) -> str | None:
 async def on_job_event(*, body: Mapping[str, Any], namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
     """Reconcile the Job's run: it started, progressed, finished or went away."""
     if (run := run_of_job(body)) is not None:
-        await reconciler_of(memo).reconcile_or_retry(run_key(namespace, run))
+        await reconciler_of(memo).trigger(run_key(namespace, run))
 
 
 def pod_waits(body: Mapping[str, Any], **_: Any) -> bool:
@@ -248,7 +248,7 @@ def pod_waits(body: Mapping[str, Any], **_: Any) -> bool:
 async def on_pod_event(*, body: Mapping[str, Any], namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
     """Reconcile the pod's run: the batch says why its pod waits (and the start deadline counts)."""
     if (run := run_of_job(body)) is not None:
-        await reconciler_of(memo).reconcile_or_retry(run_key(namespace, run))
+        await reconciler_of(memo).trigger(run_key(namespace, run))
 
 
 # -- the watch-fed view (kopf indexes) ----------------------------------------------------------------

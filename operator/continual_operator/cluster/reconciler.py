@@ -294,8 +294,24 @@ class Reconciler:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
+    async def trigger(self, key: RunKey) -> None:
+        """A watch event concerns the run: reconcile it (failures are retried, as in the background).
+
+        With a view the reconcile runs in the background and this returns at once: kopf handles one
+        event of an object at a time and updates its index entry only between them, so a handler that
+        awaited the reconcile would hold back the very event (the Job's, the batch's) that the
+        reconcile may be waiting for to settle on its own writes. Without a view it runs inline.
+        """
+        if self.view is None:
+            await self.reconcile_or_retry(key)
+        else:
+            self._spawn(key)
+
     def _fire(self, key: RunKey) -> None:
         self._timers.pop(key, None)
+        self._spawn(key)
+
+    def _spawn(self, key: RunKey) -> None:
         task = asyncio.get_running_loop().create_task(self.reconcile_or_retry(key))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
