@@ -17,7 +17,12 @@ the operator as a subprocess (``continual-training operator --standalone --names
 and the e2e harness's pod runner, which plays kubelet and runs ``fake_trainer.py`` for every Job pod.
 Each phase has its own namespace, operator process and identity, so their numbers do not mix.
 
-Usage: python benchmarks/operator_scale.py [--runs 200 --batches 5 --latency-batches 50]
+At the end it prints the goals of issue 11 (requests per batch, peak RSS, API-server CPU per batch from 50 to
+200 runs, first Job latency under load, idle requests per minute, 1000 runs x 1 batch) next to the numbers
+measured and their ratio to the numbers before the watch-fed view; ``--scales 50x5,200x5,1000x1`` runs
+every set-up the goals name.
+
+Usage: python benchmarks/operator_scale.py [--runs 200 --batches 5 --latency-batches 50] [--scales 50x5,200x5]
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import os
 import resource
 import shutil
@@ -556,8 +562,7 @@ def print_report(args: argparse.Namespace, results: dict[str, Any], plane: Contr
         print(_latency_row("create returned -> Job ADDED event", lat["create_returned_to_job_ms"]))
         print(_latency_row("create sent -> batch Succeeded (whole cycle)", lat["create_to_succeeded_ms"]))
         print_work(lat["work"], lat["batches"])
-    if "scale" in results:
-        sc = results["scale"]
+    for sc in results.get("scales", []):
         print()
         print(
             f"2. Scale: {sc['runs']} runs x {sc['batches_per_run']} batches = {sc['batches']} batches, one claim, "
@@ -588,7 +593,7 @@ def print_report(args: argparse.Namespace, results: dict[str, Any], plane: Contr
         print_work(sc["work"], sc["batches"])
         print(
             f"  one LIST of the namespace's TrainingBatches at the end: {sc['batch_list_bytes'] / 1024:.0f} KiB "
-            "(the operator lists them all on every reconcile of any run)"
+            "(the operator used to list them all on every reconcile of any run; now it reads its watch-fed view)"
         )
         if sc["idle"]:
             print_idle(sc["idle"], sc["runs"])
@@ -597,10 +602,82 @@ def print_report(args: argparse.Namespace, results: dict[str, Any], plane: Contr
             counts: AuditCounts = sc["work"]["audit"]
             print(
                 f"  extrapolation to {args.target_runs} x {args.target_batches} = {target} batches, linear in batches "
-                f"(a lower bound: per-reconcile LISTs grow with the namespace): requests ~{counts.total / sc['batches'] * target:.0f}, "
+                f": requests ~{counts.total / sc['batches'] * target:.0f}, "
                 f"wall ~{sc['wall_s'] / sc['batches'] * target:.0f} s"
             )
+    print_goals(results)
     print("=" * 100)
+
+
+# -- goals (issue 11) against the numbers before the watch-fed view (docs/benchmarks.md) ----------------
+#: (what, goal, the number before, how to compare); "<=" goals are met at or below the goal.
+BEFORE = {
+    "requests per batch, 200 x 5": (8.0, 25.9),
+    "operator peak RSS, 200 x 5 (MiB)": (150.0, 437.0),
+    "API-server CPU per batch, 200 runs / 50 runs": (1.3, 0.82 / 0.30),
+    "first batch -> Job p50 under load, 200 x 5 (s)": (2.0, 24.6),
+    "idle operator, 200 runs (requests/min)": (20.0, 438.0),
+    "operator peak RSS, 1000 x 1 (MiB)": (300.0, float("nan")),
+}
+
+
+def _scale(results: dict[str, Any], runs: int, per_run: int) -> dict[str, Any] | None:
+    return next(
+        (s for s in results.get("scales", []) if (s["runs"], s["batches_per_run"]) == (runs, per_run)), None
+    )
+
+
+def _apiserver_cpu_per_batch(sc: dict[str, Any]) -> float:
+    return float(sc["work"]["cpu"].get("kube-apiserver", 0.0)) / max(sc["batches"], 1)
+
+
+def goal_numbers(results: dict[str, Any]) -> dict[str, tuple[float | None, str]]:
+    """Each goal's measured number (None: its set-up was not run) and the set-up it was measured on."""
+    measured: dict[str, tuple[float | None, str]] = {}
+    big, small, wide = _scale(results, 200, 5), _scale(results, 50, 5), _scale(results, 1000, 1)
+    # Without the goal's own set-up, the largest scale phase run stands in (and says so).
+    fallback = max(results.get("scales", []), key=lambda s: s["batches"], default=None)
+    main = big or fallback
+    where = f"{main['runs']} x {main['batches_per_run']}" if main else "-"
+    if main is not None:
+        counts: AuditCounts = main["work"]["audit"]
+        measured["requests per batch, 200 x 5"] = (counts.total / max(main["batches"], 1), where)
+        measured["operator peak RSS, 200 x 5 (MiB)"] = (main["work"]["memory"]["hwm_kib"] / 1024, where)
+        p50 = main["first_batch_create_to_job_ms"].get("p50")
+        measured["first batch -> Job p50 under load, 200 x 5 (s)"] = (
+            p50 / 1000 if p50 is not None else None,
+            where,
+        )
+        idle_phase = big if big is not None and big["idle"] else main
+        if idle_phase["idle"]:
+            idle = idle_phase["idle"]
+            measured["idle operator, 200 runs (requests/min)"] = (
+                idle["audit"].total * 60 / idle["seconds"],
+                f"{idle_phase['runs']} idle runs, {idle['seconds']:.0f} s",
+            )
+    if big is not None and small is not None:
+        ratio = _apiserver_cpu_per_batch(big) / max(_apiserver_cpu_per_batch(small), 1e-9)
+        measured["API-server CPU per batch, 200 runs / 50 runs"] = (ratio, "200 x 5 / 50 x 5")
+    if wide is not None:
+        measured["operator peak RSS, 1000 x 1 (MiB)"] = (wide["work"]["memory"]["hwm_kib"] / 1024, "1000 x 1")
+    return measured
+
+
+def print_goals(results: dict[str, Any]) -> None:
+    measured = goal_numbers(results)
+    print()
+    print(
+        "Goals (issue 11), measured here, against the numbers before the watch-fed view (docs/benchmarks.md):"
+    )
+    print(f"  {'goal':<50} {'goal':>7} {'measured':>9} {'before':>8} {'ratio':>7}  {'':<5} set-up")
+    for what, (goal, before) in BEFORE.items():
+        value, where = measured.get(what, (None, "not run (see --scales)"))
+        if value is None:
+            print(f"  {what:<50} {goal:>7.1f} {'-':>9} {before:>8.2f} {'-':>7}  {'':<5} {where}")
+            continue
+        ratio = value / before if not math.isnan(before) else float("nan")  # nan: never measured before
+        met = "met" if value <= goal else "MISS"
+        print(f"  {what:<50} {goal:>7.1f} {value:>9.2f} {before:>8.2f} {ratio:>7.2f}  {met:<5} {where}")
 
 
 def _jsonable(value: object) -> object:
@@ -612,6 +689,16 @@ def _jsonable(value: object) -> object:
             "errors": {f"{v} {r} {c}": n for (v, r, c), n in value.errors.items()},
         }
     return str(value)
+
+
+def _parse_scales(text: str) -> list[tuple[int, int]]:
+    """``50x5,200x5`` as ``[(50, 5), (200, 5)]``."""
+    try:
+        return [(int(r), int(b)) for r, b in (item.strip().split("x") for item in text.split(",") if item)]
+    except ValueError:
+        raise SystemExit(
+            f"--scales {text!r}: give RUNSxBATCHES items separated by commas, e.g. 50x5,200x5"
+        ) from None
 
 
 def main() -> int:
@@ -627,6 +714,10 @@ def main() -> int:
     )
     parser.add_argument(
         "--idle-seconds", type=float, default=60, help="then measure the idle operator this long (0: skip)"
+    )
+    parser.add_argument(
+        "--scales",
+        help="several scale phases, e.g. 50x5,200x5,1000x1 (all the goals' set-ups); overrides --runs/--batches",
     )
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--keep", action="store_true", help="keep the working folder (logs, audit log)")
@@ -654,17 +745,23 @@ def main() -> int:
         if args.latency_batches > 0:
             print(f"phase 1: latency, {args.latency_batches} batches one after another", flush=True)
             results["latency"] = latency_phase(plane, workdir, audit_log, args.latency_batches, timeout=120)
-        if args.runs > 0 and args.batches > 0:
-            print(f"phase 2: scale, {args.runs} runs x {args.batches} batches", flush=True)
-            results["scale"] = scale_phase(
-                plane,
-                workdir,
-                audit_log,
-                args.runs,
-                args.batches,
-                timeout=args.timeout,
-                workers=args.create_workers,
-                idle_seconds=args.idle_seconds,
+        scales = _parse_scales(args.scales) if args.scales else [(args.runs, args.batches)]
+        results["scales"] = []
+        for runs, per_run in scales:
+            if runs <= 0 or per_run <= 0:
+                continue
+            print(f"phase 2: scale, {runs} runs x {per_run} batches", flush=True)
+            results["scales"].append(
+                scale_phase(
+                    plane,
+                    workdir,
+                    audit_log,
+                    runs,
+                    per_run,
+                    timeout=args.timeout,
+                    workers=args.create_workers,
+                    idle_seconds=args.idle_seconds,
+                )
             )
         print_report(args, results, plane)
         if args.json:

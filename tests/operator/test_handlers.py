@@ -521,7 +521,7 @@ async def test_a_deleted_run_is_forgotten(world: KubeWorld, reconciler: Reconcil
     assert (NS, RUN) not in reconciler._timers
 
 
-def test_kopf_keeps_its_state_in_annotations_and_watches_only_trainer_jobs() -> None:
+def test_kopf_keeps_its_state_in_annotations_and_watches_only_trainer_jobs_and_pods() -> None:
     settings = kopf.OperatorSettings()
     handlers.configure(settings)
 
@@ -529,7 +529,11 @@ def test_kopf_keeps_its_state_in_annotations_and_watches_only_trainer_jobs() -> 
     assert settings.persistence.progress_storage.prefix == "continual.dev"
     assert isinstance(settings.persistence.diffbase_storage, kopf.AnnotationsDiffBaseStorage)
     assert settings.persistence.diffbase_storage.prefix == "continual.dev"
-    assert list(settings.watching.label_selectors.values()) == ["continual.dev/run"]
+    selectors = settings.watching.label_selectors.items()
+    assert {(k.group, k.version, k.any_name): v for k, v in selectors} == {
+        handlers.JOBS: "continual.dev/run",
+        handlers.PODS: "continual.dev/run",
+    }
 
 
 # -- the kopf wiring ----------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 from collections.abc import Mapping
+from typing import Any
 
 from continual_operator.api import ObjectMeta
 from continual_operator.cluster.k8s import KubernetesStorage, Subject
@@ -23,20 +24,54 @@ from continual_operator.workloads.views import JobView
 class ClusterExecutor:
     """Applies plans for the run of ``subject`` on the cluster ``storage`` talks to."""
 
-    def __init__(self, storage: KubernetesStorage, subject: Subject) -> None:
+    def __init__(
+        self,
+        storage: KubernetesStorage,
+        subject: Subject,
+        *,
+        seen: tuple[list[dict[str, Any]], list[dict[str, Any]]] | None = None,
+    ) -> None:
         self.storage = storage
         self.subject = subject
+        #: The run's Jobs and pods as the watch-fed view holds them (None: list them afresh).
+        self.seen = seen
 
     def with_batches(self, batch_metas: Mapping[str, ObjectMeta]) -> ClusterExecutor:
         """The same executor, knowing the run's batches (so that their Events name their uids)."""
-        return ClusterExecutor(self.storage, dataclasses.replace(self.subject, batch_metas=batch_metas))
+        return ClusterExecutor(
+            self.storage, dataclasses.replace(self.subject, batch_metas=batch_metas), seen=self.seen
+        )
 
     async def apply(self, plan: Plan, *, now: dt.datetime) -> Executed:
         return await self.storage.execute(plan, self.subject, now=now)
 
     async def workloads(self) -> list[JobView]:
         namespace, run = self.subject.namespace, self.subject.run_meta.name
-        jobs, pods = await asyncio.gather(
-            self.storage.list_jobs(namespace, run), self.storage.list_pods(namespace, run)
-        )
-        return job_views(jobs, pods)
+        if self.seen is None:
+            jobs, pods = await asyncio.gather(
+                self.storage.list_jobs(namespace, run), self.storage.list_pods(namespace, run)
+            )
+            return job_views(jobs, pods)
+        jobs, pods = self.seen
+        views = job_views(jobs, pods)
+        if any(_outcome_not_seen(view, pods) for view in views):
+            # The Job's watch said it finished, the pod's watch has not yet delivered how its container
+            # ended (two streams): the result must not be read from a stale pod. One LIST by label.
+            views = job_views(jobs, await self.storage.list_pods(namespace, run))
+        return views
+
+
+def _outcome_not_seen(view: JobView, pods: list[dict[str, Any]]) -> bool:
+    """A finished Job whose pod the view still holds as not ended (no terminated container)."""
+    if not view.finished or view.exit_code is not None:
+        return False
+    for pod in pods:
+        owners = (pod.get("metadata") or {}).get("ownerReferences") or []
+        if any(o.get("name") == view.name for o in owners):
+            status = pod.get("status") or {}
+            ended = status.get("phase") in {"Succeeded", "Failed"} or any(
+                "terminated" in (c.get("state") or {}) for c in status.get("containerStatuses") or []
+            )
+            if not ended:
+                return True
+    return False

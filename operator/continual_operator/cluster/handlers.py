@@ -13,14 +13,21 @@ What triggers a reconcile of a run:
 * one of its TrainingBatches is added, deleted or has its spec changed (batch status patches by the
   operator itself do not count: ``observedGeneration`` equals ``generation`` then);
 * one of its Jobs changes (the Job watch is filtered by label on the server, so only trainer Jobs come);
-  a Job reaches Complete or Failed only after its pod has terminated, so pods need no watch of their own:
-  their termination messages are read when the reconcile lists them;
+* one of its pods waits to start (a container's waiting reason, or unschedulable: what the batch's status
+  shows, :func:`pod_waits`); a Job reaches Complete or Failed only after its pod has terminated, so other
+  pod events trigger nothing: the pod watch (filtered by the run label too) keeps the view's pods current;
 * the reconciler's own requeues: a retry's back-off ends, an API call failed, or the slow periodic
   resync (``resync_seconds``) comes round. There is deliberately no kopf timer: kopf puts a finalizer on
   every object with a timer, and a run must stay deletable without a running operator.
 
-The handlers get the parsed-and-validated objects from the reconciler's fresh read, not from ``body``:
-the body of an event may be older than the last status patch (see :mod:`continual_operator.cluster.reconciler`).
+The handlers get the parsed-and-validated objects from the reconciler's read, not from ``body``: the body
+of an event may be older than the last status patch (see :mod:`continual_operator.cluster.reconciler`).
+
+**The watch-fed view.** Four kopf indexes (``view_runs``, ``view_batches``, ``view_jobs``, ``view_pods``)
+keep the slimmed objects (:func:`~continual_operator.cluster.view.slim`) by run: batches by their
+``spec.runName`` (users create them without labels), Jobs and pods by the run annotation or label. The
+startup handler hands them to the reconciler as its :class:`~continual_operator.cluster.view.WatchView`;
+kopf fills every index from its initial LIST before it calls any other handler.
 
 Operator-wide settings (:func:`configure`): kopf keeps its own bookkeeping in annotations prefixed with
 ``continual.dev`` (never in ``.status``, whose schema is the API's); kopf's own log records become
@@ -40,13 +47,18 @@ import kopf
 from continual_operator.api import BATCH_INFO, GROUP, RUN_INFO, VERSION
 from continual_operator.cluster.k8s import KubernetesStorage
 from continual_operator.cluster.reconciler import InvalidSpecError, Reconciler, RunKey
+from continual_operator.cluster.view import WatchView, slim
 from continual_operator.errors import KubernetesApiError
 from continual_operator.naming import ANNOTATION_RUN, LABEL_RUN, MANAGED_BY
 from continual_operator.observe.metrics import Metrics
+from continual_operator.workloads.views import STARTUP_PROBLEMS
 
 RUNS = (GROUP, VERSION, RUN_INFO.plural)
 BATCHES = (GROUP, VERSION, BATCH_INFO.plural)
 JOBS = ("batch", "v1", "jobs")
+PODS = ("", "v1", "pods")
+#: The kopf index ids (and the keyword arguments under which kopf hands the indexes to handlers).
+VIEW_INDEXES = ("view_runs", "view_batches", "view_jobs", "view_pods")
 
 
 @dataclass(frozen=True)
@@ -75,8 +87,9 @@ def configure(settings: kopf.OperatorSettings) -> None:
     )
     settings.posting.level = logging.WARNING
     settings.posting.reporting_component = MANAGED_BY
-    # Only trainer Jobs are sent by the API server: a cluster's other Jobs cost nothing.
+    # Only trainer Jobs and their pods are sent by the API server: a cluster's others cost nothing.
     settings.watching.label_selectors[JOBS] = LABEL_RUN
+    settings.watching.label_selectors[PODS] = LABEL_RUN
 
 
 def reconciler_of(memo: kopf.Memo) -> Reconciler:
@@ -96,15 +109,18 @@ def run_key(namespace: str | None, name: str) -> RunKey:
 
 # -- operator lifecycle -------------------------------------------------------------------------------
 async def startup(
-    *, settings: kopf.OperatorSettings, memo: kopf.Memo, options: OperatorOptions, **_: Any
+    *, settings: kopf.OperatorSettings, memo: kopf.Memo, options: OperatorOptions, **kwargs: Any
 ) -> None:
-    """Configure kopf, connect to the API server, start the metrics endpoint."""
+    """Configure kopf, connect to the API server, start the metrics endpoint, build the watch-fed view."""
     configure(settings)
     metrics = Metrics()
     if options.metrics_port is not None:
         metrics.serve(options.metrics_port)
     storage = KubernetesStorage.from_environment(max_workers=options.api_workers)
-    memo["reconciler"] = Reconciler(storage, metrics=metrics, resync_seconds=options.resync_seconds)
+    view = WatchView(*(kwargs[name] for name in VIEW_INDEXES))
+    memo["reconciler"] = Reconciler(
+        storage, metrics=metrics, resync_seconds=options.resync_seconds, view=view
+    )
     if options.status_page_port is not None:
         from continual_operator.cluster.page import start_page  # the page's modules only when asked for
 
@@ -194,7 +210,7 @@ async def on_batch_event(
     """Reconcile the batch's run (``spec.runName``; the CRD schema makes it a non-empty string)."""
     run = (body.get("spec") or {}).get("runName")
     if isinstance(run, str) and run and batch_changed(event.get("type"), body):
-        await reconciler_of(memo).reconcile_or_retry(run_key(namespace, run))
+        await reconciler_of(memo).trigger(run_key(namespace, run))
 
 
 def run_of_job(body: Mapping[str, Any]) -> str | None:
@@ -207,7 +223,73 @@ def run_of_job(body: Mapping[str, Any]) -> str | None:
 async def on_job_event(*, body: Mapping[str, Any], namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
     """Reconcile the Job's run: it started, progressed, finished or went away."""
     if (run := run_of_job(body)) is not None:
-        await reconciler_of(memo).reconcile_or_retry(run_key(namespace, run))
+        await reconciler_of(memo).trigger(run_key(namespace, run))
+
+
+def pod_waits(body: Mapping[str, Any], **_: Any) -> bool:
+    """kopf's filter of the pod-event handler: a trainer pod that cannot start and says why (a missing
+    Secret, an image that cannot be pulled, no node fits: :data:`STARTUP_PROBLEMS`), not the normal
+    ContainerCreating of every start."""
+    status = body.get("status") or {}
+    if status.get("phase") not in {None, "Pending"}:
+        return False
+    reasons = {
+        ((c.get("state") or {}).get("waiting") or {}).get("reason")
+        for c in status.get("containerStatuses") or []
+    }
+    reasons |= {
+        c.get("reason") or "Unschedulable"
+        for c in status.get("conditions") or []
+        if c.get("type") == "PodScheduled" and c.get("status") == "False"
+    }
+    return bool(reasons & STARTUP_PROBLEMS)
+
+
+async def on_pod_event(*, body: Mapping[str, Any], namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+    """Reconcile the pod's run: the batch says why its pod waits (and the start deadline counts)."""
+    if (run := run_of_job(body)) is not None:
+        await reconciler_of(memo).trigger(run_key(namespace, run))
+
+
+# -- the watch-fed view (kopf indexes) ----------------------------------------------------------------
+def _touch(memo: kopf.Memo) -> None:
+    """Wake the reconciles waiting for the view to deliver their writes (they check again)."""
+    reconciler = memo.get("reconciler")
+    if isinstance(reconciler, Reconciler) and reconciler.view is not None:
+        reconciler.view.touch()
+
+
+async def index_run(
+    *, body: Mapping[str, Any], namespace: str | None, name: str, memo: kopf.Memo, **_: Any
+) -> dict[Any, Any]:
+    """A run, under its namespace (the namespace's runs) and under ``(namespace, name)``."""
+    kept = slim(RUN_INFO.kind, body)
+    _touch(memo)
+    return {namespace: kept, (namespace, name): kept}
+
+
+async def index_batch(
+    *, body: Mapping[str, Any], namespace: str | None, memo: kopf.Memo, **_: Any
+) -> dict[Any, Any]:
+    """A TrainingBatch under ``(namespace, spec.runName)``."""
+    run = (body.get("spec") or {}).get("runName")
+    _touch(memo)
+    return {(namespace, run): slim(BATCH_INFO.kind, body)} if isinstance(run, str) and run else {}
+
+
+async def index_job(
+    *, body: Mapping[str, Any], namespace: str | None, memo: kopf.Memo, **_: Any
+) -> dict[Any, Any]:
+    """A trainer Job under ``(namespace, run)``."""
+    run = run_of_job(body)
+    _touch(memo)
+    return {(namespace, run): slim("Job", body)} if run else {}
+
+
+async def index_pod(*, body: Mapping[str, Any], namespace: str | None, **_: Any) -> dict[Any, Any]:
+    """A trainer pod (it carries its Job template's run label and annotation) under ``(namespace, run)``."""
+    run = run_of_job(body)
+    return {(namespace, run): slim("Pod", body)} if run else {}
 
 
 # -- registration -------------------------------------------------------------------------------------
@@ -220,10 +302,18 @@ def build_registry(options: OperatorOptions) -> kopf.OperatorRegistry:
         await startup(options=options, **kwargs)
 
     kopf.on.startup(id="startup", registry=registry)(on_startup)
+    runs, batches, jobs, pods = VIEW_INDEXES
+    kopf.index(*RUNS, id=runs, registry=registry)(index_run)
+    kopf.index(*BATCHES, id=batches, registry=registry)(index_batch)
+    kopf.index(*JOBS, id=jobs, labels={LABEL_RUN: kopf.PRESENT}, registry=registry)(index_job)
+    kopf.index(*PODS, id=pods, labels={LABEL_RUN: kopf.PRESENT}, registry=registry)(index_pod)
     kopf.on.cleanup(id="cleanup", registry=registry)(cleanup)
     for on_cause in (kopf.on.resume, kopf.on.create, kopf.on.update):
         on_cause(*RUNS, id="reconcile", registry=registry)(on_run_change)
     kopf.on.event(*RUNS, id="run-event", when=run_deleted, registry=registry)(on_run_event)
     kopf.on.event(*BATCHES, id="batch-event", when=batch_event_matters, registry=registry)(on_batch_event)
     kopf.on.event(*JOBS, id="job-event", labels={LABEL_RUN: kopf.PRESENT}, registry=registry)(on_job_event)
+    kopf.on.event(*PODS, id="pod-event", labels={LABEL_RUN: kopf.PRESENT}, when=pod_waits, registry=registry)(
+        on_pod_event
+    )
     return registry

@@ -26,7 +26,7 @@ import base64
 import datetime as dt
 import logging
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,12 +88,24 @@ def due_in(spec: InboxSpec, status: InboxStatus | None, now: dt.datetime) -> flo
     return (last + dt.timedelta(seconds=delay) - now).total_seconds()
 
 
+#: ``(namespace, run) -> the run's TrainingBatches as stored``.
+BatchReader = Callable[[str, str], Awaitable[list[dict[str, Any]]]]
+
+
 class InboxSync:
     """Polls the inboxes of runs (one poll per call, when due)."""
 
-    def __init__(self, storage: KubernetesStorage, *, client_factory: ClientFactory = default_client) -> None:
+    def __init__(
+        self,
+        storage: KubernetesStorage,
+        *,
+        client_factory: ClientFactory = default_client,
+        batches: BatchReader | None = None,
+    ) -> None:
         self.storage = storage
         self.client_factory = client_factory
+        #: How the run's batches are read (the reconciler's watch-fed view; None: listed afresh).
+        self.batches: BatchReader = batches if batches is not None else storage.list_batches
         #: S3 requests made by this process's polls (for metrics and benchmarks).
         self.requests = 0
 
@@ -116,7 +128,7 @@ class InboxSync:
             lister = InboxLister(client, spec, secrets=credentials.secrets() if credentials else [])
             try:
                 listing = await asyncio.to_thread(lister.poll, old)
-                batches = await self.storage.list_batches(namespace, name)
+                batches = await self.batches(namespace, name)
                 records = [r for b in batches if (r := _ingested(b)) is not None]
                 decision = decide(name, spec, old, listing, records, now=now)
                 confirmed = await asyncio.to_thread(lister.confirm, decision.create)

@@ -16,8 +16,12 @@ size bounds the operator's concurrent API calls.
 
 What it guarantees:
 
-* **reads are fresh**: single GETs and LISTs without ``resourceVersion`` are quorum reads, so a reconcile
-  sees the status patches of the previous one even when kopf's watch events lag behind;
+* **reads are fresh**: single GETs and LISTs without ``resourceVersion`` are quorum reads (the operator
+  reads from its watch-fed view, :mod:`continual_operator.cluster.view`, and comes here only where that
+  view may be late);
+* **writes are journalled**: every create, patch and delete notes the ``resourceVersion`` the server
+  answered in :class:`WriteJournal`, under the run it was made for (:func:`writing_for`), so that the
+  next reconcile of that run waits until the watch has delivered it;
 * **creates are idempotent**: every object has a deterministic name and a 409 AlreadyExists is success
   (the create-or-leave-alone rule), so a repeated plan never makes a second Job;
 * **plans run in order and stop at the first error** (the planner's contract): the next reconcile computes
@@ -28,6 +32,8 @@ What it guarantees:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import datetime as dt
 import functools
 import json
@@ -36,7 +42,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -85,6 +91,11 @@ EVENT_MESSAGE_MAX = 1024
 #: Page size of LIST calls: bounded memory on the API server and here, even with thousands of batches.
 LIST_PAGE_SIZE = 500
 _DNS_SUBDOMAIN_MAX = 253
+#: The objects a run's workloads share (built into every workload, created once per run).
+PER_RUN_KINDS = frozenset({"ServiceAccount", "Role", "RoleBinding", "PersistentVolumeClaim"})
+#: A per-run object is created again (a 409 confirms it) at most this often: one deleted by hand is back
+#: within this time, or at once when the operator restarts or the run is recreated.
+PER_RUN_RECHECK_SECONDS = 600.0
 
 
 @dataclass(frozen=True)
@@ -180,6 +191,72 @@ class Subject:
         return self.run_meta.namespace or "default"
 
 
+# -- the write journal --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Written:
+    """A write the watch must deliver before the run's next reconcile reads its view."""
+
+    #: The ``resourceVersion`` the server answered, as a number (None: none, or not a number).
+    version: int | None
+    #: The write deleted the object (and the server answered no object still being deleted).
+    deleted: bool = False
+
+
+#: The run whose reconcile makes the current writes (a context variable: reconciles run concurrently).
+_WRITING_FOR: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar(
+    "continual_writing_for", default=None
+)
+#: The kinds a reconcile reads back from its view (the others are write-only for it).
+_JOURNALLED = {"ContinualTrainingRun", "TrainingBatch", "Job"}
+
+
+@contextlib.contextmanager
+def writing_for(namespace: str, run: str) -> Iterator[None]:
+    """Note the writes made inside the block under the run ``namespace/run`` (see :class:`WriteJournal`)."""
+    token = _WRITING_FOR.set((namespace, run))
+    try:
+        yield
+    finally:
+        _WRITING_FOR.reset(token)
+
+
+class WriteJournal:
+    """Each run's writes not yet confirmed by the watch: ``(kind, name) -> Written`` per run."""
+
+    def __init__(self) -> None:
+        self._runs: dict[tuple[str, str], dict[tuple[Kind, str], Written]] = {}
+
+    def note(self, kind: Kind, namespace: str, name: str, answer: Mapping[str, Any] | None) -> None:
+        """A write of the current run (:func:`writing_for`) was answered with ``answer`` (None: gone)."""
+        run = _WRITING_FOR.get()
+        if run is None or kind.kind not in _JOURNALLED or run[0] != namespace:
+            return
+        meta = (answer or {}).get("metadata") or {}
+        is_object = answer is not None and answer.get("kind") == kind.kind
+        try:
+            number: int | None = int(str(meta.get("resourceVersion"))) if is_object else None
+        except ValueError:
+            number = None
+        self._runs.setdefault(run, {})[kind, name] = Written(number, deleted=not is_object)
+
+    def pending(self, namespace: str, run: str) -> dict[tuple[Kind, str], Written]:
+        """The run's unconfirmed writes."""
+        return dict(self._runs.get((namespace, run), {}))
+
+    def settled(self, namespace: str, run: str, left: Mapping[tuple[Kind, str], Written]) -> None:
+        """The view reflects all of the run's writes but ``left``: those were read afresh, at the versions
+        ``left`` gives, and stay here until the view reflects them too (a lagging watch must not show
+        the next reconcile an older object again). An entry without a version is dropped."""
+        kept = {ref: w for ref, w in left.items() if w.version is not None or w.deleted}
+        if kept:
+            self._runs[namespace, run] = kept
+        else:
+            self._runs.pop((namespace, run), None)
+
+    def forget(self, namespace: str, run: str) -> None:
+        self._runs.pop((namespace, run), None)
+
+
 # -- the storage --------------------------------------------------------------------------------------
 class KubernetesStorage:
     """Async access to the objects of continual training runs."""
@@ -197,6 +274,10 @@ class KubernetesStorage:
         self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="k8s-api")
         #: ``reportingInstance`` of Events: the pod's name (its hostname) tells replicas apart.
         self.instance = instance or os.environ.get("HOSTNAME") or socket.gethostname()
+        self.journal = WriteJournal()
+        #: Per-run objects (ServiceAccount, Role, RoleBinding, claim) known to exist, with when they were
+        #: last confirmed: created once per run, not before every Job (see :meth:`create_workload`).
+        self._per_run: dict[tuple[str, str, str], float] = {}
 
     @classmethod
     def from_environment(cls, **kwargs: Any) -> KubernetesStorage:
@@ -279,6 +360,15 @@ class KubernetesStorage:
         try:
             return await self._request(
                 "GET", RUNS.path(namespace, name), doing=self._doing("GET", RUNS, namespace, name)
+            )
+        except NotFoundError:
+            return None
+
+    async def get(self, kind: Kind, namespace: str, name: str) -> dict[str, Any] | None:
+        """One object as stored now (None when it does not exist): the view's fallback."""
+        try:
+            return await self._request(
+                "GET", kind.path(namespace, name), doing=self._doing("GET", kind, namespace, name)
             )
         except NotFoundError:
             return None
@@ -374,7 +464,7 @@ class KubernetesStorage:
         meta = manifest["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         try:
-            await self._request(
+            answer = await self._request(
                 "POST",
                 kind.path(namespace),
                 body=dict(manifest),
@@ -382,6 +472,7 @@ class KubernetesStorage:
             )
         except ConflictError:
             return False
+        self.journal.note(kind, namespace, name, answer)
         return True
 
     async def delete(
@@ -393,35 +484,63 @@ class KubernetesStorage:
     ) -> bool:
         """Delete an object; False when it was gone already."""
         try:
-            await self._request(
+            answer = await self._request(
                 "DELETE",
                 kind.path(namespace, name),
                 query={"propagationPolicy": propagation},
                 doing=self._doing("DELETE", kind, namespace, name),
             )
         except NotFoundError:
+            self.journal.note(kind, namespace, name, None)
             return False
+        # A foreground deletion answers the object, still there with its deletionTimestamp; else a Status.
+        self.journal.note(kind, namespace, name, answer)
         return True
 
     async def patch_metadata(self, kind: Kind, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
         """Merge-patch an object's metadata (the S3 inbox notes on its batches; ``None`` deletes a key)."""
-        await self._request(
+        answer = await self._request(
             "PATCH",
             kind.path(namespace, name),
             body={"metadata": dict(patch)},
             content_type=MERGE_PATCH,
             doing=self._doing("PATCH", kind, namespace, name),
         )
+        self.journal.note(kind, namespace, name, answer)
 
-    async def patch_status(self, kind: Kind, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
-        """Merge-patch an object's status through the status subresource (``None`` deletes a key)."""
-        await self._request(
-            "PATCH",
-            kind.path(namespace, name, "status"),
-            body={"status": dict(patch)},
-            content_type=MERGE_PATCH,
-            doing=self._doing("PATCH", kind, namespace, name, "status"),
-        )
+    async def patch_status(
+        self,
+        kind: Kind,
+        namespace: str,
+        name: str,
+        patch: Mapping[str, Any],
+        *,
+        resource_version: str | None = None,
+    ) -> str | None:
+        """Merge-patch an object's status through the status subresource (``None`` deletes a key).
+
+        ``resource_version``: a precondition; the server answers 409 (:class:`ConflictError`) when the
+        object has changed since (the patch was planned from an older view of it). Returns the object's
+        new ``resourceVersion``.
+        """
+        body: dict[str, Any] = {"status": dict(patch)}
+        if resource_version is not None:
+            body["metadata"] = {"resourceVersion": resource_version}
+        try:
+            answer = await self._request(
+                "PATCH",
+                kind.path(namespace, name, "status"),
+                body=body,
+                content_type=MERGE_PATCH,
+                doing=self._doing("PATCH", kind, namespace, name, "status"),
+            )
+        except (ConflictError, NotFoundError):
+            # The view's copy is older than the stored object (or the object is gone, which a watch
+            # restarted after a pause may never say): the next reconcile reads it afresh.
+            self.journal.note(kind, namespace, name, {"kind": kind.kind, "metadata": {}})
+            raise
+        self.journal.note(kind, namespace, name, answer)
+        return (answer.get("metadata") or {}).get("resourceVersion")
 
     async def post_event(
         self, involved: Mapping[str, Any], type_: str, reason: str, message: str, *, now: dt.datetime
@@ -461,6 +580,10 @@ class KubernetesStorage:
         """
         namespace = subject.namespace
         created: list[str] = []
+        # Batch status patches are preconditioned on the version the plan was made from: only the
+        # operator writes them, so a conflict means the batch changed (its spec, or another operator)
+        # after the view was read, and the plan is made again from the new one.
+        versions = {name: meta.resource_version for name, meta in subject.batch_metas.items()}
         for action in plan.actions:
             if isinstance(action, CreateWorkload):
                 if await self.create_workload(action.workload):
@@ -468,7 +591,13 @@ class KubernetesStorage:
             elif isinstance(action, DeleteWorkload):
                 await self.delete_workload(namespace, action)
             elif isinstance(action, UpdateBatchStatus):
-                await self.patch_status(BATCHES, namespace, action.batch, action.patch)
+                versions[action.batch] = await self.patch_status(
+                    BATCHES,
+                    namespace,
+                    action.batch,
+                    action.patch,
+                    resource_version=versions.get(action.batch),
+                )
             elif isinstance(action, UpdateRunStatus):
                 await self.patch_status(RUNS, namespace, subject.run_meta.name, action.patch)
             elif isinstance(action, EmitEvent):
@@ -487,14 +616,27 @@ class KubernetesStorage:
         new = False
         try:
             for manifest in workload.manifests:
+                per_run = manifest["kind"] in PER_RUN_KINDS
+                known = _ref(manifest)
+                if per_run and time.monotonic() - self._per_run.get(known, -PER_RUN_RECHECK_SECONDS) < (
+                    PER_RUN_RECHECK_SECONDS
+                ):
+                    continue  # created (or found) for an earlier Job of the run
                 new = await self.create(manifest)
-                if new and manifest["metadata"]["name"] != workload.name:  # a per-run object
+                if per_run:
+                    self._per_run[known] = time.monotonic()
+                if new and per_run:
                     logger.info(
                         f"created {manifest['kind']} {manifest['metadata']['name']} for {workload.name}"
                     )
         except InvalidObjectError as error:
             raise RejectedObjectError(error.doing, error.status, error.reason, error.message) from error
         return new
+
+    def forget_run(self, namespace: str, run: str) -> None:
+        """The run was deleted (its per-run objects with it, by owner reference): create them anew."""
+        self.journal.forget(namespace, run)
+        self._per_run = {k: t for k, t in self._per_run.items() if k[0] != namespace or k[2] != run}
 
     async def delete_workload(self, namespace: str, action: DeleteWorkload) -> bool:
         """Delete a workload's Job (with the action's propagation) and the other objects it owns (in the
@@ -526,6 +668,15 @@ class KubernetesStorage:
             await self.post_event(involved, action.type, action.reason, action.message, now=now)
         except KubernetesApiError as error:
             logger.warning(f"Event {action.reason} on {action.kind} {action.name} was not recorded: {error}")
+
+
+def _ref(manifest: Mapping[str, Any]) -> tuple[str, str, str]:
+    """A per-run object as ``(namespace, kind/name@owner uid, run)``: a recreated run (new uid) gets its
+    own; the run from its run annotation or label."""
+    meta = manifest["metadata"]
+    run = (meta.get("annotations") or {}).get(ANNOTATION_RUN) or (meta.get("labels") or {}).get(LABEL_RUN, "")
+    owner = next((str(o.get("uid")) for o in meta.get("ownerReferences") or []), "")
+    return (meta["namespace"], f"{manifest['kind']}/{meta['name']}@{owner}", str(run))
 
 
 def _owned_by(items: list[dict[str, Any]], run: str) -> list[dict[str, Any]]:

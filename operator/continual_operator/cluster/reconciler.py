@@ -1,10 +1,31 @@
 """Reconcile one run: read its world, parse it at the edge, plan, carry the plan out -- one run at a time.
 
 Every trigger (a change of the run, of one of its batches or Jobs, a timer, a requeue) comes down to
-:meth:`Reconciler.reconcile` with the run's namespace and name. It reads everything afresh from the API
-server rather than trusting the object of the event that triggered it: events may arrive late or out of
-order, a fresh read always reflects the previous reconcile's status patches, and so one code path serves
-all triggers.
+:meth:`Reconciler.reconcile` with the run's namespace and name. It never trusts the object of the event
+that triggered it; one code path serves all triggers.
+
+**Reads from the watch.** Under kopf the reconciler reads the run, its batches, Jobs and pods and the
+namespace's runs from :class:`~continual_operator.cluster.view.WatchView`, which kopf's watches keep
+current: a reconcile lists nothing, and an idle run's resync costs no request. Fresh reads remain only
+where correctness needs them:
+
+* the run's **own last writes**: a reconcile first waits until the view has delivered every object the
+  previous reconcile of the run created, patched or deleted, at the ``resourceVersion`` the server
+  answered, and GETs afresh (by name) what the watch has not delivered within
+  :data:`~continual_operator.cluster.view.SETTLE_SECONDS` -- so no reconcile acts on a view older than
+  its own last write (e.g. re-counting a preemption it already recorded);
+* the **writes of the other runs on the same folder** (their ``trainedWith``, patched under the folder
+  lock a moment ago): who holds a folder is decided from them, so they are settled on the same way;
+* a **finished Job whose pod the view still shows running** (the Job and pod watches are two streams): its
+  pods are listed afresh, by the run's label, before its result is read (:mod:`.executor`).
+
+The S3 inbox's poll reads the run's batches from the view too (settled on the batches it created).
+
+Conflicts with what the view does not yet show are caught by the server, not by re-reading everything:
+Jobs and all other objects have deterministic names (a second create is a 409, the create-or-leave-alone
+rule), and batch status patches carry the batch's ``resourceVersion`` as a precondition (a 409 makes the
+run reconcile again from the newer view). A reconciler made without a view (the handler tests drive it
+directly) reads everything afresh, as single GETs and LISTs by label and by run.
 
 **One reconcile per run at a time.** An ``asyncio.Lock`` per run serialises reconciles of the same run
 (within one operator; kopf peering makes sure only one operator acts). Together with the planner's
@@ -55,7 +76,8 @@ from continual_operator.api import (
 )
 from continual_operator.cluster.executor import ClusterExecutor
 from continual_operator.cluster.inbox_sync import InboxSync
-from continual_operator.cluster.k8s import KubernetesStorage, Subject
+from continual_operator.cluster.k8s import KubernetesStorage, Subject, writing_for
+from continual_operator.cluster.view import RunWorld, WatchView
 from continual_operator.errors import KubernetesApiError, RejectedObjectError
 from continual_operator.naming import claim_name
 from continual_operator.observe.metrics import Metrics, patched
@@ -167,9 +189,12 @@ class Reconciler:
         clock: Callable[[], dt.datetime] = utcnow,
         resync_seconds: float | None = None,
         inbox: InboxSync | None = None,
+        view: WatchView | None = None,
     ) -> None:
         self.storage = storage
-        self.inbox = inbox if inbox is not None else InboxSync(storage)
+        #: The watch-fed view (None: every reconcile reads afresh).
+        self.view = view
+        self.inbox = inbox if inbox is not None else InboxSync(storage, batches=self._run_batches)
         self.resync_seconds = resync_seconds
         self.metrics = metrics if metrics is not None else Metrics()
         self._clock = clock
@@ -230,7 +255,11 @@ class Reconciler:
         await self.reconcile_or_retry(key)
         try:
             (gone,) = _other_runs([dict(body)], name="")  # the run as it was (a status of its own)
-            raw_runs = await self.storage.list_runs(key[0])
+            raw_runs = (
+                self.view.namespace_runs(key[0])
+                if self.view is not None
+                else await self.storage.list_runs(key[0])
+            )
         except (ValueError, KubernetesApiError):
             return  # unparseable or unreadable: the periodic resync reconciles them anyway
         folder = volume_key(gone)
@@ -250,10 +279,11 @@ class Reconciler:
         self._timers[key] = (when, loop.call_at(when, self._fire, key))
 
     def forget(self, key: RunKey) -> None:
-        """The run was deleted: drop its requeue and its metrics."""
+        """The run was deleted: drop its requeue, its metrics and what the storage remembers of it."""
         if (pending := self._timers.pop(key, None)) is not None:
             pending[1].cancel()
         self.metrics.forget(key)
+        self.storage.forget_run(*key)
 
     async def close(self) -> None:
         """Cancel pending requeues and background reconciles (operator shutdown)."""
@@ -264,8 +294,24 @@ class Reconciler:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
+    async def trigger(self, key: RunKey) -> None:
+        """A watch event concerns the run: reconcile it (failures are retried, as in the background).
+
+        With a view the reconcile runs in the background and this returns at once: kopf handles one
+        event of an object at a time and updates its index entry only between them, so a handler that
+        awaited the reconcile would hold back the very event (the Job's, the batch's) that the
+        reconcile may be waiting for to settle on its own writes. Without a view it runs inline.
+        """
+        if self.view is None:
+            await self.reconcile_or_retry(key)
+        else:
+            self._spawn(key)
+
     def _fire(self, key: RunKey) -> None:
         self._timers.pop(key, None)
+        self._spawn(key)
+
+    def _spawn(self, key: RunKey) -> None:
         task = asyncio.get_running_loop().create_task(self.reconcile_or_retry(key))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -274,7 +320,8 @@ class Reconciler:
     async def _measured(self, key: RunKey) -> Plan:
         started = time.monotonic()
         try:
-            the_plan = await self._reconcile(key)
+            with writing_for(*key):  # the writes of this reconcile are this run's (the view waits for them)
+                the_plan = await self._reconcile(key)
         except InvalidSpecError:
             self.metrics.reconciles.labels(result="invalid").inc()
             raise
@@ -289,7 +336,7 @@ class Reconciler:
     async def _reconcile(self, key: RunKey) -> Plan:
         namespace, name = key
         now = self._clock()
-        raw = await self.storage.get_run(namespace, name)
+        raw = await self._read_run(namespace, name)
         if raw is None:
             self.forget(key)
             return await self._without_run(namespace, name, now)
@@ -319,6 +366,29 @@ class Reconciler:
             self.requeue(key, min(delays))
         return the_plan
 
+    async def _run_batches(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        """The run's batches: from the view (settled on the run's own writes), or afresh."""
+        if self.view is None:
+            return await self.storage.list_batches(namespace, name)
+        return (await self.view.world(self.storage, namespace, name)).batches
+
+    async def _read_run(self, namespace: str, name: str) -> dict[str, Any] | None:
+        if self.view is None:
+            return await self.storage.get_run(namespace, name)
+        return (await self.view.world(self.storage, namespace, name)).run
+
+    async def _read_world(self, namespace: str, name: str) -> RunWorld:
+        """The run's batches, Jobs and pods and the namespace's runs: from the view, or afresh."""
+        if self.view is not None:
+            return await self.view.world(self.storage, namespace, name)
+        raw_batches, jobs, pods, raw_runs = await asyncio.gather(
+            self.storage.list_batches(namespace, name),
+            self.storage.list_jobs(namespace, name),
+            self.storage.list_pods(namespace, name),
+            self.storage.list_runs(namespace),
+        )
+        return RunWorld(run=None, batches=raw_batches, jobs=jobs, pods=pods, runs=raw_runs)
+
     @contextlib.asynccontextmanager
     async def _folder_lock(self, folder: tuple[str, str, str]) -> AsyncIterator[None]:
         lock = self._folder_locks.setdefault(folder, asyncio.Lock())
@@ -334,14 +404,17 @@ class Reconciler:
     async def _plan_and_execute(self, key: RunKey, run: ContinualTrainingRun, now: dt.datetime) -> Plan:
         namespace, name = key
         meta, status = run.metadata, run.status
-        executor = ClusterExecutor(self.storage, Subject(meta, run))
-        raw_batches, workloads, raw_runs = await asyncio.gather(
-            self.storage.list_batches(namespace, name),
-            executor.workloads(),
-            self.storage.list_runs(namespace),
-        )
-        batches, batch_metas, invalid = self._parse_batches(raw_batches, now)
-        others = _other_runs(raw_runs, name, volume_key(run)[0])
+        world = await self._read_world(namespace, name)
+        executor = ClusterExecutor(self.storage, Subject(meta, run), seen=(world.jobs, world.pods))
+        workloads = await executor.workloads()
+        batches, batch_metas, invalid = self._parse_batches(world.batches, now)
+        others = _other_runs(world.runs, name, volume_key(run)[0])
+        folder = volume_key(run)
+        if self.view is not None and (peers := [o.metadata.name for o in others if volume_key(o) == folder]):
+            # Who holds the folder is decided from the peers' trainedWith, which their own reconciles
+            # patched a moment ago (under the folder lock): the view must show those writes too.
+            raw_runs = await self.view.settle_peers(self.storage, namespace, peers, world.runs)
+            others = _other_runs(raw_runs, name, folder[0])
         context = PlanContext(other_runs=others, check_paths=True)
         the_plan = make_plan(run, batches, workloads, now=now, context=context)
         the_plan = Plan(invalid.actions + the_plan.actions)
@@ -359,7 +432,7 @@ class Reconciler:
         """Batches naming a run that does not exist say that they wait for it."""
         metas: dict[str, ObjectMeta] = {}
         statuses = []
-        for raw in await self.storage.list_batches(namespace, name):
+        for raw in await self._run_batches(namespace, name):
             meta = ObjectMeta.model_validate(raw.get("metadata") or {})
             metas[meta.name] = meta
             statuses.append((meta, _status(TrainingBatchStatus, raw, f"batch {namespace}/{meta.name}")))
