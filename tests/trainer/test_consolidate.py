@@ -155,6 +155,46 @@ def test_bf16_output_is_merged_in_fp32_and_cast_once_within_a_measured_tolerance
     assert torch.equal(merged_w, (w.float() + delta).to(torch.bfloat16))
 
 
+def test_the_streamed_check_computes_the_in_memory_models_logits_bit_for_bit(trained, monkeypatch):
+    """The check streams weights module by module; its logits are those of the models loaded whole (fp32
+    reference, the reference rounded to bf16, the merged folder), and it reads one module's weights at a time."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    result = consolidate(
+        trained, ConsolidationRequest("models/merged-streamed", max_shard_bytes=SMALL_SHARDS)
+    )
+    out, base = Path(str(result.output)), Path(str(trained.base_model.path))
+    adapter = trained.root / "adapters" / "latest"
+    ids = check.probe_ids(check.vocab_size(base))
+    reads: list[list[str]] = []
+    real_read = check._Weights.read
+    monkeypatch.setattr(
+        check._Weights, "read", lambda self, names: reads.append(names) or real_read(self, names)
+    )
+
+    with torch.no_grad():  # what the check computed before it streamed: both models loaded whole
+        whole = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32).eval()
+        reference = PeftModel.from_pretrained(whole, str(adapter)).eval()
+        expected = reference(input_ids=ids).logits
+        for param in reference.parameters():
+            param.copy_(param.to(torch.bfloat16).float())
+        rounded = reference(input_ids=ids).logits
+        merged = (
+            AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()(input_ids=ids).logits
+        )
+
+    assert torch.equal(check.reference_logits(base, adapter, ids), expected)
+    assert torch.equal(check.reference_logits(base, adapter, ids, torch.bfloat16), rounded)
+    reads.clear()
+    assert torch.equal(check.model_logits(out, ids), merged)
+    assert result.max_abs_diff == float((merged - expected).abs().max())
+    # every weight of the merged folder read, one module's at a time (a weight, at most with its bias)
+    index = json.loads((out / "model.safetensors.index.json").read_text())["weight_map"]
+    assert {name for names in reads for name in names} == set(index)
+    assert max(len(names) for names in reads) <= 2
+
+
 def test_a_wrong_merge_is_caught_and_nothing_is_published(trained, monkeypatch):
     right = merge.lora_delta
     monkeypatch.setattr(merge, "lora_delta", lambda pair, a, b: 2 * right(pair, a, b))  # a scale bug
