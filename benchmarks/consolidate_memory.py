@@ -171,7 +171,9 @@ def main() -> None:
 
         above = merged["peak"] - merged["libs"]
         ratio = above / fp32
-        print(f"libraries alone (torch, transformers, peft, safetensors): {merged['libs'] / MIB:.0f} MiB RSS")
+        print(
+            f"libraries alone (torch, transformers, peft, safetensors, accelerate): {merged['libs'] / MIB:.0f} MiB RSS"
+        )
         print(
             f"merge: peak RSS {merged['peak'] / MIB:.0f} MiB = {merged['peak'] / fp32:.2f}x fp32 size; above the "
             f"libraries {above / MIB:.0f} MiB = {ratio:.2f}x (goal <= {GOAL}x: {'met' if ratio <= GOAL else 'MISSED'}); "

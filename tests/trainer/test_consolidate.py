@@ -195,6 +195,24 @@ def test_the_streamed_check_computes_the_in_memory_models_logits_bit_for_bit(tra
     assert max(len(names) for names in reads) <= 2
 
 
+def test_a_weight_read_outside_its_modules_forward_fails_the_streamed_check_loudly(tiny_model, monkeypatch):
+    """Such a weight is never streamed in; F.linear on a meta weight returns uninitialised memory instead of
+    raising, so the check must refuse it rather than compare garbage logits."""
+    import torch.nn.functional as F  # noqa: N812
+    from transformers.models.llama import modeling_llama
+
+    def mlp_reading_its_children(self, x):  # the children's weights, without calling the children
+        gate, up = F.linear(x, self.gate_proj.weight), F.linear(x, self.up_proj.weight)
+        return F.linear(F.silu(gate) * up, self.down_proj.weight)
+
+    ids = check.probe_ids(check.vocab_size(tiny_model))
+    assert check.model_logits(tiny_model, ids).isfinite().all()
+    monkeypatch.setattr(modeling_llama.LlamaMLP, "forward", mlp_reading_its_children)
+    with pytest.raises(check.StreamedCheckError, match="outside its module's forward") as caught:
+        check.model_logits(tiny_model, ids)
+    assert caught.value.exit_code == 64 and caught.value.reason == "ConsolidationCheckUnsupported"
+
+
 def test_a_wrong_merge_is_caught_and_nothing_is_published(trained, monkeypatch):
     right = merge.lora_delta
     monkeypatch.setattr(merge, "lora_delta", lambda pair, a, b: 2 * right(pair, a, b))  # a scale bug
