@@ -195,6 +195,37 @@ def test_the_streamed_check_computes_the_in_memory_models_logits_bit_for_bit(tra
     assert max(len(names) for names in reads) <= 2
 
 
+def test_a_trained_bias_replaces_the_base_s_in_the_streamed_reference(tiny_model, tmp_path):
+    """An adapter's own value for a streamed module's weight (bias="all") is the one the reference uses."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(str(tiny_model))
+    config.attention_bias = True
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.save_pretrained(str(tmp_path / "biased"))
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], bias="all")
+    peft_model = get_peft_model(model, lora)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name or name.endswith("bias"):
+                param.add_(torch.randn_like(param) * 0.05)
+    peft_model.save_pretrained(str(tmp_path / "adapter"))
+    saved = load_file(str(tmp_path / "adapter" / "adapter_model.safetensors"))
+    assert any(key.endswith("k_proj.bias") for key in saved)  # a bias of a module without LoRA, too
+
+    ids = check.probe_ids(config.vocab_size)
+    whole = AutoModelForCausalLM.from_pretrained(str(tmp_path / "biased"), dtype=torch.float32).eval()
+    with torch.no_grad():
+        plain = whole(input_ids=ids).logits
+        expected = PeftModel.from_pretrained(whole, str(tmp_path / "adapter")).eval()(input_ids=ids).logits
+    streamed = check.reference_logits(tmp_path / "biased", tmp_path / "adapter", ids)
+    assert torch.equal(streamed, expected)
+    assert float((expected - plain).abs().max()) > 1e-3
+
+
 def test_a_weight_read_outside_its_modules_forward_fails_the_streamed_check_loudly(tiny_model, monkeypatch):
     """Such a weight is never streamed in; F.linear on a meta weight returns uninitialised memory instead of
     raising, so the check must refuse it rather than compare garbage logits."""

@@ -163,7 +163,8 @@ def _stream(model: Any, weights: _Weights) -> set[int]:
     import torch
 
     _load_buffers(model, weights)
-    owners = {id(module): keys for module, keys in _checkpoint_keys(model, weights)}
+    streamed = _checkpoint_keys(model, weights)
+    owners = {id(module): keys for module, keys in streamed}
     swapped: dict[int, dict[str, Any]] = {}
 
     def load(module: Any, _args: Any) -> None:
@@ -186,29 +187,57 @@ def _stream(model: Any, weights: _Weights) -> set[int]:
         for pname, meta in swapped.pop(id(module), {}).items():
             module._parameters[pname] = meta
 
-    for module, _keys in _checkpoint_keys(model, weights):
+    for module, _keys in streamed:
         module.register_forward_pre_hook(load)
         module.register_forward_hook(free)
     return set(owners)
 
 
+def _load_adapter(model: Any, state: dict[str, Any]) -> set[str]:
+    """Load the adapter's tensors into ``model``; the model's keys it left untouched.
+
+    A tensor landing on a meta parameter is a no-op (and a torch warning, silenced): the caller makes
+    those parameters real first and loads again.
+    """
+    from peft import set_peft_model_state_dict
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*to a meta parameter in the current model.*")
+        loaded: Any = set_peft_model_state_dict(model, state)
+    return set(loaded.missing_keys)
+
+
 def _with_adapter(skeleton: Any, adapter: Path, streamed: set[int]) -> Any:
     """PEFT's model of base + adapter on the skeleton, the adapter's own weights real (in fp32)."""
-    from peft import PeftModel, load_peft_weights, set_peft_model_state_dict
+    import torch
+    from peft import PeftModel, load_peft_weights
 
     # PEFT creates the adapter's layers on the device of the layer they wrap (meta, here) and its load is a
     # no-op there: make them real on the CPU, then load the adapter's file into them
     with warnings.catch_warnings():  # that no-op load, which the load below replaces
         warnings.filterwarnings("ignore", message=".*to a meta parameter in the current model.*")
         model = PeftModel.from_pretrained(skeleton, str(adapter)).eval()
+    state = load_peft_weights(str(adapter))
     materialized = set()
     for name, module in model.named_modules():
         if id(module) in streamed or not any(p.is_meta for p in module.parameters(recurse=False)):
             continue
         module.to_empty(device="cpu", recurse=False)
         materialized |= {f"{name}.{pname}" for pname, _ in module.named_parameters(recurse=False)}
-    loaded: Any = set_peft_model_state_dict(model, load_peft_weights(str(adapter)))
-    unset = materialized & set(loaded.missing_keys)
+    missing = _load_adapter(model, state)
+    # the adapter's own value for a streamed module's weight (a trained bias) replaces the base's: made real
+    # here, the streaming hooks leave it alone (they read meta parameters only)
+    overrides = {name for name, param in model.named_parameters() if param.is_meta} - missing
+    for name in overrides:
+        module_name, _, pname = name.rpartition(".")
+        module = model.get_submodule(module_name)
+        meta: Any = module._parameters[pname]
+        module._parameters[pname] = torch.nn.Parameter(
+            torch.empty(meta.shape, dtype=meta.dtype), requires_grad=False
+        )
+    if overrides:
+        missing = _load_adapter(model, state)
+    unset = (materialized | overrides) & missing
     if unset:
         raise StreamedCheckError(f"{adapter}: the adapter's file has no value for {sorted(unset)[:3]}")
     return model
