@@ -155,6 +155,95 @@ def test_bf16_output_is_merged_in_fp32_and_cast_once_within_a_measured_tolerance
     assert torch.equal(merged_w, (w.float() + delta).to(torch.bfloat16))
 
 
+def test_the_streamed_check_computes_the_in_memory_models_logits_bit_for_bit(trained, monkeypatch):
+    """The check streams weights module by module; its logits are those of the models loaded whole (fp32
+    reference, the reference rounded to bf16, the merged folder), and it reads one module's weights at a time."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    result = consolidate(
+        trained, ConsolidationRequest("models/merged-streamed", max_shard_bytes=SMALL_SHARDS)
+    )
+    out, base = Path(str(result.output)), Path(str(trained.base_model.path))
+    adapter = trained.root / "adapters" / "latest"
+    ids = check.probe_ids(check.vocab_size(base))
+    reads: list[list[str]] = []
+    real_read = check._Weights.read
+    monkeypatch.setattr(
+        check._Weights, "read", lambda self, names: reads.append(names) or real_read(self, names)
+    )
+
+    with torch.no_grad():  # what the check computed before it streamed: both models loaded whole
+        whole = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32).eval()
+        reference = PeftModel.from_pretrained(whole, str(adapter)).eval()
+        expected = reference(input_ids=ids).logits
+        for param in reference.parameters():
+            param.copy_(param.to(torch.bfloat16).float())
+        rounded = reference(input_ids=ids).logits
+        merged = (
+            AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()(input_ids=ids).logits
+        )
+
+    assert torch.equal(check.reference_logits(base, adapter, ids), expected)
+    assert torch.equal(check.reference_logits(base, adapter, ids, torch.bfloat16), rounded)
+    reads.clear()
+    assert torch.equal(check.model_logits(out, ids), merged)
+    assert result.max_abs_diff == float((merged - expected).abs().max())
+    # every weight of the merged folder read, one module's at a time (a weight, at most with its bias)
+    index = json.loads((out / "model.safetensors.index.json").read_text())["weight_map"]
+    assert {name for names in reads for name in names} == set(index)
+    assert max(len(names) for names in reads) <= 2
+
+
+def test_a_trained_bias_replaces_the_base_s_in_the_streamed_reference(tiny_model, tmp_path):
+    """An adapter's own value for a streamed module's weight (bias="all") is the one the reference uses."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(str(tiny_model))
+    config.attention_bias = True
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.save_pretrained(str(tmp_path / "biased"))
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], bias="all")
+    peft_model = get_peft_model(model, lora)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name or name.endswith("bias"):
+                param.add_(torch.randn_like(param) * 0.05)
+    peft_model.save_pretrained(str(tmp_path / "adapter"))
+    saved = load_file(str(tmp_path / "adapter" / "adapter_model.safetensors"))
+    assert any(key.endswith("k_proj.bias") for key in saved)  # a bias of a module without LoRA, too
+
+    ids = check.probe_ids(config.vocab_size)
+    whole = AutoModelForCausalLM.from_pretrained(str(tmp_path / "biased"), dtype=torch.float32).eval()
+    with torch.no_grad():
+        plain = whole(input_ids=ids).logits
+        expected = PeftModel.from_pretrained(whole, str(tmp_path / "adapter")).eval()(input_ids=ids).logits
+    streamed = check.reference_logits(tmp_path / "biased", tmp_path / "adapter", ids)
+    assert torch.equal(streamed, expected)
+    assert float((expected - plain).abs().max()) > 1e-3
+
+
+def test_a_weight_read_outside_its_modules_forward_fails_the_streamed_check_loudly(tiny_model, monkeypatch):
+    """Such a weight is never streamed in; F.linear on a meta weight returns uninitialised memory instead of
+    raising, so the check must refuse it rather than compare garbage logits."""
+    import torch.nn.functional as F  # noqa: N812
+    from transformers.models.llama import modeling_llama
+
+    def mlp_reading_its_children(self, x):  # the children's weights, without calling the children
+        gate, up = F.linear(x, self.gate_proj.weight), F.linear(x, self.up_proj.weight)
+        return F.linear(F.silu(gate) * up, self.down_proj.weight)
+
+    ids = check.probe_ids(check.vocab_size(tiny_model))
+    assert check.model_logits(tiny_model, ids).isfinite().all()
+    monkeypatch.setattr(modeling_llama.LlamaMLP, "forward", mlp_reading_its_children)
+    with pytest.raises(check.StreamedCheckError, match="outside its module's forward") as caught:
+        check.model_logits(tiny_model, ids)
+    assert caught.value.exit_code == 64 and caught.value.reason == "ConsolidationCheckUnsupported"
+
+
 def test_a_wrong_merge_is_caught_and_nothing_is_published(trained, monkeypatch):
     right = merge.lora_delta
     monkeypatch.setattr(merge, "lora_delta", lambda pair, a, b: 2 * right(pair, a, b))  # a scale bug
