@@ -303,8 +303,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, help="per-device batch size (8; --cpu 2)")
     parser.add_argument("--accumulation", type=int, default=2, help="micro-batches per rank per step")
     parser.add_argument("--every-steps", type=int, help="progress every this many steps (4; --cpu 1)")
-    parser.add_argument("--timeout", type=float, default=600, help="seconds per torchrun launch")
+    parser.add_argument("--timeout", type=float, default=300, help="seconds per torchrun launch")
     args = parser.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # every line out before a kill
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
