@@ -69,7 +69,15 @@ def build_model(path: Path, *, hidden: int, layers: int) -> Path:
     return build_tiny_model(path, hidden=hidden, layers=layers)
 
 
-def trainer_config(run_dir: Path, model: Path, batch_id: str, data: Path, training: dict[str, Any]) -> Any:
+def trainer_config(
+    run_dir: Path,
+    model: Path,
+    batch_id: str,
+    data: Path,
+    training: dict[str, Any],
+    progress: dict[str, Any] | None = None,
+) -> Any:
+    """A trainer config for one batch; ``progress`` replaces the default (status file, every 10 steps)."""
     from continual_trainer.config import TrainerConfig
 
     return TrainerConfig.model_validate(
@@ -87,18 +95,28 @@ def trainer_config(run_dir: Path, model: Path, batch_id: str, data: Path, traini
             },
             "training": training,
             "batch": {"id": batch_id, "data": {"path": str(data)}},
-            "progress": {"stdout": False, "statusFile": True, "everySteps": 10},
+            "progress": progress or {"stdout": False, "statusFile": True, "everySteps": 10},
             "terminationMessagePath": None,
         }
     )
 
 
-def run_bare_trainer(configs: list[Any], out_dir: Path) -> dict[str, float]:
+def run_bare_trainer(
+    configs: list[Any],
+    out_dir: Path,
+    *,
+    accumulation: int | None = None,
+    callbacks: list[Any] | None = None,
+) -> dict[str, float]:
     """The same model, LoRA, data and steps with a stock ``Trainer`` (its own sampler and accumulation).
 
     One ``train()`` over all batches' samples (each repeated epochs times), logging every 10 steps and
     saving a checkpoint every batch's worth of steps, as the continual trainer must (at batch ends): the
     yardstick for our per-step overhead.
+
+    Under a launcher (``torchrun``) it trains DDP like any ``Trainer`` script; ``accumulation`` then sets
+    its per-rank accumulation (a stock step is ``per-device batch x accumulation x world size`` samples,
+    ours ``per-device batch x gradientAccumulationSteps`` whatever the world size), ``callbacks`` are added.
     """
     import torch
     from transformers import Trainer, TrainingArguments
@@ -129,7 +147,7 @@ def run_bare_trainer(configs: list[Any], out_dir: Path) -> dict[str, float]:
     args = TrainingArguments(
         output_dir=str(out_dir),
         per_device_train_batch_size=training.per_device_batch_size,
-        gradient_accumulation_steps=training.gradient_accumulation_steps,
+        gradient_accumulation_steps=accumulation or training.gradient_accumulation_steps,
         max_steps=steps,
         learning_rate=training.learning_rate,
         lr_scheduler_type="constant",
@@ -142,10 +160,15 @@ def run_bare_trainer(configs: list[Any], out_dir: Path) -> dict[str, float]:
         disable_tqdm=True,
         remove_unused_columns=False,
         dataloader_pin_memory=cuda,
+        ddp_find_unused_parameters=False,  # as our engine: every LoRA parameter takes part in every step
     )
     trainer = Trainer(
-        model=model, args=args, train_dataset=items, data_collator=lambda b: modeling.collate(b, pad)
-    )  # type: ignore[arg-type]
+        model=model,
+        args=args,
+        train_dataset=items,  # type: ignore[arg-type]
+        data_collator=lambda b: modeling.collate(b, pad),
+        callbacks=callbacks,
+    )
     trainer.remove_callback(PrinterCallback)
     start = time.perf_counter()
     output = trainer.train()
@@ -156,4 +179,5 @@ def run_bare_trainer(configs: list[Any], out_dir: Path) -> dict[str, float]:
         "train_runtime": float(output.metrics["train_runtime"]),
         "wall": wall,
         "tokens": tokens,
+        "samples": len(items),
     }
