@@ -25,6 +25,18 @@ EventKind = Literal[
 ]
 
 
+def shortened_termination_message(record: Model) -> str:
+    """``record`` as one JSON document of at most 4 KB, its ``message`` shortened if needed (a result record
+    with a ``message`` field: the trainer's, an artifact job's)."""
+    text = record.model_dump_json(by_alias=True, exclude_none=True)
+    if len(text.encode()) <= TERMINATION_MESSAGE_LIMIT:
+        return text
+    overflow = len(text.encode()) - TERMINATION_MESSAGE_LIMIT + 16
+    current = str(getattr(record, "message", None) or "")
+    message = current[: max(0, len(current) - overflow)] + " [...]"
+    return record.model_copy(update={"message": message}).model_dump_json(by_alias=True, exclude_none=True)
+
+
 class TruncationSummary(Model):
     """Samples cut to ``training.maxSeqLength`` tokens: the model never saw their tail."""
 
@@ -66,12 +78,7 @@ class BatchResult(Model):
 
     def to_termination_message(self) -> str:
         """A JSON document of at most 4 KB (the message is shortened if needed)."""
-        text = self.model_dump_json(by_alias=True, exclude_none=True)
-        if len(text.encode()) <= TERMINATION_MESSAGE_LIMIT:
-            return text
-        overflow = len(text.encode()) - TERMINATION_MESSAGE_LIMIT + 16
-        message = (self.message or "")[: max(0, len(self.message or "") - overflow)] + " [...]"
-        return self.model_copy(update={"message": message}).model_dump_json(by_alias=True, exclude_none=True)
+        return shortened_termination_message(self)
 
 
 #: What a compact entry of a :class:`JobResult` may leave out, because :func:`parse_results` derives it:

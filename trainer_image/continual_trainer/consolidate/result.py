@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import Field
 
 from continual_trainer.config import Model
-from continual_trainer.records import TERMINATION_MESSAGE_LIMIT
+from continual_trainer.records import shortened_termination_message
 
 #: Output dtypes, as the command line and the manifest spell them.
 OutputDType = Literal["float32", "bfloat16", "float16"]
@@ -40,9 +40,4 @@ class ConsolidationResult(Model):
 
     def to_termination_message(self) -> str:
         """A JSON document of at most 4 KB (the message is shortened if needed)."""
-        text = self.model_dump_json(by_alias=True, exclude_none=True)
-        if len(text.encode()) <= TERMINATION_MESSAGE_LIMIT:
-            return text
-        overflow = len(text.encode()) - TERMINATION_MESSAGE_LIMIT + 16
-        message = (self.message or "")[: max(0, len(self.message or "") - overflow)] + " [...]"
-        return self.model_copy(update={"message": message}).model_dump_json(by_alias=True, exclude_none=True)
+        return shortened_termination_message(self)
