@@ -36,7 +36,7 @@ from tests.trainer.helpers import (
 )
 
 from continual_trainer import checkpoints as ckpts
-from continual_trainer.config import TrainerConfig
+from continual_trainer.config import TrainerConfig, coalesce
 from continual_trainer.ledger import Ledger
 from continual_trainer.reference import run_uninterrupted
 
@@ -113,6 +113,22 @@ def test_batch_by_batch_gangs_with_a_rank_killed_mid_batch_equal_one_uninterrupt
     assert (retry.result["startStep"], retry.result["endStep"]) == (6, 12)
     started = next(e for e in retry.events if e["kind"] == "batch-started")
     assert started["latestCheckpoint"] == "checkpoint-8"  # the last one published before the kill
+    final = run_dir / "checkpoints" / "checkpoint-12"
+    assert max_abs_diff(adapter_weights(final), adapter_weights(gang_reference)) == 0.0
+
+
+def test_a_coalesced_invocation_on_a_gang_equals_the_uninterrupted_gang(gang_reference, tiny_model, tmp_path):
+    """Batches 1 and 2 in one coalesced config (``nextBatches``) on 2 ranks: the followers follow every
+    batch's train orders, each batch completes on its own, and the result is the uninterrupted gang's."""
+    run_dir = tmp_path / "run"
+    first, second = config(run_dir, tiny_model, 0), config(run_dir, tiny_model, 1)
+    same = {"termination_message_path": first.termination_message_path}
+    joined = coalesce([first, second.model_copy(update=same)])
+    out = run_gang(joined)
+    assert out.code == 0, out.stderr[-3000:]
+    assert rank_codes(out) == {0: "SUCCESS", 1: "SUCCESS"}
+    assert out.result is not None and out.result["kind"] == "batches", out.result
+    assert [(r["startStep"], r["endStep"]) for r in out.result["results"]] == [(0, 6), (6, 12)]
     final = run_dir / "checkpoints" / "checkpoint-12"
     assert max_abs_diff(adapter_weights(final), adapter_weights(gang_reference)) == 0.0
 
