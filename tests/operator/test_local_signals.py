@@ -65,7 +65,9 @@ def test_a_second_process_is_refused_and_ctrl_c_twice_waits_for_the_trainer(
         assert "Traceback" not in second.stderr + second.stdout
 
         first.send_signal(signal.SIGINT)
-        time.sleep(0.3)
+        # The second Ctrl-C as soon as the first was handled, while the trainer still saves its checkpoint
+        # (a fixed pause could land after it stopped; local mode then ignores it, tested below).
+        _wait_for(lambda: "stopping:" in Path(log.name).read_text(), 30, "the first Ctrl-C to be handled")
         first.send_signal(signal.SIGINT)  # used to raise KeyboardInterrupt and leave the trainer running
         assert first.wait(timeout=120) == 128 + signal.SIGINT
     finally:
@@ -107,3 +109,27 @@ def test_a_trainer_that_does_not_stop_is_killed_and_still_waited_for(tmp_path: P
     assert "the trainer was killed" in what and "retrained next time" in what
     assert process.returncode == -signal.SIGKILL and not _alive(process.pid)
     assert state.jobs["demo-b1-a1"].view.exit_code == 128 + signal.SIGKILL
+
+
+def test_once_interrupted_a_ctrl_c_during_the_exit_is_ignored_and_otherwise_the_handlers_come_back() -> None:
+    """A Ctrl-C that lands after the trainer stopped, while local mode exits, must not turn into a
+    KeyboardInterrupt in the middle of its shutdown (exit -2 instead of 130)."""
+    numbers = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    saved = {n: signal.getsignal(n) for n in numbers}
+    try:
+        calm = Interrupts()
+        with calm.installed():
+            pass
+        assert {n: signal.getsignal(n) for n in numbers} == saved  # not interrupted: the handlers come back
+
+        interrupted = Interrupts()
+        with interrupted.installed():
+            os.kill(os.getpid(), signal.SIGINT)
+            interrupted.sleep(5)
+        assert interrupted.count == 1
+        assert all(signal.getsignal(n) is signal.SIG_IGN for n in numbers)
+        os.kill(os.getpid(), signal.SIGINT)  # raised KeyboardInterrupt before
+        time.sleep(0.05)
+    finally:
+        for number, handler in saved.items():
+            signal.signal(number, handler)

@@ -653,7 +653,9 @@ class Interrupts:
             yield self
         finally:
             for number, previous in self._previous.items():
-                signal.signal(number, previous)
+                # Once interrupted, local mode is on its way out: a Ctrl-C pressed again while it exits is
+                # ignored, not raised as a KeyboardInterrupt in the middle of its shutdown.
+                signal.signal(number, signal.SIG_IGN if self.count else previous)
 
     def sleep(self, seconds: float) -> None:
         """Sleep, but wake up at once when a signal came."""
