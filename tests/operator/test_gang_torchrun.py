@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 
 import pytest
 from test_gang import command, flag, gang_job, produced
+from tests.s3server import free_port
 
 from continual_operator.workloads import gang
 from continual_operator.workloads.gang import Gang
@@ -49,12 +49,6 @@ def test_torchrun_parses_the_built_command(name: str) -> None:
         assert (args.nproc_per_node, args.nnodes, args.node_rank) == ("8", "2", 1)
         assert args.rdzv_backend == "static"  # ranks = node rank x processes per node + local rank
         assert (args.master_addr, args.master_port) == (flag(cmd, "--master-addr"), 29500)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def pod_command(cmd: list[str], index: int, port: int) -> list[str]:

@@ -83,7 +83,8 @@ class ProbeKind:
     writes_volume = True
 
     def build(self, request: Any) -> Workload:
-        raise NotImplementedError("the probe kind is only read back in these tests")
+        name = f"{RUN}-probe"
+        return Workload(self.name, name, (_probe_job(),), self.owned_objects(name), writes_volume=True)
 
     def read(self, job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> JobView | None:
         return read_job(job, pods, Identity(self.name, "", 1, self.writes_volume))
@@ -98,6 +99,8 @@ class ProbeKind:
 def _probe_job(phase: str | None = None) -> dict[str, Any]:
     conditions = [{"type": phase, "status": "True"}] if phase else []
     return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
         "metadata": {"name": f"{RUN}-probe", "labels": {LABEL_KIND: "probe"}},
         "status": {"conditions": conditions},
     }
@@ -111,7 +114,8 @@ def probe(monkeypatch: pytest.MonkeyPatch) -> WorkloadKind[Any]:
 
 
 def test_any_kind_that_writes_the_volume_holds_the_writer_lease(probe: WorkloadKind[Any]) -> None:
-    (running,) = job_views([_probe_job()], [])
+    built = probe.build(None)
+    (running,) = job_views([dict(built.job)], [])  # what a kind builds, the registry reads back as that kind
     assert (running.kind, running.writing) == ("probe", True)
     world = World(make_run(), [make_batch("b1")], [running])
     assert world.step().of(CreateWorkload) == []  # no trainer beside it
