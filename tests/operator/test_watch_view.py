@@ -236,7 +236,7 @@ def status_of(world: KubeWorld, batch: str) -> dict[str, Any]:
     return (world.get(BATCHES, batch) or {}).get("status") or {}
 
 
-# -- settling on one's own writes ---------------------------------------------------------------------
+# -- one's own writes: overlaid from their answers ------------------------------------------------------
 def _batch(name: str, version: str | None, phase: str) -> dict[str, Any]:
     body = batch_body(name, status={"phase": phase})
     if version is not None:
@@ -244,66 +244,141 @@ def _batch(name: str, version: str | None, phase: str) -> dict[str, Any]:
     return body
 
 
-async def _storage_with_write(world: KubeWorld, version: int | None) -> KubernetesStorage:
-    storage = world.storage()
+def _view(indexed: dict[Any, list[dict[str, Any]]], storage: KubernetesStorage, **kw: Any) -> WatchView:
+    view = WatchView(runs={}, batches=indexed, jobs={}, pods={}, **kw)
+    view.attach(storage.journal)
+    return view
+
+
+def _write(storage: KubernetesStorage, kind: Any, answer: dict[str, Any] | None, **kw: Any) -> None:
+    """A write of run ``demo`` answered with ``answer`` (as :class:`KubernetesStorage` notes it)."""
+    name = (answer or {}).get("metadata", {}).get("name") or kw.pop("name")
     with writing_for(NS, RUN):
-        storage.journal.note(
-            BATCH_KIND,
-            NS,
-            "b1",
-            {
-                "kind": "TrainingBatch",
-                "metadata": {"resourceVersion": str(version) if version is not None else None},
-            },
-        )
-    return storage
+        storage.journal.note(kind, NS, name, answer, **kw)
 
 
 @pytest.mark.parametrize(
-    ("seen", "written", "reads", "phase"),
+    ("seen", "written", "reads", "phases"),
     [
-        pytest.param("7", 7, (0, 0), "Training", id="the-watch-delivered-the-write"),
-        pytest.param("8", 7, (0, 0), "Training", id="the-watch-delivered-a-later-version"),
-        # Still late at the next reconcile: read afresh again, never the older copy.
-        pytest.param("6", 7, (1, 1), "Succeeded", id="the-watch-is-late-read-afresh"),
-        # No version to wait for (kmock): read afresh once, then the view is all there is.
-        pytest.param(None, None, (1, 0), "Succeeded", id="no-version-read-afresh"),
+        # The index holds that version (its copy is shown: here it says Training) or a newer one by another
+        # writer (the trainer, kubectl): never hidden by the overlay.
+        pytest.param("7", "7", 0, ("Training", "Training"), id="the-watch-delivered-the-write"),
+        pytest.param("8", "7", 0, ("Training", "Training"), id="the-watch-delivered-a-later-version"),
+        # Still late at the next reconcile: the answer is shown, never the older copy, and nothing is read.
+        pytest.param("6", "7", 0, ("Succeeded", "Succeeded"), id="the-watch-is-late-the-answer-is-shown"),
+        # No version to compare (kmock answers none): read afresh once, then the view is all there is.
+        pytest.param(None, None, 1, ("Succeeded", "Training"), id="no-version-read-afresh"),
     ],
 )
-async def test_a_reconcile_waits_for_its_own_last_write_and_reads_afresh_what_the_watch_has_not_delivered(
-    world: KubeWorld, seen: str | None, written: int | None, reads: tuple[int, int], phase: str
+async def test_a_reconcile_sees_its_own_last_write_as_answered_until_the_watch_delivers_it(
+    world: KubeWorld, seen: str | None, written: str | None, reads: int, phases: tuple[str, str]
 ) -> None:
-    # The server holds the batch as written (Succeeded); the view holds what the watch delivered.
-    world.add(BATCHES, _batch("b1", str(written), "Succeeded"))
+    # The server answered the patch with the batch Succeeded; the index holds what the watch delivered.
+    world.add(BATCHES, _batch("b1", written, "Succeeded"))
     indexed = {(NS, RUN): [_batch("b1", seen, "Training")]}
-    view = WatchView(runs={}, batches=indexed, jobs={}, pods={}, settle_seconds=0.1)
-    storage = await _storage_with_write(world, written)
+    storage = world.storage()
+    view = _view(indexed, storage)
+    _write(storage, BATCH_KIND, _batch("b1", written, "Succeeded"))
     try:
         first = await view.world(storage, NS, RUN)
         again = await view.world(storage, NS, RUN)
-        indexed[NS, RUN] = [_batch("b1", str(written), "Succeeded")]  # the watch delivers the write
+        indexed[NS, RUN] = [_batch("b1", "9", "Succeeded")]  # the watch delivers the write (and later)
         delivered = await view.world(storage, NS, RUN)
     finally:
         storage.close()
 
-    assert (first.fresh_reads, again.fresh_reads, delivered.fresh_reads) == (*reads, 0)
-    assert [b["status"]["phase"] for b in first.batches] == [phase]
-    if reads[1]:
-        assert [b["status"]["phase"] for b in again.batches] == ["Succeeded"]
-    assert len(world.requests("GET", BATCHES)) == sum(reads)
+    assert (first.fresh_reads, again.fresh_reads, delivered.fresh_reads) == (reads, 0, 0)
+    assert [b["status"]["phase"] for b in first.batches] == [phases[0]]
+    assert [b["status"]["phase"] for b in again.batches] == [phases[1]]
+    assert [b["status"]["phase"] for b in delivered.batches] == ["Succeeded"]
+    assert len(world.requests("GET", BATCHES)) == reads
+    assert storage.journal.pending(NS, RUN) == {}, "an entry the index reflects is dropped"
 
 
-async def test_a_deleted_object_is_settled_when_the_view_no_longer_holds_it(world: KubeWorld) -> None:
+async def test_the_overlay_is_slimmed_like_the_view(world: KubeWorld) -> None:
     storage = world.storage()
-    with writing_for(NS, RUN):
-        storage.journal.note(JOB_KIND, NS, "j1", None)  # a delete answered with a Status
-    view = WatchView(runs={}, batches={}, jobs={(NS, RUN): []}, pods={}, settle_seconds=0.1)
+    view = _view({(NS, RUN): []}, storage)
+    answer = _batch("b1", "4", "Queued")
+    answer["metadata"]["managedFields"] = [{"manager": "kubectl"}]
+    _write(storage, BATCH_KIND, answer, created=True)
+    try:
+        (batch,) = (await view.world(storage, NS, RUN)).batches
+    finally:
+        storage.close()
+    assert "managedFields" not in batch["metadata"] and batch["metadata"]["resourceVersion"] == "4"
+
+
+@pytest.mark.parametrize(
+    ("created", "shown"), [pytest.param(True, ["j1"], id="created"), pytest.param(False, [], id="patched")]
+)
+async def test_an_object_the_index_does_not_hold_is_shown_only_when_the_run_created_it(
+    world: KubeWorld, created: bool, shown: list[str]
+) -> None:
+    # Created: the watch has not told the index yet. Only patched: the index held it, so it was deleted.
+    storage = world.storage()
+    view = WatchView(runs={}, batches={}, jobs={(NS, RUN): []}, pods={})
+    view.attach(storage.journal)
+    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "j1", "resourceVersion": "3"}}
+    job["spec"] = {"template": {"spec": {"containers": [{"name": "trainer"}]}}, "backoffLimit": 0}
+    _write(storage, JOB_KIND, job, created=created)
     try:
         run_world = await view.world(storage, NS, RUN)
     finally:
         storage.close()
-    assert (run_world.fresh_reads, run_world.jobs) == (0, [])
+    assert [j["metadata"]["name"] for j in run_world.jobs] == shown
+    assert all("template" not in j["spec"] for j in run_world.jobs), "the view keeps no pod template"
+    assert (run_world.fresh_reads, world.requests("GET", JOBS)) == (0, [])
+
+
+async def test_a_deleted_object_is_hidden_until_the_view_no_longer_holds_it(world: KubeWorld) -> None:
+    storage = world.storage()
+    indexed = {(NS, RUN): [{"kind": "Job", "metadata": {"name": "j1", "resourceVersion": "5"}}]}
+    view = WatchView(runs={}, batches={}, jobs=indexed, pods={})
+    view.attach(storage.journal)
+    _write(storage, JOB_KIND, None, name="j1")  # a delete answered with a Status
+    try:
+        while_held = await view.world(storage, NS, RUN)
+        indexed[NS, RUN] = []
+        dropped = await view.world(storage, NS, RUN)
+    finally:
+        storage.close()
+    assert (while_held.jobs, dropped.jobs, while_held.fresh_reads) == ([], [], 0)
     assert not world.requests("GET", JOBS)
+    assert storage.journal.pending(NS, RUN) == {}
+
+
+async def test_a_write_the_watch_never_delivers_is_read_afresh_after_the_overlay_time(
+    world: KubeWorld,
+) -> None:
+    world.add(BATCHES, _batch("b1", "12", "Failed"))  # changed again since the answer (7)
+    indexed = {(NS, RUN): [_batch("b1", "6", "Training")]}
+    storage = world.storage()
+    view = _view(indexed, storage, overlay_seconds=0.0)
+    _write(storage, BATCH_KIND, _batch("b1", "7", "Succeeded"))
+    try:
+        first = await view.world(storage, NS, RUN)
+    finally:
+        storage.close()
+    assert [b["status"]["phase"] for b in first.batches] == ["Failed"]
+    assert first.fresh_reads == 1 and len(world.requests("GET", BATCHES)) == 1
+
+
+async def test_the_sweep_drops_what_the_indexes_reflect_and_keeps_the_rest(world: KubeWorld) -> None:
+    indexed = {(NS, RUN): [_batch("b1", "7", "Succeeded"), _batch("b2", "3", "Queued")]}
+    storage = world.storage()
+    view = _view(indexed, storage)
+    _write(storage, BATCH_KIND, _batch("b1", "7", "Succeeded"))
+    _write(storage, BATCH_KIND, _batch("b2", "4", "Training"))
+    try:
+        view.touch()
+        view.touch()  # a burst of index changes: one sweep
+        await asyncio.sleep(1.3)
+        assert [name for _, name in storage.journal.pending(NS, RUN)] == ["b2"]
+        storage.forget_run(NS, RUN)  # the run was deleted: nothing of it is kept
+        assert len(storage.journal) == 0
+    finally:
+        storage.close()
+    assert not world.requests("GET", BATCHES)
 
 
 async def test_a_batch_status_patch_is_conditional_on_the_viewed_version_and_a_conflict_is_read_afresh(
@@ -317,7 +392,6 @@ async def test_a_batch_status_patch_is_conditional_on_the_viewed_version_and_a_c
         batches={(NS, RUN): [batch]},
         jobs={},
         pods={},
-        settle_seconds=0.1,
     )
     world.server["patch", BATCHES][:1] << kmock.KubernetesError(
         status=409, reason="Conflict", message="the object has been modified"
@@ -346,7 +420,7 @@ async def test_an_object_found_gone_stays_hidden_until_the_index_drops_it_or_hol
     stale, kept = _batch("b2", "3", "Queued"), _batch("b1", "2", "Queued")
     world.add(BATCHES, kept)
     indexed = {(NS, RUN): [kept, stale]}
-    view = WatchView(runs={}, batches=indexed, jobs={}, pods={}, settle_seconds=0.1)
+    view = WatchView(runs={}, batches=indexed, jobs={}, pods={})
     storage = world.storage()
     try:
         with writing_for(NS, RUN):  # a status patch of b2 answered 404
@@ -362,8 +436,9 @@ async def test_an_object_found_gone_stays_hidden_until_the_index_drops_it_or_hol
     assert sorted(b["metadata"]["name"] for b in third.batches) == ["b1", "b2"]
 
 
+@pytest.mark.parametrize("answered", [True, False], ids=["from-the-answer", "read-afresh"])
 async def test_a_folder_decision_sees_the_last_writes_of_the_other_runs_on_that_folder(
-    world: KubeWorld,
+    world: KubeWorld, answered: bool
 ) -> None:
     # Run "first" took the folder a moment ago (trainedWith); the watch has not delivered that yet.
     held = {"trainedWith": {"storage": {"claim": "demo-data"}}}
@@ -372,17 +447,19 @@ async def test_a_folder_decision_sees_the_last_writes_of_the_other_runs_on_that_
     world.add(RUNS, stored)
     seen = run_body("first")
     seen["metadata"]["resourceVersion"] = "8"
-    view = WatchView(runs={}, batches={}, jobs={}, pods={}, settle_seconds=0.1)
+    view = WatchView(runs={NS: [seen], (NS, "first"): [seen]}, batches={}, jobs={}, pods={})
     storage = world.storage()
+    view.attach(storage.journal)
     try:
         with writing_for(NS, "first"):
-            storage.journal.note(RUNS_KIND, NS, "first", stored)
+            storage.journal.note(RUNS_KIND, NS, "first", stored if answered else {"kind": stored["kind"]})
         runs = await view.settle_peers(storage, NS, ["first"], [seen])
         # Its own reconcile still settles on the write (the journal keeps it for "first").
         assert (RUNS_KIND, "first") in storage.journal.pending(NS, "first")
     finally:
         storage.close()
     assert [r["status"] for r in runs] == [held]
+    assert len(world.requests("GET", RUNS)) == (0 if answered else 1)
 
 
 @pytest.mark.parametrize(

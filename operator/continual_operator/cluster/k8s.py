@@ -42,7 +42,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -192,14 +192,26 @@ class Subject:
 
 
 # -- the write journal --------------------------------------------------------------------------------
+#: What the journal keeps of an answered object (the view's ``slim``): set by the view that overlays it.
+Keep = Callable[[str, Mapping[str, Any]], dict[str, Any]]
+
+
 @dataclass(frozen=True)
 class Written:
-    """A write the watch must deliver before the run's next reconcile reads its view."""
+    """A write the watch must deliver before the run's view may show the object from its index alone."""
 
     #: The ``resourceVersion`` the server answered, as a number (None: none, or not a number).
     version: int | None
     #: The write deleted the object (and the server answered no object still being deleted).
     deleted: bool = False
+    #: The object as the server answered it, slimmed as the view keeps objects (None: not kept, or no
+    #: usable answer): the view shows it instead of an older indexed copy until the watch delivers it.
+    body: Mapping[str, Any] | None = None
+    #: The run's writes created the object: an index that does not hold it yet has not been told (an
+    #: object only patched and absent from the index was deleted since).
+    created: bool = False
+    #: When it was noted (``time.monotonic()``): a write the watch has not delivered for long is read afresh.
+    at: float = field(default_factory=time.monotonic)
 
 
 #: The run whose reconcile makes the current writes (a context variable: reconciles run concurrently).
@@ -221,13 +233,32 @@ def writing_for(namespace: str, run: str) -> Iterator[None]:
 
 
 class WriteJournal:
-    """Each run's writes not yet confirmed by the watch: ``(kind, name) -> Written`` per run."""
+    """Each run's writes not yet confirmed by the watch: ``(kind, name) -> Written`` per run.
 
-    def __init__(self) -> None:
+    Every write's answer is the object as the server stored it (create and patch answers carry the full
+    body and its ``resourceVersion``): with :attr:`keep` set (by the watch-fed view) the journal keeps it,
+    slimmed, so that the view can show it at once instead of reading it again (client-go's
+    ``MutationCache``). The view drops an entry as soon as its index holds that version or a newer one.
+    """
+
+    def __init__(self, keep: Keep | None = None) -> None:
         self._runs: dict[tuple[str, str], dict[tuple[Kind, str], Written]] = {}
+        #: How an answered object is kept (None: versions only, no bodies).
+        self.keep = keep
 
-    def note(self, kind: Kind, namespace: str, name: str, answer: Mapping[str, Any] | None) -> None:
-        """A write of the current run (:func:`writing_for`) was answered with ``answer`` (None: gone)."""
+    def note(
+        self,
+        kind: Kind,
+        namespace: str,
+        name: str,
+        answer: Mapping[str, Any] | None,
+        *,
+        created: bool = False,
+    ) -> None:
+        """A write of the current run (:func:`writing_for`) was answered with ``answer`` (None: gone).
+
+        ``created``: the write created the object (a later patch of it in the same run keeps that).
+        """
         run = _WRITING_FOR.get()
         if run is None or kind.kind not in _JOURNALLED or run[0] != namespace:
             return
@@ -237,21 +268,35 @@ class WriteJournal:
             number: int | None = int(str(meta.get("resourceVersion"))) if is_object else None
         except ValueError:
             number = None
-        self._runs.setdefault(run, {})[kind, name] = Written(number, deleted=not is_object)
+        entries = self._runs.setdefault(run, {})
+        before = entries.get((kind, name))
+        created = created or (before is not None and before.created and not before.deleted)
+        body = None
+        if answer is not None and is_object and number is not None and self.keep is not None:
+            body = self.keep(kind.kind, answer)
+        entries[kind, name] = Written(number, deleted=not is_object, body=body, created=created)
 
     def pending(self, namespace: str, run: str) -> dict[tuple[Kind, str], Written]:
         """The run's unconfirmed writes."""
         return dict(self._runs.get((namespace, run), {}))
 
     def settled(self, namespace: str, run: str, left: Mapping[tuple[Kind, str], Written]) -> None:
-        """The view reflects all of the run's writes but ``left``: those were read afresh, at the versions
-        ``left`` gives, and stay here until the view reflects them too (a lagging watch must not show
+        """The view reflects all of the run's writes but ``left``: those stay here (at the versions and
+        with the bodies ``left`` gives) until the view reflects them too (a lagging watch must not show
         the next reconcile an older object again). An entry without a version is dropped."""
         kept = {ref: w for ref, w in left.items() if w.version is not None or w.deleted}
         if kept:
             self._runs[namespace, run] = kept
         else:
             self._runs.pop((namespace, run), None)
+
+    def runs(self) -> list[tuple[str, str]]:
+        """The runs with unconfirmed writes, as ``(namespace, run)``."""
+        return list(self._runs)
+
+    def __len__(self) -> int:
+        """How many writes wait for the watch, over all runs."""
+        return sum(len(entries) for entries in self._runs.values())
 
     def forget(self, namespace: str, run: str) -> None:
         self._runs.pop((namespace, run), None)
@@ -472,7 +517,7 @@ class KubernetesStorage:
             )
         except ConflictError:
             return False
-        self.journal.note(kind, namespace, name, answer)
+        self.journal.note(kind, namespace, name, answer, created=True)
         return True
 
     async def delete(

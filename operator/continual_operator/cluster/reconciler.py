@@ -9,13 +9,14 @@ namespace's runs from :class:`~continual_operator.cluster.view.WatchView`, which
 current: a reconcile lists nothing, and an idle run's resync costs no request. Fresh reads remain only
 where correctness needs them:
 
-* the run's **own last writes**: a reconcile first waits until the view has delivered every object the
-  previous reconcile of the run created, patched or deleted, at the ``resourceVersion`` the server
-  answered, and GETs afresh (by name) what the watch has not delivered within
-  :data:`~continual_operator.cluster.view.SETTLE_SECONDS` -- so no reconcile acts on a view older than
-  its own last write (e.g. re-counting a preemption it already recorded);
+* the run's **own last writes**, where their answers did not tell: every object the run's reconciles
+  created, patched or deleted is shown as the server answered the write until the watch delivers that
+  version (:mod:`~continual_operator.cluster.view`), so no reconcile acts on a view older than its own
+  last write (e.g. re-counting a preemption it already recorded); an answer without a body or a
+  version (a 409, a 404), or a write the watch has not delivered after
+  :data:`~continual_operator.cluster.view.OVERLAY_SECONDS`, is read afresh by name;
 * the **writes of the other runs on the same folder** (their ``trainedWith``, patched under the folder
-  lock a moment ago): who holds a folder is decided from them, so they are settled on the same way;
+  lock a moment ago): who holds a folder is decided from them, so they are overlaid the same way;
 * a **finished Job whose pod the view still shows running** (the Job and pod watches are two streams): its
   pods are listed afresh, by the run's label, before its result is read (:mod:`.executor`).
 
@@ -194,6 +195,8 @@ class Reconciler:
         self.storage = storage
         #: The watch-fed view (None: every reconcile reads afresh).
         self.view = view
+        if view is not None:
+            view.attach(storage.journal)  # the view overlays the answers to this storage's writes
         self.inbox = inbox if inbox is not None else InboxSync(storage, batches=self._run_batches)
         self.resync_seconds = resync_seconds
         self.metrics = metrics if metrics is not None else Metrics()

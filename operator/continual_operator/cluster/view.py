@@ -13,28 +13,40 @@ slim (no ``managedFields``, no pod spec, no Job pod template spec, no kopf diff-
 
 **Never older than one's own writes.** The watch lags behind the writes a reconcile makes. Every write of
 :class:`~continual_operator.cluster.k8s.KubernetesStorage` is noted in its
-:class:`~continual_operator.cluster.k8s.WriteJournal` under the run it was made for, with the
-``resourceVersion`` the API server answered. Before the next reconcile of that run reads the view,
-:meth:`WatchView.settle` waits (briefly) until the view holds each written object at that version or later
-(or no longer holds a deleted one); what the watch has not delivered by then is read afresh with one GET
-per object and overlaid on the view for that reconcile. Versions are compared as etcd's revision numbers;
-an object whose version is not a number is always read afresh.
+:class:`~continual_operator.cluster.k8s.WriteJournal` under the run it was made for, with the object as the
+API server answered it (create and patch answers carry the whole object and its ``resourceVersion``),
+slimmed like the view's own objects. The run's next reconciles see that answer *overlaid* on the view
+(client-go's ``MutationCache``) instead of reading it again, until the index holds that version or a newer
+one (the entry is dropped then: the view keeps no second copy for long), so a reconcile never acts on a
+view older than its own last write, and never hides a newer version the watch delivered (the trainer's
+progress, a user's edit, the Job controller). Versions are compared as etcd's revision numbers.
+
+* An object the run **deleted** is hidden until the index drops it.
+* An object the run only **patched** that the index no longer holds was deleted since: it stays gone
+  (one it **created** and the index does not hold yet is shown: the watch has not told it yet).
+* What an answer did not tell (no body or no numeric version: a 409 or 404 answer to a patch, a test
+  double) is read afresh with one GET by name, and so is a write the watch has still not delivered after
+  :data:`OVERLAY_SECONDS` (an overlay never outlives a watch that lost it).
+
+A short sweep after the indexes change (:meth:`WatchView.touch`) drops the entries the index reflects, so
+the bodies kept stay bounded by the writes the watch has not delivered yet, not by the number of runs.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from continual_operator.cluster.k8s import BATCHES, JOBS, RUNS, Kind, KubernetesStorage, Written
+from continual_operator.cluster.k8s import BATCHES, JOBS, RUNS, Kind, KubernetesStorage, WriteJournal, Written
 
-#: How long a reconcile waits for the watch to deliver its own last writes before reading them afresh.
-SETTLE_SECONDS = 2.0
-_POLL_SECONDS = 0.1
+#: How long a run's own write is overlaid on a view whose watch has not delivered it; then it is read afresh.
+OVERLAY_SECONDS = 60.0
+#: The journal's sweep runs this long after an index change (kopf updates an index just after its
+#: handler returns, and a burst of events costs one sweep).
+_SWEEP_DELAY_SECONDS = 1.0
 #: kopf's diff-base annotation (the whole last-handled spec): the view does not need it.
 _DIFF_BASE = "continual.dev/last-handled-configuration"
 
@@ -84,6 +96,11 @@ class RunWorld:
     fresh_reads: int = 0
 
 
+#: What a journalled write means for the view (:meth:`WatchView._resolve`): the index reflects it (the
+#: entry is dropped), the overlaid answer (a body, or None: gone) is shown, or the object is read afresh.
+_REFLECTED, _READ = "reflected", "read"
+
+
 @dataclass
 class WatchView:
     """The watch-fed indexes, and how a reconcile reads them (see the module docstring)."""
@@ -92,14 +109,22 @@ class WatchView:
     batches: Indexes
     jobs: Indexes
     pods: Indexes
-    settle_seconds: float = SETTLE_SECONDS
-    #: How many objects reconciles had to read afresh (the watch was late): a measure, for tests and logs.
+    overlay_seconds: float = OVERLAY_SECONDS
+    #: How many objects reconciles had to read afresh (no usable answer, or a watch late by more than
+    #: :attr:`overlay_seconds`): a measure, for tests and logs.
     fresh_reads: int = field(default=0, init=False)
     #: Objects a fresh read found gone while the index still held them, with the version it held: kopf
     #: re-lists after a peering pause without dropping what was deleted meanwhile. Hidden until the index
     #: drops them or holds a newer version (a new object of that name).
     _gone: dict[tuple[str, str, str, str], int | None] = field(default_factory=dict, init=False)
-    _wake: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    #: The journal whose bodies are overlaid here (:meth:`attach`), swept after index changes.
+    _journal: WriteJournal | None = field(default=None, init=False)
+    _sweep: asyncio.TimerHandle | None = field(default=None, init=False)
+
+    def attach(self, journal: WriteJournal) -> None:
+        """Overlay ``journal``'s answers: it keeps them slimmed as the view keeps its objects."""
+        journal.keep = slim
+        self._journal = journal
 
     def _index(self, kind: Kind) -> Indexes:
         return {RUNS.kind: self.runs, BATCHES.kind: self.batches, JOBS.kind: self.jobs}[kind.kind]
@@ -108,56 +133,76 @@ class WatchView:
         key = (namespace, name) if kind is RUNS else (namespace, run)
         return next((dict(b) for b in self._index(kind).get(key, ()) if _name(b) == name), None)
 
-    def _reflects(self, kind: Kind, namespace: str, run: str, name: str, written: Written) -> bool:
-        """Whether the view holds the object at the written version or later (a deleted one: gone)."""
+    def _resolve(self, kind: Kind, namespace: str, run: str, name: str, written: Written) -> Any:
+        """What the view shows for a journalled write: :data:`_REFLECTED` (the index holds it, at that
+        version or newer, or no longer holds what was deleted or patched), :data:`_READ` (read it afresh),
+        or the overlay: the answered body, or None (gone)."""
         cached = self._cached(kind, namespace, run, name)
         if cached is None:
-            return written.deleted
-        have = version(cached)
-        return have is not None and written.version is not None and have >= written.version
+            if written.deleted or not written.created:
+                return _REFLECTED  # deleted by this run, or by someone else since this run patched it
+        elif not written.deleted and _at_least(version(cached), written.version):
+            return _REFLECTED
+        if time.monotonic() - written.at > self.overlay_seconds:
+            return _READ  # the watch is very late (or lost it): ask the server
+        if written.deleted:
+            return None
+        return written.body if written.body is not None else _READ
 
     async def settle(
         self, storage: KubernetesStorage, namespace: str, run: str
     ) -> dict[tuple[str, str], Any]:
-        """Wait until the view reflects the run's own writes; read afresh what it still does not.
+        """The run's own writes the view does not reflect yet, from their answers or read afresh.
 
-        Returns the fresh reads as ``{(kind, name): body or None (gone)}``, to overlay on the view.
+        Returns ``{(kind, name): body or None (gone)}``, to overlay on the view; updates the journal.
         """
-        pending = storage.journal.pending(namespace, run)
-        deadline = time.monotonic() + self.settle_seconds
-        # A write answered with no version to compare is read afresh at once: waiting cannot tell.
-        while any(w.version is not None or w.deleted for w in pending.values()):
-            pending = {
-                ref: w for ref, w in pending.items() if not self._reflects(ref[0], namespace, run, ref[1], w)
-            }
-            if not pending or time.monotonic() >= deadline:
-                break
-            await self._changed(deadline)
         fresh: dict[tuple[str, str], Any] = {}
         left: dict[tuple[Kind, str], Written] = {}
-        for kind, name in pending:
-            body = fresh[kind.kind, name] = await storage.get(kind, namespace, name)
+        reads = 0
+        for (kind, name), written in storage.journal.pending(namespace, run).items():
+            shown = self._resolve(kind, namespace, run, name, written)
+            if shown is _REFLECTED:
+                continue
+            if shown is not _READ:
+                fresh[kind.kind, name] = shown
+                left[kind, name] = written
+                continue
+            reads += 1
+            body = await storage.get(kind, namespace, name)
             cached = self._cached(kind, namespace, run, name)
-            if body is None and cached is not None:
-                self._gone[kind.kind, namespace, run, name] = version(cached)
-            if body is not None:
-                left[kind, name] = Written(version(body))
+            if body is None:
+                if cached is not None:
+                    self._gone[kind.kind, namespace, run, name] = version(cached)
+                fresh[kind.kind, name] = None
+                continue
+            kept = slim(kind.kind, body)
+            fresh[kind.kind, name] = kept
+            left[kind, name] = Written(version(body), body=kept, created=written.created)
         storage.journal.settled(namespace, run, left)
-        self.fresh_reads += len(fresh)
+        self.fresh_reads += reads
         return fresh
 
     def touch(self) -> None:
-        """An index has changed (called by the index handlers): wake the reconciles that wait for it."""
-        self._wake.set()
-        self._wake = asyncio.Event()
+        """An index has changed (called by the index handlers): sweep the journal a moment later."""
+        if self._journal is None or self._sweep is not None:
+            return
+        self._sweep = asyncio.get_running_loop().call_later(_SWEEP_DELAY_SECONDS, self.sweep)
 
-    async def _changed(self, deadline: float) -> None:
-        """Until an index changes, at most :data:`_POLL_SECONDS` (kopf updates an index just after its
-        handler returns: the waiter checks again a little later) or until ``deadline``."""
-        wait = max(0.0, min(_POLL_SECONDS, deadline - time.monotonic()))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), wait)
-        await asyncio.sleep(0)
+    def sweep(self) -> None:
+        """Drop the journal entries the indexes reflect (no request: what is left waits for its run)."""
+        self._sweep = None
+        journal = self._journal
+        if journal is None:
+            return
+        for namespace, run in journal.runs():
+            pending = journal.pending(namespace, run)
+            left = {
+                ref: w
+                for ref, w in pending.items()
+                if self._resolve(ref[0], namespace, run, ref[1], w) is not _REFLECTED
+            }
+            if len(left) < len(pending):
+                journal.settled(namespace, run, left)
 
     def _hidden(self, kind: str, namespace: str, run: str, body: Mapping[str, Any]) -> bool:
         """Whether the index's ``body`` is an object a fresh read found gone."""
@@ -171,7 +216,8 @@ class WatchView:
         return True
 
     async def world(self, storage: KubernetesStorage, namespace: str, run: str) -> RunWorld:
-        """The run's world: settled on its own writes, then read from the indexes."""
+        """The run's world: the indexes, with the run's own writes the watch has not delivered overlaid."""
+        reads = self.fresh_reads
         fresh = await self.settle(storage, namespace, run)
 
         def merged(kind: Kind, items: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -186,7 +232,7 @@ class WatchView:
                 if body is None:
                     by_name.pop(name, None)
                 else:
-                    by_name[name] = slim(kind.kind, body)
+                    by_name[name] = dict(body)
             return list(by_name.values())
 
         runs = merged(RUNS, self.runs.get(namespace, ()))
@@ -198,42 +244,43 @@ class WatchView:
             jobs=merged(JOBS, self.jobs.get((namespace, run), ())),
             pods=[dict(p) for p in self.pods.get((namespace, run), ())],
             runs=runs,
-            fresh_reads=len(fresh),
+            fresh_reads=self.fresh_reads - reads,
         )
 
     async def settle_peers(
         self, storage: KubernetesStorage, namespace: str, names: Iterable[str], runs: list[dict[str, Any]]
     ) -> list[dict[str, Any]]:
-        """``runs`` with the runs ``names`` settled on their own last writes (their reconciles' status
+        """``runs`` with the runs ``names`` as their own last writes left them (their reconciles' status
         patches, e.g. ``trainedWith``): what the folder decision of a run on the same folder must see.
 
-        The writes stay in their runs' journal (their own next reconcile settles on them).
+        The writes stay in their runs' journal (their own next reconcile settles on them); what their
+        answers did not tell is read afresh.
         """
-        pending = {
-            name: written
-            for name in names
-            if (written := storage.journal.pending(namespace, name).get((RUNS, name))) is not None
-        }
-        deadline = time.monotonic() + self.settle_seconds
-        while pending:
-            pending = {n: w for n, w in pending.items() if not self._reflects(RUNS, namespace, n, n, w)}
-            if (
-                not pending
-                or time.monotonic() >= deadline
-                or all(w.version is None for w in pending.values())
-            ):
-                break
-            await self._changed(deadline)
-        if not pending:
+        shown: dict[str, Any] = {}
+        for name in names:
+            written = storage.journal.pending(namespace, name).get((RUNS, name))
+            if written is None:
+                continue
+            answer = self._resolve(RUNS, namespace, name, name, written)
+            if answer is _READ:
+                self.fresh_reads += 1
+                body = await storage.get(RUNS, namespace, name)
+                answer = slim(RUNS.kind, body) if body is not None else None
+            if answer is not _REFLECTED:
+                shown[name] = answer
+        if not shown:
             return runs
-        fresh = {n: await storage.get(RUNS, namespace, n) for n in pending}
-        self.fresh_reads += len(fresh)
-        kept = [r for r in runs if _name(r) not in fresh]
-        return kept + [slim(RUNS.kind, body) for body in fresh.values() if body is not None]
+        kept = [r for r in runs if _name(r) not in shown]
+        return kept + [dict(body) for body in shown.values() if body is not None]
 
     def namespace_runs(self, namespace: str) -> list[dict[str, Any]]:
         """The namespace's runs as the view holds them (a deleted run's folder neighbours)."""
         return [dict(r) for r in self.runs.get(namespace, ())]
+
+
+def _at_least(have: int | None, wanted: int | None) -> bool:
+    """Whether a version is known to be ``wanted`` or later."""
+    return have is not None and wanted is not None and have >= wanted
 
 
 def _batch_run(body: Mapping[str, Any]) -> str | None:
