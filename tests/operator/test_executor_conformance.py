@@ -257,7 +257,6 @@ async def test_the_planner_drives_either_executor_through_the_same_plans(harness
             ("UpdateBatchStatus", "b1"),
             ("CreateWorkload", "demo-b1-a1"),
             ("UpdateRunStatus", None),
-            ("EmitEvent", "Started"),
         ],
         [],  # adopted: nothing new while it trains
         [("UpdateBatchStatus", "b1"), ("UpdateRunStatus", None), ("EmitEvent", "Succeeded")],

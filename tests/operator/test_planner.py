@@ -705,3 +705,17 @@ def test_a_rebuilt_start_checkpoint_is_reported_with_an_event() -> None:
         [succeeded("new", 1, 6, 12)],
     ).plan()
     assert not [e for e in plain.of(EmitEvent) if e.reason == "CheckpointRebuilt"]
+
+
+# -- Events: one per batch, at its end ------------------------------------------------------------------
+def test_a_batch_gets_one_normal_event_at_its_end_naming_its_job_attempt_and_duration() -> None:
+    world = World(make_run(), [make_batch("b1"), make_batch("b2", created=1)], [])
+    started = world.plan()
+    assert created(started) == [("b1", 1)]
+    assert started.of(EmitEvent) == [], "a start posts no Event: the status says Training"
+    status = training(2, job=job_name(RUN, "b1", 2), lastTransitionTime="2025-03-01T11:59:18Z")
+    world = World(make_run(), [make_batch("b1", status=status)], [succeeded("b1", 2, 0, 10)])
+    (event,) = world.plan().of(EmitEvent)
+    assert (event.type, event.reason, event.name) == ("Normal", "Succeeded", "b1")
+    assert event.message.startswith("trained steps 0..10")
+    assert f"Job {job_name(RUN, 'b1', 2)}, attempt 2, 42 s after it started" in event.message

@@ -19,7 +19,7 @@ from typing import Any
 
 from continual_operator.api.batch import TrainingBatchStatus
 from continual_operator.planning.draft import Draft
-from continual_operator.planning.status import rfc3339
+from continual_operator.planning.status import parse_time, rfc3339
 from continual_operator.workloads.outcomes import Outcome, backoff_seconds, classify_batch
 from continual_operator.workloads.train import TRAIN
 from continual_operator.workloads.views import JobView
@@ -281,7 +281,7 @@ def record_success(draft: Draft, batch: str, outcome: Outcome) -> None:
         if result.outcome == "AlreadyCompleted":
             message = f"already completed before: {message}"
         draft.update(batch, phase="Succeeded", reason=result.outcome, message=message, **fields)
-        draft.event("TrainingBatch", batch, "Normal", result.outcome, message)
+        draft.event("TrainingBatch", batch, "Normal", result.outcome, f"{message}{_how(draft, batch)}")
     if result.rebuilt:
         # The trainer found the checkpoint this batch starts from damaged and re-trained it bit for bit
         # (docs/trainer.md, "Self-healing batch-end checkpoints"): nothing was lost, but the volume had
@@ -289,6 +289,17 @@ def record_success(draft: Draft, batch: str, outcome: Outcome) -> None:
         draft.event("TrainingBatch", batch, "Warning", CHECKPOINT_REBUILT, result.rebuilt)
     if completed is None or end >= completed:
         record_progress(draft, end, result.checkpoint, result.mean_loss)
+
+
+def _how(draft: Draft, batch: str) -> str:
+    """Which attempt trained a batch and how long it was Training: what the one Event of a batch's end
+    tells ``kubectl describe`` (no Event is posted when it starts)."""
+    status, before = draft.statuses[batch], draft.original[batch]
+    how = f"; Job {status.job}, attempt {status.attempts}" if status.job else ""
+    since = parse_time(before.last_transition_time) if before.phase == "Training" else None
+    if since is not None:
+        how += f", {max(0.0, (draft.now - since).total_seconds()):.0f} s after it started"
+    return how
 
 
 def record_progress(draft: Draft, step: int, checkpoint: str | None, loss: float | None) -> None:

@@ -4,6 +4,8 @@ Batches train by explicit ``spec.order``, then creation time, then name
 (:func:`~continual_operator.planning.draft.batch_order_key`). The next batch that is neither finished nor
 deleted gets the next attempt (or the same one again, when its Job disappeared or a suspend stopped it);
 the train kind builds its workload, and the batch is marked Training *before* the workload is created.
+No Event says so (the status does, and a batch's one Normal Event comes at its end, naming its Job, attempt
+and duration: one Event per batch, not two).
 A batch whose ``data.path`` resolves outside the volume fails permanently without a workload.
 
 **Coalescing**: the batches queued right after it, in order, ride in the same workload, up to
@@ -92,7 +94,6 @@ def start_next(draft: Draft) -> None:
             message=message,
             next_attempt_time=None,
         )
-        draft.event("TrainingBatch", name, "Normal", "Started", message)
         for follower in after:
             coalesced = f"coalesced into Job {job}: it trains after batch {name}, in the same process"
             draft.update(
@@ -103,7 +104,6 @@ def start_next(draft: Draft) -> None:
                 message=coalesced,
                 next_attempt_time=None,
             )
-            draft.event("TrainingBatch", follower.metadata.name, "Normal", "Started", coalesced)
         return
 
 
