@@ -40,6 +40,11 @@ ANNOTATION_RUN = "continual.dev/run"
 ANNOTATION_BATCH = "continual.dev/batch"
 #: A coalesced train Job: the batches it trains after its first one, comma-separated, in order.
 ANNOTATION_NEXT_BATCHES = "continual.dev/next-batches"
+#: A Job's pod template: the trainer config (rendered YAML), read by the container as a file.
+ANNOTATION_TRAINER_CONFIG = "continual.dev/trainer-config"
+#: A Job whose config is in its pod template (``pod-annotation``), not in a ConfigMap of its name.
+ANNOTATION_CONFIG_SOURCE = "continual.dev/trainer-config-source"
+CONFIG_IN_POD_ANNOTATION = "pod-annotation"
 #: The label Kueue reads to queue a Job.
 LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import kmock
 import kubernetes
+import yaml
 
 from continual_operator.cluster.k8s import KubernetesStorage
 from continual_trainer.records import BatchResult
@@ -218,3 +219,14 @@ class KubeWorld:
                 },
             },
         )
+
+
+def trainer_config_of(job: dict[str, Any]) -> dict[str, Any]:
+    """The trainer config a Job's pod reads at /etc/continual/trainer.yaml: the pod annotation its
+    ``downwardAPI`` config volume names (the ConfigMap only holds a config too large for it)."""
+    pod = job["spec"]["template"]
+    (volume,) = [v for v in pod["spec"]["volumes"] if v["name"] == "config"]
+    (item,) = volume["downwardAPI"]["items"]
+    assert item["path"] == "trainer.yaml"
+    key = item["fieldRef"]["fieldPath"].removeprefix("metadata.annotations['").removesuffix("']")
+    return dict(yaml.safe_load(pod["metadata"]["annotations"][key]))

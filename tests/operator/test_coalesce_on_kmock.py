@@ -11,8 +11,17 @@ from typing import Any
 
 import kmock
 import pytest
-import yaml
-from kube_world import BATCHES, CONFIG_MAPS, JOBS, NS, RUN, RUNS, KubeWorld, batch_body, run_body
+from kube_world import (
+    BATCHES,
+    JOBS,
+    NS,
+    RUN,
+    RUNS,
+    KubeWorld,
+    batch_body,
+    run_body,
+    trainer_config_of,
+)
 
 from continual_operator.cluster.reconciler import Reconciler
 from continual_operator.naming import ANNOTATION_NEXT_BATCHES, job_name
@@ -60,9 +69,7 @@ async def test_three_queued_batches_get_one_job_and_each_its_own_status(
     job = world.get(JOBS, JOB_1)
     assert job is not None
     assert job["metadata"]["annotations"][ANNOTATION_NEXT_BATCHES] == "b2,b3"
-    config_map = world.get(CONFIG_MAPS, JOB_1)
-    assert config_map is not None
-    config = yaml.safe_load(config_map["data"]["trainer.yaml"])
+    config = trainer_config_of(job)
     assert [config["batch"]["id"], *(b["id"] for b in config["nextBatches"])] == ["b1", "b2", "b3"]
     assert [status_of(world, BATCHES, b)["phase"] for b in ("b1", "b2", "b3", "b4")] == [
         "Training",

@@ -20,7 +20,6 @@ import kmock
 import kopf
 import kubernetes
 import pytest
-import yaml
 from kube_world import (
     BATCHES,
     CLAIMS,
@@ -36,6 +35,7 @@ from kube_world import (
     batch_body,
     result,
     run_body,
+    trainer_config_of,
 )
 from kubernetes.client.exceptions import ApiException
 
@@ -102,7 +102,7 @@ async def test_first_reconcile_creates_one_job_with_its_config_and_the_runs_rbac
     await handlers.on_run_change(namespace=NS, name=RUN, memo=memo)
 
     assert world.names(JOBS) == [JOB_1]
-    assert world.names(CONFIG_MAPS) == [JOB_1]
+    assert world.names(CONFIG_MAPS) == [], "the config travels in the Job's pod template"
     assert (
         world.names(SERVICE_ACCOUNTS) == world.names(ROLES) == world.names(ROLE_BINDINGS) == ["demo-trainer"]
     )
@@ -110,9 +110,7 @@ async def test_first_reconcile_creates_one_job_with_its_config_and_the_runs_rbac
     job = world.get(JOBS, JOB_1)
     assert job is not None
     assert job["metadata"]["ownerReferences"][0]["uid"] == "uid-run-demo"
-    config_map = world.get(CONFIG_MAPS, JOB_1)
-    assert config_map is not None
-    config = yaml.safe_load(config_map["data"]["trainer.yaml"])
+    config = trainer_config_of(job)
     assert config["batch"]["id"] == "b1"
     # Status: the run trains b1 with that Job; b1 is Training, b2 waits.
     run = status_of(world, RUNS, RUN)
@@ -215,7 +213,7 @@ async def test_suspend_stops_the_running_job_with_foreground_deletion(
 
     deletes = world.requests("DELETE", JOBS)
     assert [(r.name, r.params["propagationPolicy"]) for r in deletes] == [(JOB_1, "Foreground")]
-    assert [r.name for r in world.requests("DELETE", CONFIG_MAPS)] == [JOB_1]
+    assert world.requests("DELETE", CONFIG_MAPS) == [], "a Job with its config inline has no ConfigMap"
     assert status_of(world, RUNS, RUN)["phase"] == "Suspended"
 
 

@@ -11,7 +11,7 @@ from tests.operator.operator_testkit import RUN, World, make_batch, make_run
 
 from continual_operator.naming import LABEL_KIND
 from continual_operator.planning.actions import CreateWorkload, DeleteWorkload
-from continual_operator.workloads import registry
+from continual_operator.workloads import registry, resources
 from continual_operator.workloads.kinds import ObjectRef, Workload, WorkloadKind
 from continual_operator.workloads.outcomes import Outcome
 from continual_operator.workloads.registry import job_view, job_views, kind_of
@@ -31,7 +31,7 @@ def _without_kind_label(job: dict[str, Any]) -> dict[str, Any]:
     return job
 
 
-def test_a_built_train_workload_is_labelled_and_owns_its_job_and_config_map() -> None:
+def test_a_built_train_workload_is_labelled_and_owns_its_job_with_the_config_in_its_pod_template() -> None:
     workload = TRAIN.build(TrainRequest(make_run(), make_batch("b1"), 2, ("old",)))
     assert (workload.kind, workload.name, workload.batch, workload.attempt) == (
         "train",
@@ -39,17 +39,31 @@ def test_a_built_train_workload_is_labelled_and_owns_its_job_and_config_map() ->
         "b1",
         2,
     )
-    assert [m["kind"] for m in workload.manifests] == [
-        "ServiceAccount",
-        "Role",
-        "RoleBinding",
-        "ConfigMap",
-        "Job",
-    ]
+    assert [m["kind"] for m in workload.manifests] == ["ServiceAccount", "Role", "RoleBinding", "Job"]
     assert workload.job["metadata"]["labels"][LABEL_KIND] == "train"
+    assert "abandonBatches:\n- old" in (resources.config_in_pod_annotation(workload.job) or "")
+    assert workload.owned == (ObjectRef("Job", "demo-b1-a2"),)
+    # Read back, the Job says it has no ConfigMap: deleting it sends no ConfigMap delete.
+    view = job_view(workload.job)
+    assert view is not None and registry.owned_objects(view) == (ObjectRef("Job", "demo-b1-a2"),)
+
+
+def test_a_config_too_large_for_an_annotation_goes_in_a_configmap_at_the_same_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(resources, "INLINE_CONFIG_MAX_BYTES", 100)
+    workload = TRAIN.build(TrainRequest(make_run(), make_batch("b1"), 2, ("old",)))
+    assert [m["kind"] for m in workload.manifests][-2:] == ["ConfigMap", "Job"]
     assert workload.manifest("ConfigMap")["metadata"]["labels"][LABEL_KIND] == "train"
     assert "abandonBatches:\n- old" in workload.manifest("ConfigMap")["data"]["trainer.yaml"]
+    assert resources.config_in_pod_annotation(workload.job) is None
+    pod = workload.job["spec"]["template"]["spec"]
+    assert {"name": "config", "configMap": {"name": "demo-b1-a2"}} in pod["volumes"]
+    assert pod["containers"][0]["command"] == ["continual-trainer", "--config", "/etc/continual/trainer.yaml"]
     assert workload.owned == (ObjectRef("Job", "demo-b1-a2"), ObjectRef("ConfigMap", "demo-b1-a2"))
+    # An old operator's Job (a ConfigMap, no marker) is deleted with its ConfigMap after an upgrade too.
+    view = job_view(workload.job)
+    assert view is not None and registry.owned_objects(view) == workload.owned
 
 
 def test_a_job_of_an_operator_before_kinds_is_read_as_a_train_job() -> None:

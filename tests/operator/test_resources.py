@@ -38,7 +38,9 @@ def minimal_run(**spec: Any) -> ContinualTrainingRun:
 def produced() -> dict[str, Any]:
     run, batch = rich_run(), rich_batch()
     return {
-        "job.yaml": resources.get_job(run, batch, 3),
+        # The Job as the train kind builds it (its config in the pod template); the ConfigMap of a config
+        # too large for an annotation.
+        "job.yaml": resources.attempt_objects(run, batch, 3)[-1],
         "configmap.yaml": resources.get_config_map(run, batch, 3),
         "serviceaccount.yaml": resources.get_service_account(run),
         "role.yaml": resources.get_role(run),
@@ -163,6 +165,33 @@ def test_trainer_config_paths(sub_path, data, run_dir, data_path) -> None:
     assert config.run_dir == run_dir
     assert config.batch.data.path == data_path
     assert config.base_model.path == "/data/models/tiny"  # from the volume's root: shared by runs
+
+
+def test_the_config_travels_in_the_pod_template_and_reaches_the_trainer_at_the_same_path() -> None:
+    run, batch = rich_run(), rich_batch()
+    (job,) = resources.attempt_objects(run, batch, 3)
+    pod = job["spec"]["template"]
+    text = pod["metadata"]["annotations"]["continual.dev/trainer-config"]
+    assert text == resources.get_config_map(run, batch, 3)["data"]["trainer.yaml"]
+    assert parse_config(text) == resources.get_trainer_config(run, batch)
+    assert {
+        "name": "config",
+        "downwardAPI": {
+            "items": [
+                {
+                    "path": "trainer.yaml",
+                    "fieldRef": {"fieldPath": "metadata.annotations['continual.dev/trainer-config']"},
+                }
+            ]
+        },
+    } in pod["spec"]["volumes"]
+    assert {"name": "config", "mountPath": "/etc/continual", "readOnly": True} in (
+        pod["spec"]["containers"][0]["volumeMounts"]
+    )
+    # Not on the Job's own metadata (the operator's view keeps that): a short marker only.
+    assert "continual.dev/trainer-config" not in job["metadata"]["annotations"]
+    assert job["metadata"]["annotations"]["continual.dev/trainer-config-source"] == "pod-annotation"
+    assert resources.config_in_pod_annotation(job) == text
 
 
 def test_rendered_config_round_trips_through_the_trainers_parser() -> None:

@@ -86,7 +86,7 @@ each watched namespace. Exactly what the handlers and kopf use; docs/deploy.md s
 - apiGroups: ["continual.dev"]
   resources: ["continualtrainingruns/finalizers"]
   verbs: ["update"]
-# One Job per batch attempt; failed attempts are deleted with their ConfigMap.
+# One Job per batch attempt (its config in its pod template; a large one, and artifact Jobs', in a ConfigMap deleted with it).
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["get", "list", "watch", "create", "delete", "patch"]

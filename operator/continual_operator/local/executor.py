@@ -5,8 +5,9 @@ Workload`); this module applies it here, building nothing of its own:
 
 * **the command** is the Job's container command and arguments, with the image's entry point
   (``continual-trainer``) replaced by local mode's trainer command and ``python`` by this interpreter;
-* **the config** is the trainer config in the workload's ConfigMap, with every path under ``/data`` moved to
-  the local volume folder (:func:`local_trainer_config`), written beside the process's log;
+* **the config** is the trainer config the workload carries (its Job's pod annotation, or its ConfigMap),
+  with every path under ``/data`` moved to the local volume folder (:func:`local_trainer_config`), written
+  beside the process's log;
 * **the environment** is this process's, plus the container's literal variables (``spec.env``, offline hub
   flags) where not set already -- except those that point into the pod's own scratch space
   (:data:`POD_ONLY_ENV`). Variables from Secrets stay on the cluster: locally the usual boto3 chain and
@@ -141,8 +142,11 @@ def environment(workload: Workload, base: Mapping[str, str]) -> dict[str, str]:
 
 
 def trainer_config(workload: Workload) -> TrainerConfig:
-    """The trainer config the workload's ConfigMap carries (as the pod would read it)."""
-    data = workload.manifest("ConfigMap")["data"][resources.CONFIG_KEY]
+    """The trainer config the workload carries, as the pod would read it: its Job's pod annotation, or
+    its ConfigMap (a large config; artifact kinds)."""
+    data = resources.config_in_pod_annotation(workload.manifest("Job"))
+    if data is None:
+        data = workload.manifest("ConfigMap")["data"][resources.CONFIG_KEY]
     return TrainerConfig.model_validate(yaml.safe_load(data))
 
 

@@ -6,14 +6,18 @@ the I/O module creates them (create-or-leave-alone, by their deterministic names
 
 Per run (:func:`run_objects`): a ServiceAccount, a Role and a RoleBinding that let the trainer patch only
 this run's status, and the volume claim when the run asks for one. Per batch attempt (the ``train`` kind,
-:mod:`continual_operator.workloads.train`): the trainer's ConfigMap (its
-:class:`~continual_trainer.config.TrainerConfig`, rendered) and the Job running the trainer image.
+:mod:`continual_operator.workloads.train`, :func:`attempt_objects`): the Job running the trainer image,
+with the trainer's config (its :class:`~continual_trainer.config.TrainerConfig`, rendered) in its pod
+template's annotation ``continual.dev/trainer-config``, which a ``downwardAPI`` volume gives the container
+as the file ``/etc/continual/trainer.yaml``: one object per attempt instead of two (no ConfigMap to
+create, nor to delete with the Job). A config too large for an annotation
+(:data:`INLINE_CONFIG_MAX_BYTES`) goes in a ConfigMap of the Job's name, mounted at the same path.
 """
 
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import yaml
@@ -28,8 +32,11 @@ from continual_operator.api import (
 )
 from continual_operator.naming import (
     ANNOTATION_BATCH,
+    ANNOTATION_CONFIG_SOURCE,
     ANNOTATION_NEXT_BATCHES,
     ANNOTATION_RUN,
+    ANNOTATION_TRAINER_CONFIG,
+    CONFIG_IN_POD_ANNOTATION,
     LABEL_ATTEMPT,
     LABEL_BATCH,
     LABEL_COMPONENT,
@@ -57,9 +64,12 @@ from continual_trainer.config import (
 
 #: Where the run's volume is mounted in the trainer pod.
 DATA_MOUNT = "/data"
-#: Where the trainer's ConfigMap is mounted; the trainer is started with ``--config`` pointing into it.
+#: Where the trainer's config file is mounted; the trainer is started with ``--config`` pointing into it.
 CONFIG_MOUNT = "/etc/continual"
 CONFIG_KEY = "trainer.yaml"
+#: The API server refuses an object whose annotations total more than 256 KiB: a rendered config larger
+#: than this (leaving room for the other annotations) goes in a ConfigMap instead of the pod template.
+INLINE_CONFIG_MAX_BYTES = 192 * 1024
 TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 #: The non-root user of the trainer image.
 TRAINER_UID = 1000
@@ -233,6 +243,35 @@ def render_trainer_config(config: TrainerConfig) -> str:
     return yaml.safe_dump(data, sort_keys=False, width=110)
 
 
+def attempt_objects(
+    run: ContinualTrainingRun,
+    batch: TrainingBatch,
+    attempt: int,
+    abandon_batches: Sequence[str] = (),
+    next_batches: Sequence[TrainingBatch] = (),
+) -> tuple[dict[str, Any], ...]:
+    """An attempt's own objects, in the order they are created: its Job with the config in its pod
+    template, or (a config too large for an annotation) its ConfigMap, then its Job mounting it."""
+    config = render_trainer_config(get_trainer_config(run, batch, abandon_batches, next_batches))
+    if fits_inline(config):
+        return (get_job(run, batch, attempt, next_batches, config=config),)
+    return (
+        get_config_map(run, batch, attempt, abandon_batches, next_batches),
+        get_job(run, batch, attempt, next_batches),
+    )
+
+
+def fits_inline(config: str) -> bool:
+    """Whether a rendered config may travel in a pod annotation (:data:`INLINE_CONFIG_MAX_BYTES`)."""
+    return len(config.encode()) <= INLINE_CONFIG_MAX_BYTES
+
+
+def config_in_pod_annotation(job: Mapping[str, Any]) -> str | None:
+    """The trainer config a Job manifest carries in its pod template (None: it mounts a ConfigMap)."""
+    annotations = ((job.get("spec") or {}).get("template") or {}).get("metadata", {}).get("annotations")
+    return (annotations or {}).get(ANNOTATION_TRAINER_CONFIG)
+
+
 def get_config_map(
     run: ContinualTrainingRun,
     batch: TrainingBatch,
@@ -242,10 +281,11 @@ def get_config_map(
 ) -> dict[str, Any]:
     """The trainer config of one attempt, named like its Job.
 
-    One per attempt, and immutable: a Job's config never changes under it (a retry gets the spec as it is
-    then; the trainer itself keeps a retried batch on the settings it started with), and the kubelet need
-    not watch it. Owned by the run, so that a failed Job create leaves nothing behind once the run goes;
-    the I/O module deletes it together with its Job.
+    Only for a config too large for the Job's pod annotation (:func:`attempt_objects`). One per attempt,
+    and immutable: a Job's config never changes under it (a retry gets the spec as it is then; the trainer
+    itself keeps a retried batch on the settings it started with), and the kubelet need not watch it.
+    Owned by the run, so that a failed Job create leaves nothing behind once the run goes; the I/O module
+    deletes it together with its Job.
     """
     name = job_name(run.metadata.name, batch.metadata.name, attempt)
     meta = _metadata(run, name, "trainer-config")
@@ -365,8 +405,24 @@ def _container(run: ContinualTrainingRun, command: Sequence[str] = TRAINER_COMMA
     return container
 
 
+def _config_volume(config_map: str, inline: bool) -> dict[str, Any]:
+    """The config file at ``CONFIG_MOUNT/CONFIG_KEY``: the pod's own annotation (``downwardAPI``), or the
+    ConfigMap's key. The same path either way: the trainer reads one file."""
+    if inline:
+        field = f"metadata.annotations['{ANNOTATION_TRAINER_CONFIG}']"
+        return {
+            "name": "config",
+            "downwardAPI": {"items": [{"path": CONFIG_KEY, "fieldRef": {"fieldPath": field}}]},
+        }
+    return {"name": "config", "configMap": {"name": config_map}}
+
+
 def _pod_spec(
-    run: ContinualTrainingRun, config_map: str, command: Sequence[str] = TRAINER_COMMAND
+    run: ContinualTrainingRun,
+    config_map: str,
+    command: Sequence[str] = TRAINER_COMMAND,
+    *,
+    inline: bool = False,
 ) -> dict[str, Any]:
     spec = run.spec
     scheduling = spec.scheduling
@@ -389,7 +445,7 @@ def _pod_spec(
         "containers": [_container(run, command)],
         "volumes": [
             {"name": "data", "persistentVolumeClaim": {"claimName": volume_claim_name(run)}},
-            {"name": "config", "configMap": {"name": config_map}},
+            _config_volume(config_map, inline),
             {"name": "tmp", "emptyDir": {}},
         ],
     }
@@ -415,6 +471,8 @@ def get_job(
     batch: TrainingBatch,
     attempt: int,
     next_batches: Sequence[TrainingBatch] = (),
+    *,
+    config: str | None = None,
 ) -> dict[str, Any]:
     """The Job that trains one attempt of one batch.
 
@@ -423,43 +481,55 @@ def get_job(
     deleting the run deletes its Jobs; labelled with run, batch and attempt so that the operator finds
     them, and annotated with the full names in case the labels had to be shortened. With a Kueue queue the
     Job is created suspended and Kueue admits it. A coalesced Job (``next_batches``) is named and labelled
-    after its first batch and attempt, and lists the batches after it in an annotation.
+    after its first batch and attempt, and lists the batches after it in an annotation. ``config``: the
+    rendered trainer config, carried in the pod template (None: a ConfigMap of the Job's name holds it).
     """
     name = job_name(run.metadata.name, batch.metadata.name, attempt)
     labels = job_labels(run, batch, attempt)
     annotations = {ANNOTATION_RUN: run.metadata.name, ANNOTATION_BATCH: batch.metadata.name}
     if next_batches:
         annotations[ANNOTATION_NEXT_BATCHES] = ",".join(b.metadata.name for b in next_batches)
-    return workload_job(run, JobParts(name, labels, annotations, TRAINER_COMMAND))
+    return workload_job(run, JobParts(name, labels, annotations, TRAINER_COMMAND, config))
 
 
 class JobParts(NamedTuple):
-    """What differs between the Jobs of workload kinds: the name, labels, annotations and command line."""
+    """What differs between the Jobs of workload kinds: the name, labels, annotations and command line,
+    and the rendered trainer config when the pod template carries it (None: a ConfigMap of its name)."""
 
     name: str
     labels: dict[str, str]
     annotations: dict[str, str]
     command: Sequence[str]
+    config: str | None = None
 
 
 def workload_job(run: ContinualTrainingRun, parts: JobParts) -> dict[str, Any]:
     """A Job running the trainer image for the run: the pod of :func:`get_job`, with the kind's command
-    (every kind mounts the volume, its ConfigMap of the same name, and gets the same environment)."""
+    (every kind mounts the volume and its config -- from its pod annotation, or its ConfigMap of the same
+    name -- and gets the same environment)."""
+    inline = parts.config is not None
+    # Copies: the I/O layer may add to either without the other changing (and YAML has no anchors).
+    pod_annotations = dict(parts.annotations)
+    job_annotations = dict(parts.annotations)
+    if parts.config is not None:
+        # The config on the pod template only (the pods read it), a short marker on the Job (the operator's
+        # view keeps Job metadata, never the template: it knows there is no ConfigMap to delete).
+        pod_annotations[ANNOTATION_TRAINER_CONFIG] = parts.config
+        job_annotations[ANNOTATION_CONFIG_SOURCE] = CONFIG_IN_POD_ANNOTATION
     job_spec: dict[str, Any] = {
         "backoffLimit": 0,
         "completions": 1,
         "parallelism": 1,
         "template": {
-            # Copies: the I/O layer may add to either without the other changing (and YAML has no anchors).
-            "metadata": {"labels": dict(parts.labels), "annotations": dict(parts.annotations)},
-            "spec": _pod_spec(run, parts.name, parts.command),
+            "metadata": {"labels": dict(parts.labels), "annotations": pod_annotations},
+            "spec": _pod_spec(run, parts.name, parts.command, inline=inline),
         },
     }
     if run.spec.scheduling.kueue_queue_name:
         job_spec["suspend"] = True
     meta = _metadata(run, parts.name, "trainer")
     meta["labels"] = dict(parts.labels)
-    meta["annotations"] = dict(parts.annotations)
+    meta["annotations"] = job_annotations
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": job_spec}
 
 

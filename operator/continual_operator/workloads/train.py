@@ -1,4 +1,4 @@
-"""The ``train`` kind: one trainer attempt of one TrainingBatch (a ConfigMap with its trainer config, a Job).
+"""The ``train`` kind: one trainer attempt of one TrainingBatch (a Job, its trainer config in its pod template).
 
 Named ``{run}-{batch}-a{attempt}`` (:func:`~continual_operator.naming.job_name`); built by
 :mod:`.resources` (with the per-run ServiceAccount, Role, RoleBinding and claim before it); read back from
@@ -62,23 +62,23 @@ class TrainKind:
 
     @staticmethod
     def job_name(run: str, batch: str, attempt: int) -> str:
-        """The deterministic name of an attempt's Job and ConfigMap."""
+        """The deterministic name of an attempt's Job (and ConfigMap, for a large config)."""
         return job_name(run, batch, attempt)
 
     def build(self, request: TrainRequest) -> Workload:
         run, batch, attempt, after = request.run, request.batch, request.attempt, request.next_batches
         name = self.job_name(run.metadata.name, batch.metadata.name, attempt)
+        *config_map, job = resources.attempt_objects(run, batch, attempt, request.abandon_batches, after)
+        owned = self.owned_objects(name)
         return Workload(
             kind=KIND,
             name=name,
             manifests=(
                 *resources.run_objects(run),
-                resources.get_config_map(run, batch, attempt, request.abandon_batches, after),
-                gang.get_single_node_job(
-                    resources.get_job(run, batch, attempt, after), gang.Gang.of(run.spec.resources)
-                ),
+                *config_map,  # only for a config too large for the pod annotation
+                gang.get_single_node_job(job, gang.Gang.of(run.spec.resources)),
             ),
-            owned=self.owned_objects(name),
+            owned=owned if config_map else tuple(ref for ref in owned if ref.kind != "ConfigMap"),
             batch=batch.metadata.name,
             attempt=attempt,
             writes_volume=self.writes_volume,
@@ -104,6 +104,8 @@ class TrainKind:
         return outcomes.classify(view)
 
     def owned_objects(self, name: str) -> tuple[ObjectRef, ...]:
+        # The ConfigMap of a large config (and of every Job made before configs moved into the pod
+        # template); :func:`.registry.owned_objects` leaves it out for a Job that says it has none.
         return (ObjectRef("Job", name), ObjectRef("ConfigMap", name))
 
 

@@ -17,6 +17,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from continual_operator.naming import ANNOTATION_CONFIG_SOURCE, CONFIG_IN_POD_ANNOTATION
+
 JobPhase = Literal["Active", "Succeeded", "Failed"]
 #: The container that runs the trainer image in every Job pod (of every kind).
 TRAINER_CONTAINER = "trainer"
@@ -75,6 +77,8 @@ class JobView:
     pending_since: dt.datetime | None = None
     #: A coalesced train Job: the batches it trains after ``batch``, in order (their attempts are their own).
     next_batches: tuple[str, ...] = ()
+    #: A ConfigMap of the Job's name holds its config (deleted with it); False: its pod template does.
+    config_map: bool = True
 
     @property
     def batches(self) -> tuple[str, ...]:
@@ -224,6 +228,8 @@ def read_job(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], identity
         waiting_reason=waiting_reason,
         waiting_message=waiting_message,
         pending_since=_pending_since(job, newest, phase),
+        config_map=(_get(job, "metadata", "annotations") or {}).get(ANNOTATION_CONFIG_SOURCE)
+        != CONFIG_IN_POD_ANNOTATION,
     )
 
 
