@@ -350,6 +350,7 @@ def scale_phase(
     timeout: float,
     workers: int,
     idle_seconds: float,
+    max_batches_per_job: int | None = None,
 ) -> dict[str, Any]:
     with phase(plane, workdir, "scale") as p:
         tracker = p.tracker
@@ -359,7 +360,10 @@ def scale_phase(
         created_at: dict[str, float] = {}
 
         def create_run(run: str) -> None:
-            p.api.create(RUNS_PATH.format(ns=p.namespace), run_manifest(run, CLAIM))
+            manifest = run_manifest(run, CLAIM)
+            if max_batches_per_job is not None:
+                manifest["spec"]["training"] = {"maxBatchesPerJob": max_batches_per_job}
+            p.api.create(RUNS_PATH.format(ns=p.namespace), manifest)
 
         def create_batch(item: tuple[str, str, int]) -> None:
             batch, run, order = item
@@ -719,6 +723,11 @@ def main() -> int:
         "--scales",
         help="several scale phases, e.g. 50x5,200x5,1000x1 (all the goals' set-ups); overrides --runs/--batches",
     )
+    parser.add_argument(
+        "--max-batches-per-job",
+        type=int,
+        help="spec.training.maxBatchesPerJob of the scale phase's runs (default: the API's, 4; 1: one Job per batch)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--keep", action="store_true", help="keep the working folder (logs, audit log)")
     args = parser.parse_args()
@@ -761,6 +770,7 @@ def main() -> int:
                     timeout=args.timeout,
                     workers=args.create_workers,
                     idle_seconds=args.idle_seconds,
+                    max_batches_per_job=args.max_batches_per_job,
                 )
             )
         print_report(args, results, plane)

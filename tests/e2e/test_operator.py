@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from continual_operator.api import ContinualTrainingRun, TrainingBatch
 from continual_operator.naming import claim_name
-from continual_operator.workloads.resources import DATA_MOUNT, get_trainer_config
+from continual_operator.workloads.resources import DATA_MOUNT, config_in_pod_annotation, get_trainer_config
 from continual_trainer.config import TrainerConfig, parse_config
 
 from .controlplane import ControlPlane
@@ -227,15 +227,17 @@ def scrape_metrics(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], f
     }
 
 
-def trainer_configs(world: World, config_maps: list[Recorded], run: str) -> dict[str, TrainerConfig]:
-    """The trainer config each batch's latest attempt got (from the ConfigMaps as created), checked to be
-    exactly what `get_trainer_config` makes of the run and the batch as they are stored."""
+def trainer_configs(world: World, jobs: list[Recorded], run: str) -> dict[str, TrainerConfig]:
+    """The trainer config each batch's latest attempt got (from its Job's pod template, as created),
+    checked to be exactly what `get_trainer_config` makes of the run and the batch as they are stored."""
     stored_run = ContinualTrainingRun.model_validate(world.run(run))
     got: dict[str, TrainerConfig] = {}
-    for record in config_maps:
+    for record in jobs:
         annotations = record.object["metadata"].get("annotations") or {}
         if record.type == "ADDED" and annotations.get("continual.dev/run") == run:
-            got[annotations["continual.dev/batch"]] = parse_config(record.object["data"]["trainer.yaml"])
+            text = config_in_pod_annotation(record.object)
+            assert text is not None, f"{record.object['metadata']['name']} carries no config"
+            got[annotations["continual.dev/batch"]] = parse_config(text)
     for batch, config in got.items():
         stored_batch = TrainingBatch.model_validate(world.batch(batch))
         assert config == get_trainer_config(stored_run, stored_batch), batch
@@ -417,7 +419,10 @@ def test_killed_and_suspended_trainers_resume_to_the_weights_of_an_uninterrupted
         from continual_trainer.reference import run_uninterrupted
         from trainer.helpers import adapter_weights, max_abs_diff
 
-        configs = trainer_configs(world, config_maps.snapshot(), run)
+        configs = trainer_configs(world, jobs.snapshot(), run)
+        # The configs travelled in the Jobs: no ConfigMap per attempt (one API request less to create it,
+        # one less to delete it with its Job).
+        assert not [r for r in config_maps.snapshot() if r.object["metadata"]["name"].startswith(run)]
         reference = tmp_path / "reference" / run
         local = [on_this_machine(configs[b], volume=volume, run_dir=reference) for b, _ in DEMO_BATCHES]
         assert run_uninterrupted(local, reference).final_step == 18
@@ -427,11 +432,11 @@ def test_killed_and_suspended_trainers_resume_to_the_weights_of_an_uninterrupted
         )
         assert diff == 0.0
 
-        # Scenario 6: deleting the run deletes its Jobs and ConfigMaps (owner references, the garbage
-        # collector; no operator finalizer) and keeps the claim made from the template (no owner).
+        # Scenario 6: deleting the run deletes its Jobs (owner references, the garbage collector; no
+        # operator finalizer) and keeps the claim made from the template (no owner).
         pvc = world.api.get(f"{world.claims_path}/{claim}")
         assert not pvc["metadata"].get("ownerReferences"), pvc["metadata"]
-        assert world.jobs(run) and world.config_maps(run)
+        assert world.jobs(run)
         world.control_plane.kubectl("delete", "ctr", run, "-n", world.namespace, "--wait=false")
         world.wait(
             lambda: (
@@ -440,7 +445,7 @@ def test_killed_and_suspended_trainers_resume_to_the_weights_of_an_uninterrupted
                 and not world.config_maps(run)
                 and not world.exists(f"/api/v1/namespaces/{world.namespace}/serviceaccounts/{run}-trainer")
             ),
-            "the run, its Jobs, ConfigMaps and ServiceAccount to be deleted",
+            "the run, its Jobs and ServiceAccount to be deleted",
         )
         world.wait(
             lambda: (

@@ -2,7 +2,7 @@
 
 These tests drive the same entry points kopf calls (the handler functions and the reconciler behind
 them) against kmock's Kubernetes emulator, and assert on the requests and objects that result: Jobs and
-their ConfigMaps, per-run RBAC, status patches (merge patches on the status subresource) and Events.
+their trainer configs, per-run RBAC, status patches (merge patches on the status subresource) and Events.
 kmock runs no controllers, so the tests finish Jobs themselves (:meth:`KubeWorld.finish_job`).
 """
 

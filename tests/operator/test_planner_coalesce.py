@@ -80,7 +80,7 @@ def test_three_queued_batches_are_trained_by_one_job_in_queue_order() -> None:
     name = job_name(RUN, "b1", 1)
     assert create.job_name == name
     assert create.workload.job["metadata"]["annotations"][ANNOTATION_NEXT_BATCHES] == "b2,b3"
-    config = yaml.safe_load(create.workload.manifest("ConfigMap")["data"][resources.CONFIG_KEY])
+    config = yaml.safe_load(resources.config_in_pod_annotation(create.workload.job) or "")
     assert config["batch"]["id"] == "b1"
     assert [b["id"] for b in config["nextBatches"]] == ["b2", "b3"]
     assert [b["data"]["path"] for b in config["nextBatches"]] == [
@@ -130,7 +130,7 @@ def test_max_batches_per_job_1_is_one_job_per_batch_exactly() -> None:
     [create] = creates(p)
     assert create.workload.next_batches == ()
     assert ANNOTATION_NEXT_BATCHES not in create.workload.job["metadata"]["annotations"]
-    config = yaml.safe_load(create.workload.manifest("ConfigMap")["data"][resources.CONFIG_KEY])
+    config = yaml.safe_load(resources.config_in_pod_annotation(create.workload.job) or "")
     assert "nextBatches" not in config
     assert status(coalescing_off, "b2")["phase"] == "Queued"
     # The same plan as a run with a single batch queued makes for that batch (nothing about b2, b3).
