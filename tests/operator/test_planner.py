@@ -719,3 +719,11 @@ def test_a_batch_gets_one_normal_event_at_its_end_naming_its_job_attempt_and_dur
     assert (event.type, event.reason, event.name) == ("Normal", "Succeeded", "b1")
     assert event.message.startswith("trained steps 0..10")
     assert f"Job {job_name(RUN, 'b1', 2)}, attempt 2, 42 s after it started" in event.message
+
+
+def test_a_batch_started_at_once_gets_one_status_patch_and_only_a_waiting_one_says_queued() -> None:
+    run = make_run(training={"maxBatchesPerJob": 1})  # b2 is not coalesced: it waits
+    world = World(run, [make_batch("b1"), make_batch("b2", created=1)], [])
+    p = world.plan()
+    patches = [(u.batch, u.patch["phase"]) for u in p.of(UpdateBatchStatus)]
+    assert patches == [("b1", "Training"), ("b2", "Queued")], "no separate Queued patch for b1"
