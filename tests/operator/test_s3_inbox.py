@@ -157,6 +157,10 @@ async def test_new_objects_become_batches_in_key_order_and_the_first_one_trains(
     assert reasons(world) == ["InboxBatchesCreated"]
     # the planner saw the new batches in the same reconcile: the first one's Job exists
     assert [j for j in world.names(JOBS) if first["metadata"]["name"] in j]
+    # ... and the poll's status and the plan's went to the run in one patch
+    run_patches = [r for r in world.requests("PATCH", RUNS) if r.subresource == "status"]
+    assert len(run_patches) == 1
+    assert {"inbox", "phase", "currentJob"} <= set(run_patches[0].data["status"])
     # nothing of the credentials anywhere the operator wrote
     written = str(world.get(RUNS, RUN)) + str(world.events()) + str(batches)
     assert SECRET_ACCESS_KEY not in written

@@ -9,9 +9,11 @@ from pydantic import ValidationError
 
 from continual_operator.api import ContinualTrainingRunSpec
 from continual_operator.api.meta import Condition
+from continual_operator.planning.actions import EmitEvent, Plan, UpdateBatchStatus, UpdateRunStatus
 from continual_operator.planning.status import (
     describe_validation_error,
     merge_patch,
+    one_patch_per_object,
     parse_time,
     rfc3339,
     set_condition,
@@ -76,3 +78,25 @@ def test_validation_errors_name_the_yaml_path() -> None:
         )
     assert describe_validation_error(caught.value).startswith("spec.lora.r: ")
     assert describe_validation_error("already a message") == "already a message"
+
+
+def test_one_patch_per_object_merges_a_reconciles_patches_of_one_status_where_the_last_was() -> None:
+    inbox = UpdateRunStatus({"inbox": {"watermark": "b"}, "conditions": ["inbox"]})
+    event = EmitEvent("ContinualTrainingRun", "demo", "Normal", "InboxBatchesCreated", "2 batches")
+    create_first, create_then = (
+        UpdateBatchStatus("b1", {"phase": "Queued"}),
+        UpdateBatchStatus("b2", {"a": 1}),
+    )
+    planned = (
+        UpdateBatchStatus("b1", {"phase": "Training", "job": "j"}),
+        UpdateRunStatus({"phase": "Training", "conditions": ["inbox", "ready"]}),
+    )
+    merged = one_patch_per_object(Plan((inbox, event, create_first, create_then, *planned)))
+    assert merged.actions == (
+        event,
+        create_then,
+        UpdateBatchStatus("b1", {"phase": "Training", "job": "j"}),
+        UpdateRunStatus({"inbox": {"watermark": "b"}, "conditions": ["inbox", "ready"], "phase": "Training"}),
+    )
+    alone = Plan((event, *planned))
+    assert one_patch_per_object(alone) is alone

@@ -12,7 +12,9 @@ The order of the writes is what makes the inbox exactly-once:
 3. post the Events,
 4. patch ``status.inbox`` (the watermark) and the ``InboxReady`` condition.
 
-A crash anywhere before 4 repeats the same poll from the old watermark, which re-creates the same names
+3 and 4 are the reconciler's: it applies them with the plan it makes next (:class:`InboxPoll`), so that a
+reconcile patches the run's status once, not once for the poll and once for the plan. A crash or an
+error anywhere before 4 repeats the same poll from the old watermark, which re-creates the same names
 (409) and re-notes the same notes; a crash after 4 has lost nothing. The store's credentials come from the
 Secret in ``spec.objectStore.credentialsSecretRef`` (read with ``get``; the values live in memory for one
 poll, and are never logged, stored or put into an Event); without one, boto3's default chain applies
@@ -33,7 +35,7 @@ from typing import Any
 
 from continual_operator.api import ContinualTrainingRun, InboxSpec, InboxStatus
 from continual_operator.api.meta import ConditionStatus
-from continual_operator.cluster.k8s import BATCHES, KubernetesStorage, Subject
+from continual_operator.cluster.k8s import BATCHES, KubernetesStorage
 from continual_operator.errors import KubernetesApiError
 from continual_operator.inbox.decide import (
     ANNOTATION_SOURCE_REPORTED,
@@ -44,7 +46,7 @@ from continual_operator.inbox.decide import (
     retry_seconds,
 )
 from continual_operator.inbox.store import InboxLister, InboxStoreError
-from continual_operator.planning.actions import EmitEvent, EventType, Plan, UpdateRunStatus
+from continual_operator.planning.actions import Action, EmitEvent, EventType, UpdateRunStatus
 from continual_operator.planning.status import parse_time, rfc3339, set_condition, wire
 from continual_trainer.config import ObjectStoreClientSpec
 from continual_trainer.objectstore import Credentials, make_client
@@ -71,11 +73,17 @@ class InboxCredentialsError(Exception):
 
 @dataclass(frozen=True)
 class InboxPoll:
-    """The outcome of :meth:`InboxSync.sync`: the run with its new status, and when to poll next."""
+    """The outcome of :meth:`InboxSync.sync`: the run with its new status, and when to poll next.
+
+    ``actions``: the poll's Events and its run status patch, not applied yet: the reconciler applies them
+    with its plan, so that the run's status is patched once per reconcile (the planner's patch is made
+    from ``run``, which already holds the poll's status).
+    """
 
     run: ContinualTrainingRun
     next_poll_seconds: float | None
     created: tuple[str, ...] = ()
+    actions: tuple[Action, ...] = ()
 
 
 def due_in(spec: InboxSpec, status: InboxStatus | None, now: dt.datetime) -> float:
@@ -188,13 +196,10 @@ class InboxSync:
             run.status.conditions, CONDITION, *condition, generation=run.metadata.generation, now=now
         )
         patch = {"inbox": wire(status), "conditions": [wire(c) for c in conditions]}
-        await self.storage.execute(
-            Plan((*events, UpdateRunStatus(patch))), Subject(run.metadata, run), now=now
-        )
         new_run = run.model_copy(
             update={"status": run.status.model_copy(update={"inbox": status, "conditions": conditions})}
         )
-        return InboxPoll(new_run, delay, tuple(created))
+        return InboxPoll(new_run, delay, tuple(created), (*events, UpdateRunStatus(patch)))
 
     async def _client_spec(self, run: ContinualTrainingRun, scratch: Path) -> ObjectStoreClientSpec | None:
         """The trainer's client settings for the operator; a CA bundle Secret is written to ``scratch``.

@@ -82,12 +82,13 @@ from continual_operator.cluster.view import RunWorld, WatchView
 from continual_operator.errors import KubernetesApiError, RejectedObjectError
 from continual_operator.naming import claim_name
 from continual_operator.observe.metrics import Metrics, patched
-from continual_operator.planning.actions import Plan, UpdateBatchStatus, UpdateRunStatus
+from continual_operator.planning.actions import Action, Plan, UpdateBatchStatus, UpdateRunStatus
 from continual_operator.planning.planner import PlanContext
 from continual_operator.planning.planner import plan as make_plan
 from continual_operator.planning.refusals import volume_key
 from continual_operator.planning.status import (
     describe_validation_error,
+    one_patch_per_object,
     plan_batches_without_run,
     plan_invalid_batch,
     plan_invalid_spec,
@@ -361,7 +362,7 @@ class Reconciler:
         # Runs on one folder are reconciled one at a time: the second reads the first one's trainedWith
         # (patched with its first Job) before it decides who holds the folder.
         async with self._folder_lock((namespace, *volume_key(run))):
-            the_plan = await self._plan_and_execute(key, run, now)
+            the_plan = await self._plan_and_execute(key, run, now, inbox.actions)
         # The resync is spread over +-10 %: runs found together at startup do not come back together.
         resync = self.resync_seconds * random.uniform(0.9, 1.1) if self.resync_seconds else None  # noqa: S311
         delays = [d for d in (the_plan.requeue_after, resync, inbox.next_poll_seconds) if d is not None]
@@ -404,7 +405,11 @@ class Reconciler:
             if not self._folder_users[folder]:
                 del self._folder_users[folder], self._folder_locks[folder]
 
-    async def _plan_and_execute(self, key: RunKey, run: ContinualTrainingRun, now: dt.datetime) -> Plan:
+    async def _plan_and_execute(
+        self, key: RunKey, run: ContinualTrainingRun, now: dt.datetime, first: tuple[Action, ...] = ()
+    ) -> Plan:
+        """Plan the run and carry the plan out, after ``first`` (the inbox poll's Events and status):
+        one status patch per object, the run's included."""
         namespace, name = key
         meta, status = run.metadata, run.status
         world = await self._read_world(namespace, name)
@@ -420,7 +425,7 @@ class Reconciler:
             others = _other_runs(raw_runs, name, folder[0])
         context = PlanContext(other_runs=others, check_paths=True)
         the_plan = make_plan(run, batches, workloads, now=now, context=context)
-        the_plan = Plan(invalid.actions + the_plan.actions)
+        the_plan = one_patch_per_object(Plan(first + invalid.actions + the_plan.actions))
         try:
             executed = await executor.with_batches(batch_metas).apply(the_plan, now=now)
         except RejectedObjectError as error:

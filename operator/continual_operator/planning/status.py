@@ -75,6 +75,34 @@ def wire(model: BaseModel) -> dict[str, Any]:
     return model.model_dump(mode="json", by_alias=True)
 
 
+def one_patch_per_object(plan: Plan) -> Plan:
+    """``plan`` with the status patches of one object merged into one, where its last patch was: what a
+    reconcile writes to one status (the S3 inbox's poll, then the planner's run status) costs one request.
+
+    Later patches win key by key, as they would applied one after the other (patches are top-level).
+    """
+    merged: dict[Any, dict[str, Any]] = {}
+    last: dict[Any, int] = {}
+    for index, action in enumerate(plan.actions):
+        if isinstance(action, UpdateRunStatus | UpdateBatchStatus):
+            key = action.batch if isinstance(action, UpdateBatchStatus) else None
+            merged.setdefault(key, {}).update(action.patch)
+            last[key] = index
+    if len(last) == len(plan.of(UpdateRunStatus)) + len(plan.of(UpdateBatchStatus)):
+        return plan  # one patch per object already
+    actions: list[Any] = []
+    for index, action in enumerate(plan.actions):
+        if not isinstance(action, UpdateRunStatus | UpdateBatchStatus):
+            actions.append(action)
+            continue
+        key = action.batch if isinstance(action, UpdateBatchStatus) else None
+        if last[key] == index:
+            actions.append(
+                UpdateRunStatus(merged[key]) if key is None else UpdateBatchStatus(key, merged[key])
+            )
+    return Plan(tuple(actions))
+
+
 def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
     """The top-level JSON merge patch turning ``old`` into ``new`` (``None`` deletes a key).
 
