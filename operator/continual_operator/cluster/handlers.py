@@ -253,7 +253,7 @@ async def on_pod_event(*, body: Mapping[str, Any], namespace: str | None, memo: 
 
 # -- the watch-fed view (kopf indexes) ----------------------------------------------------------------
 def _touch(memo: kopf.Memo) -> None:
-    """Wake the reconciles waiting for the view to deliver their writes (they check again)."""
+    """An index changed: the view sweeps the write journal of what the indexes now reflect."""
     reconciler = memo.get("reconciler")
     if isinstance(reconciler, Reconciler) and reconciler.view is not None:
         reconciler.view.touch()

@@ -19,9 +19,10 @@ What it guarantees:
 * **reads are fresh**: single GETs and LISTs without ``resourceVersion`` are quorum reads (the operator
   reads from its watch-fed view, :mod:`continual_operator.cluster.view`, and comes here only where that
   view may be late);
-* **writes are journalled**: every create, patch and delete notes the ``resourceVersion`` the server
-  answered in :class:`WriteJournal`, under the run it was made for (:func:`writing_for`), so that the
-  next reconcile of that run waits until the watch has delivered it;
+* **writes are journalled**: every create, patch and delete notes the server's answer (the object as
+  stored, with its ``resourceVersion``) in :class:`WriteJournal`, under the run it was made for
+  (:func:`writing_for`), so that the next reconciles of that run see it instead of an older copy until
+  the watch has delivered it;
 * **creates are idempotent**: every object has a deterministic name and a 409 AlreadyExists is success
   (the create-or-leave-alone rule), so a repeated plan never makes a second Job;
 * **plans run in order and stop at the first error** (the planner's contract): the next reconcile computes

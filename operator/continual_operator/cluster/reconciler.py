@@ -303,8 +303,8 @@ class Reconciler:
 
         With a view the reconcile runs in the background and this returns at once: kopf handles one
         event of an object at a time and updates its index entry only between them, so a handler that
-        awaited the reconcile would hold back the very event (the Job's, the batch's) that the
-        reconcile may be waiting for to settle on its own writes. Without a view it runs inline.
+        awaited the reconcile would hold back the object's next events (and its index entry) for as
+        long as the reconcile takes. Without a view it runs inline.
         """
         if self.view is None:
             await self.reconcile_or_retry(key)
