@@ -1,5 +1,6 @@
 """What the operator keeps in memory: only the other runs that may share a run's folder are parsed; the
-opt-in memory profile says where the memory goes.
+watch-fed view keeps of pods and Jobs every field a reconcile reads and nothing much else, its strings
+shared; the opt-in memory profile says where the memory goes.
 
 Parsing every run of the namespace in every reconcile (reconciles run concurrently, one per run) made
 the operator's memory and CPU grow with the square of the runs (docs/benchmarks.md). The cheap test on
@@ -9,8 +10,11 @@ depends on it.
 
 from __future__ import annotations
 
+import copy
+import json
 import re
 import tracemalloc
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +24,13 @@ from hypothesis import strategies as st
 from kube_world import run_body
 
 from continual_operator.api import ContinualTrainingRun
+from continual_operator.cluster.executor import _outcome_not_seen
+from continual_operator.cluster.handlers import run_of_job
 from continual_operator.cluster.reconciler import _other_runs
+from continual_operator.cluster.view import slim
 from continual_operator.observe import memory
 from continual_operator.planning.refusals import volume_key
+from continual_operator.workloads.registry import job_views
 
 SUB_PATHS = [None, "", ".", "./", "runs/a", "runs/a/", "./runs/a", "runs//a", "runs/a/.", "runs/b", "a"]
 CLAIMS = ["demo-data", "other-data"]
@@ -100,3 +108,168 @@ def test_a_memory_profile_interval_that_is_not_a_number_is_refused_naming_the_va
     monkeypatch.setenv(memory.PROFILE_SECONDS_ENV, "soon")
     with pytest.raises(SystemExit, match=memory.PROFILE_SECONDS_ENV):
         memory.MemoryProfiler.from_environment()
+
+
+# -- what the view keeps of pods and Jobs -----------------------------------------------------------------
+WATCHED = json.loads((Path(__file__).parent / "testdata" / "watched-objects.json").read_text())
+WAITING = {"waiting": {"reason": "CreateContainerConfigError", "message": 'secret "hf-token" not found'}}
+OOM = {"terminated": {"exitCode": 137, "reason": "OOMKilled", "finishedAt": "2026-12-01T20:27:00Z"}}
+
+
+def _pod(
+    *, state: dict[str, Any] | None = None, last: dict[str, Any] | None = None, **status: Any
+) -> dict[str, Any]:
+    """The watched pod in another state (its container's state and lastState, pod status fields)."""
+    pod = copy.deepcopy(WATCHED["pod_terminated"])
+    container = pod["status"]["containerStatuses"][0]
+    if state is not None:
+        container["state"] = state
+    if last is not None:
+        container["lastState"] = last
+    for key, value in status.items():
+        if key == "extraConditions":
+            pod["status"]["conditions"] += value
+        elif key == "deletionTimestamp":
+            pod["metadata"][key] = value
+        else:
+            pod["status"][key] = value
+    return pod
+
+
+def _job(name: str, **changes: Any) -> dict[str, Any]:
+    job = copy.deepcopy(WATCHED[name])
+    for key, value in changes.items():
+        section, _, field = key.partition("_")
+        job[section][field] = value
+    return job
+
+
+PODS = [
+    _pod(),
+    _pod(state={"running": {"startedAt": "2026-12-01T20:26:20Z"}}, phase="Running"),
+    _pod(state=WAITING, phase="Pending"),
+    _pod(
+        state={"waiting": {"reason": "ContainerCreating"}},
+        phase="Pending",
+        extraConditions=[
+            {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/3 nodes"}
+        ],
+    ),
+    _pod(phase="Failed", reason="Evicted", message="The node was low on resource: memory."),
+    _pod(state=OOM, phase="Failed"),
+    _pod(state={"running": {}}, last=OOM, phase="Running"),
+    _pod(
+        phase="Failed",
+        extraConditions=[{"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler"}],
+    ),
+    _pod(state={"running": {}}, phase="Running", deletionTimestamp="2026-12-01T20:30:00Z"),
+]
+FAILED = [
+    {"type": "Failed", "status": "True", "reason": "DeadlineExceeded", "message": "Job was active longer"}
+]
+JOBS = [
+    _job("job_complete"),
+    _job("job_active"),
+    _job("job_complete", status_conditions=FAILED),
+    _job("job_active", spec_suspend=True),
+    _job("job_active", metadata_deletionTimestamp="2026-12-01T20:30:00Z"),
+    _job("job_active", status_startTime="2026-12-01T20:27:00Z"),
+]
+
+
+class _Recorded(dict[str, Any]):
+    """A dict that notes every key path read from it (lists: ``*`` for any element)."""
+
+    def __init__(self, value: Mapping[str, Any], path: tuple[str, ...], reads: set[tuple[str, ...]]) -> None:
+        super().__init__(value)
+        self._path, self._reads = path, reads
+
+    def _read(self, key: str, value: Any) -> Any:
+        self._reads.add((*self._path, key))
+        return _recorded(value, (*self._path, key), self._reads)
+
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        return self._read(key, super().get(key, default))
+
+    def __getitem__(self, key: str) -> Any:
+        return self._read(key, super().__getitem__(key))
+
+    def items(self) -> Any:  # type: ignore[override]
+        return [(k, self._read(k, v)) for k, v in super().items()]
+
+    def values(self) -> Any:  # type: ignore[override]
+        return [v for _, v in self.items()]
+
+
+def _recorded(value: Any, path: tuple[str, ...], reads: set[tuple[str, ...]]) -> Any:
+    if isinstance(value, Mapping):
+        return _Recorded(value, path, reads)
+    if isinstance(value, list):
+        return [_recorded(v, (*path, "*"), reads) for v in value]
+    return value
+
+
+def _at(value: Any, path: tuple[str, ...]) -> list[Any]:
+    """Every value at ``path`` (``*``: each element of a list); missing steps give nothing."""
+    if not path:
+        return [value]
+    head, rest = path[0], path[1:]
+    if head == "*":
+        return [v for item in value for v in _at(item, rest)] if isinstance(value, list) else []
+    if isinstance(value, Mapping) and head in value:
+        return _at(value[head], rest)
+    return []
+
+
+def _reads(
+    jobs: list[dict[str, Any]], pods: list[dict[str, Any]]
+) -> tuple[set[tuple[str, ...]], set[tuple[str, ...]]]:
+    """The key paths the workload kinds and the cluster executor read from these Jobs and pods."""
+    job_reads: set[tuple[str, ...]] = set()
+    pod_reads: set[tuple[str, ...]] = set()
+    recorded_jobs = [_Recorded(j, (), job_reads) for j in jobs]
+    recorded_pods = [_Recorded(p, (), pod_reads) for p in pods]
+    for view in job_views(recorded_jobs, recorded_pods):
+        _outcome_not_seen(view, recorded_pods)
+    for body in (*recorded_jobs, *recorded_pods):
+        run_of_job(body)
+    return job_reads, pod_reads
+
+
+@pytest.mark.parametrize("pod", PODS, ids=range(len(PODS)))
+@pytest.mark.parametrize("job", JOBS, ids=range(len(JOBS)))
+def test_the_view_keeps_every_field_of_pods_and_jobs_that_a_reconcile_reads(
+    job: dict[str, Any], pod: dict[str, Any]
+) -> None:
+    job_reads, pod_reads = _reads([job], [pod])
+    assert pod_reads and job_reads  # the reads were recorded (states, conditions, labels, owners)
+    for body, kind, reads in ((job, "Job", job_reads), (pod, "Pod", pod_reads)):
+        kept = slim(kind, body)
+        # The ends of what was read (``spec`` read on the way to ``spec.suspend`` is not a read of the spec).
+        leaves = {p for p in reads if not any(len(q) > len(p) and q[: len(p)] == p for q in reads)}
+        for path in leaves:
+            assert _at(kept, path) == _at(body, path), f"{kind} {'.'.join(path)} is read but not kept"
+    assert job_views([slim("Job", job)], [slim("Pod", pod)]) == job_views([job], [pod])
+
+
+def test_the_view_drops_what_no_reconcile_reads_and_shares_its_strings() -> None:
+    pod, job = slim("Pod", PODS[0]), slim("Job", JOBS[0])
+    assert "managedFields" not in pod["metadata"] and "spec" not in pod and "template" not in job["spec"]
+    assert not {"hostIP", "podIP", "podIPs", "qosClass"} & set(pod["status"])
+    assert not {"image", "imageID", "containerID"} & set(pod["status"]["containerStatuses"][0])
+    again = slim("Pod", json.loads(json.dumps(PODS[0])))  # parsed afresh, as every watch event is
+    assert again["metadata"]["labels"]["continual.dev/run"] is pod["metadata"]["labels"]["continual.dev/run"]
+    assert _held(lambda: [slim("Pod", json.loads(json.dumps(PODS[0]))) for _ in range(50)]) < 0.5 * _held(
+        lambda: [json.loads(json.dumps(PODS[0])) for _ in range(50)]
+    )
+
+
+def _held(make: Callable[[], Any]) -> int:
+    """Bytes still allocated by what ``make`` returns (held while measured)."""
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        kept = make()
+        return tracemalloc.get_traced_memory()[0] - before + 0 * len(kept)
+    finally:
+        tracemalloc.stop()
