@@ -49,7 +49,7 @@ def run_operator(
         status_page_host=status_page_host,
         namespaces=tuple(namespaces or ()),
     )
-    # Opt-in (CONTINUAL_OPERATOR_MEMORY_PROFILE): where the memory goes, see docs/operations.md.
+    # Opt-in (CONTINUAL_OPERATOR_MEMORY_PROFILE): where the memory goes (docs/observability.md).
     with profiled_from_environment():
         kopf.run(
             registry=build_registry(options),
