@@ -17,10 +17,12 @@ the operator as a subprocess (``continual-training operator --standalone --names
 and the e2e harness's pod runner, which plays kubelet and runs ``fake_trainer.py`` for every Job pod.
 Each phase has its own namespace, operator process and identity, so their numbers do not mix.
 
-At the end it prints the goals of issue 11 (requests per batch, peak RSS, API-server CPU per batch from 50 to
-200 runs, first Job latency under load, idle requests per minute, 1000 runs x 1 batch) next to the numbers
-measured and their ratio to the numbers before the watch-fed view; ``--scales 50x5,200x5,1000x1`` runs
-every set-up the goals name.
+Each phase prints its section as it ends, with the goals of issue 11 measured so far (requests per batch,
+peak RSS, API-server CPU per batch from 50 to 200 runs, first Job latency under load, idle requests per
+minute, 1000 runs x 1 batch: RSS and whether it completed) next to the numbers measured and their ratio
+to the numbers before the watch-fed view, and rewrites ``--json``: a run cut off later still reports.
+``--scales 50x5,200x5,1000x1`` runs every set-up the goals name; the idle operator is measured once, after
+the 200 x 5 phase (or the largest one run).
 
 Usage: python benchmarks/operator_scale.py [--runs 200 --batches 5 --latency-batches 50] [--scales 50x5,200x5]
 """
