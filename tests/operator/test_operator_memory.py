@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kube_world import run_body
 
@@ -56,6 +56,9 @@ def raw_runs(draw: st.DrawFn) -> dict[str, Any]:
     return run_body(draw(st.sampled_from(["r1", "r2"])), storage=storage, status=status)
 
 
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)  # CI's 2 loaded cores
 @given(raw_runs())
 def test_the_cheap_folder_test_never_drops_a_run_that_is_on_the_folder(raw: dict[str, Any]) -> None:
     run = ContinualTrainingRun.model_validate(raw)
