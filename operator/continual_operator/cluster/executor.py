@@ -62,16 +62,21 @@ class ClusterExecutor:
 
 
 def _outcome_not_seen(view: JobView, pods: list[dict[str, Any]]) -> bool:
-    """A finished Job whose pod the view still holds as not ended (no terminated container)."""
+    """A finished Job whose pod the view still holds as not ended (no terminated container), or does not
+    hold at all: under load the pod watch lags the Job watch by seconds, and a Job read without its pod
+    has no result (it was retried as NoResult: a second Job for a batch already trained)."""
     if not view.finished or view.exit_code is not None:
         return False
-    for pod in pods:
-        owners = (pod.get("metadata") or {}).get("ownerReferences") or []
-        if any(o.get("name") == view.name for o in owners):
-            status = pod.get("status") or {}
-            ended = status.get("phase") in {"Succeeded", "Failed"} or any(
-                "terminated" in (c.get("state") or {}) for c in status.get("containerStatuses") or []
-            )
-            if not ended:
-                return True
-    return False
+    owned = [
+        pod
+        for pod in pods
+        if any(o.get("name") == view.name for o in (pod.get("metadata") or {}).get("ownerReferences") or [])
+    ]
+    return not owned or not all(_ended(pod) for pod in owned)
+
+
+def _ended(pod: Mapping[str, Any]) -> bool:
+    status = pod.get("status") or {}
+    return status.get("phase") in {"Succeeded", "Failed"} or any(
+        "terminated" in (c.get("state") or {}) for c in status.get("containerStatuses") or []
+    )

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import kopf
 
 from continual_operator.cluster.handlers import OperatorOptions, build_registry
+from continual_operator.observe.memory import profiled_from_environment
 
 #: The kopf peering object the chart creates.
 PEERING_NAME = "continual-training"
@@ -48,12 +49,14 @@ def run_operator(
         status_page_host=status_page_host,
         namespaces=tuple(namespaces or ()),
     )
-    kopf.run(
-        registry=build_registry(options),
-        clusterwide=not namespaces,
-        namespaces=list(namespaces or ()),
-        standalone=standalone,
-        peering_name=None if standalone else peering,
-        priority=priority if priority is not None else 1 + secrets.randbelow(_PRIORITY_RANGE),
-        liveness_endpoint=liveness,
-    )
+    # Opt-in (CONTINUAL_OPERATOR_MEMORY_PROFILE): where the memory goes (docs/observability.md).
+    with profiled_from_environment():
+        kopf.run(
+            registry=build_registry(options),
+            clusterwide=not namespaces,
+            namespaces=list(namespaces or ()),
+            standalone=standalone,
+            peering_name=None if standalone else peering,
+            priority=priority if priority is not None else 1 + secrets.randbelow(_PRIORITY_RANGE),
+            liveness_endpoint=liveness,
+        )

@@ -59,6 +59,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import posixpath
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -124,24 +125,46 @@ def _status(model: type[BaseModel], raw: Mapping[str, Any], what: str) -> Any:
         return model()
 
 
-def _may_use(raw: Mapping[str, Any], claim: str) -> bool:
-    """Whether a stored run may write on ``claim`` (a cheap test before parsing it: a namespace may hold
-    hundreds of runs, and every reconcile reads them all). A claim from a template is the run's own."""
+def _normal_sub_path(value: object) -> object:
+    """A raw ``subPath`` as the API model normalises it ("" for the volume's root); not a string: as is."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        return value
+    normal = posixpath.normpath(value) if value else "."
+    return "" if normal == "." else normal
+
+
+def _may_use(raw: Mapping[str, Any], folder: tuple[str, str]) -> bool:
+    """Whether a stored run may write in ``folder`` (claim, subPath): a cheap test on the raw object
+    before parsing it. A namespace may hold hundreds of runs, every reconcile reads them all, and
+    reconciles run concurrently: parsing every run on a shared claim (8 KiB of models each) made the
+    operator's memory and CPU grow with the square of the runs. A claim from a template is the run's own.
+    """
     storage = (raw.get("spec") or {}).get("storage") or {}
-    recorded = (((raw.get("status") or {}).get("trainedWith") or {}).get("storage") or {}).get("claim")
-    own = claim_name(str((raw.get("metadata") or {}).get("name"))) if "claimTemplate" in storage else None
-    return claim in {storage.get("existingClaim"), recorded, own}
+    recorded = (((raw.get("status") or {}).get("trainedWith") or {}).get("storage")) or {}
+    name = str((raw.get("metadata") or {}).get("name"))
+    claim = claim_name(name) if "claimTemplate" in storage else storage.get("existingClaim")
+    # The spec's subPath is normalised by the model, the recorded one is compared as written: both ways.
+    spec_path, recorded_path = storage.get("subPath"), recorded.get("subPath")
+    candidates = {
+        (claim, _normal_sub_path(spec_path)),
+        (claim, spec_path or ""),
+        (recorded.get("claim"), _normal_sub_path(recorded_path)),
+        (recorded.get("claim"), recorded_path or ""),
+    }
+    return folder in candidates
 
 
 def _other_runs(
-    raw_runs: list[dict[str, Any]], name: str, claim: str | None = None
+    raw_runs: list[dict[str, Any]], name: str, folder: tuple[str, str] | None = None
 ) -> list[ContinualTrainingRun]:
     """The namespace's other runs that parse (one that does not cannot start Jobs, so it holds no folder);
-    with ``claim``, only those that may write on it."""
+    with ``folder``, only those that may write in it."""
     runs = []
     for raw in raw_runs:
         meta = ObjectMeta.model_validate(raw.get("metadata") or {})
-        if meta.name == name or (claim is not None and not _may_use(raw, claim)):
+        if meta.name == name or (folder is not None and not _may_use(raw, folder)):
             continue
         try:
             spec = ContinualTrainingRunSpec.model_validate(raw.get("spec") or {})
@@ -267,7 +290,7 @@ class Reconciler:
         except (ValueError, KubernetesApiError):
             return  # unparseable or unreadable: the periodic resync reconciles them anyway
         folder = volume_key(gone)
-        for run in _other_runs(raw_runs, key[1], folder[0]):
+        for run in _other_runs(raw_runs, key[1], folder):
             if volume_key(run) == folder:
                 await self.reconcile_or_retry((key[0], run.metadata.name))
 
@@ -416,13 +439,13 @@ class Reconciler:
         executor = ClusterExecutor(self.storage, Subject(meta, run), seen=(world.jobs, world.pods))
         workloads = await executor.workloads()
         batches, batch_metas, invalid = self._parse_batches(world.batches, now)
-        others = _other_runs(world.runs, name, volume_key(run)[0])
         folder = volume_key(run)
+        others = _other_runs(world.runs, name, folder)
         if self.view is not None and (peers := [o.metadata.name for o in others if volume_key(o) == folder]):
             # Who holds the folder is decided from the peers' trainedWith, which their own reconciles
             # patched a moment ago (under the folder lock): the view must show those writes too.
             raw_runs = await self.view.settle_peers(self.storage, namespace, peers, world.runs)
-            others = _other_runs(raw_runs, name, folder[0])
+            others = _other_runs(raw_runs, name, folder)
         context = PlanContext(other_runs=others, check_paths=True)
         the_plan = make_plan(run, batches, workloads, now=now, context=context)
         the_plan = one_patch_per_object(Plan(first + invalid.actions + the_plan.actions))

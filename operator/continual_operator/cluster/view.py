@@ -9,7 +9,8 @@ event of a run, a TrainingBatch (indexed by ``spec.runName``: users create batch
 labels), a trainer Job or a trainer pod (both by the run label, selected on the server) replaces the
 object's entry; a DELETED event drops it. kopf fills every index from a full LIST before it calls any
 handler, so a freshly started operator never reconciles from a half-filled view. The objects are kept
-slim (no ``managedFields``, no pod spec, no Job pod template spec, no kopf diff-base annotation).
+slim (:func:`slim`: no ``managedFields``, no pod spec, no Job pod template spec, no kopf diff-base
+annotation, none of the pod status fields the cluster keeps for itself, and their strings shared).
 
 **Never older than one's own writes.** The watch lags behind the writes a reconcile makes. Every write of
 :class:`~continual_operator.cluster.k8s.KubernetesStorage` is noted in its
@@ -35,6 +36,7 @@ the bodies kept stay bounded by the writes the watch has not delivered yet, not 
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -56,8 +58,15 @@ Indexes = Mapping[Any, Iterable[Mapping[str, Any]]]
 
 
 def slim(kind: str, body: Mapping[str, Any]) -> dict[str, Any]:
-    """What the view keeps of an object: what the reconciler and the workload kinds read."""
-    meta = {k: v for k, v in (body.get("metadata") or {}).items() if k != "managedFields"}
+    """What the view keeps of an object: what the reconciler and the workload kinds read, its strings shared.
+
+    Dropped: ``managedFields``, ``generateName`` and ``selfLink`` of every object, kopf's diff-base
+    annotation, the spec of a pod and the pod template of a Job, and of a pod's status what the cluster
+    keeps for itself (:data:`_POD_STATUS_DROPPED`, :data:`_CONTAINER_STATUS_DROPPED`). Runs and batches keep
+    their whole spec and status: the API models parse all of it. tests/operator/test_operator_memory.py
+    fails when a workload kind reads a field dropped here.
+    """
+    meta = {k: v for k, v in (body.get("metadata") or {}).items() if k not in _METADATA_DROPPED}
     if isinstance(meta.get("annotations"), Mapping) and _DIFF_BASE in meta["annotations"]:
         meta["annotations"] = {k: v for k, v in meta["annotations"].items() if k != _DIFF_BASE}
     kept: dict[str, Any] = {k: v for k, v in body.items() if k not in {"metadata", "spec"}}
@@ -67,7 +76,45 @@ def slim(kind: str, body: Mapping[str, Any]) -> dict[str, Any]:
         kept["spec"] = {k: v for k, v in spec.items() if k != "template"}
     elif kind != "Pod" and spec is not None:
         kept["spec"] = spec
+    if kind == "Pod" and isinstance(kept.get("status"), Mapping):
+        kept["status"] = _pod_status(kept["status"])
+    return _shared(kept)  # type: ignore[no-any-return]
+
+
+#: A pod's status fields no workload kind reads: the node's and the pod's addresses, the QoS class.
+_POD_STATUS_DROPPED = frozenset({"hostIP", "hostIPs", "podIP", "podIPs", "qosClass"})
+#: A container status's fields no workload kind reads: the image and the runtime's container id.
+_CONTAINER_STATUS_DROPPED = frozenset({"image", "imageID", "containerID"})
+_METADATA_DROPPED = frozenset({"managedFields", "generateName", "selfLink"})
+#: Strings up to this long are interned (label and annotation keys and values, condition types, field
+#: names): the view holds thousands of objects whose keys and most values repeat.
+_SHARED_MAX = 64
+
+
+def _pod_status(status: Mapping[str, Any]) -> dict[str, Any]:
+    kept = {k: v for k, v in status.items() if k not in _POD_STATUS_DROPPED}
+    for key in ("containerStatuses", "initContainerStatuses"):
+        if isinstance(kept.get(key), list):
+            kept[key] = [
+                {k: v for k, v in c.items() if k not in _CONTAINER_STATUS_DROPPED}
+                if isinstance(c, Mapping)
+                else c
+                for c in kept[key]
+            ]
     return kept
+
+
+def _shared(value: Any) -> Any:
+    """A copy of ``value`` whose dict keys and short strings are interned (one object per distinct
+    string, shared by every object that holds it): about a third of the memory of a freshly parsed
+    pod or Job (the JSON parser makes new string objects for every event)."""
+    if isinstance(value, Mapping):
+        return {sys.intern(str(k)): _shared(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_shared(v) for v in value]
+    if isinstance(value, str) and len(value) <= _SHARED_MAX:
+        return sys.intern(value)
+    return value
 
 
 def version(body: Mapping[str, Any] | None) -> int | None:
