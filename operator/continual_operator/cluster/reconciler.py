@@ -74,6 +74,7 @@ from continual_operator.api import (
     TrainingBatchSpec,
     TrainingBatchStatus,
 )
+from continual_operator.cluster.engines import EngineDiscovery
 from continual_operator.cluster.executor import ClusterExecutor
 from continual_operator.cluster.inbox_sync import InboxSync
 from continual_operator.cluster.k8s import KubernetesStorage, Subject, writing_for
@@ -91,6 +92,7 @@ from continual_operator.planning.status import (
     plan_invalid_batch,
     plan_invalid_spec,
 )
+from continual_operator.workloads.gang import Engines
 
 logger = logging.getLogger(__name__)
 
@@ -207,6 +209,8 @@ class Reconciler:
         #: One lock per run folder (namespace, claim, subPath), kept while in use like the run locks.
         self._folder_locks: dict[tuple[str, str, str], asyncio.Lock] = {}
         self._folder_users: dict[tuple[str, str, str], int] = {}
+        #: The multi-node engines the cluster offers (asked only for runs with nodes > 1).
+        self.engines = EngineDiscovery(storage)
 
     # -- entry points -----------------------------------------------------------------------------------
     async def reconcile(self, key: RunKey) -> Plan | None:
@@ -405,7 +409,11 @@ class Reconciler:
         namespace, name = key
         meta, status = run.metadata, run.status
         world = await self._read_world(namespace, name)
-        executor = ClusterExecutor(self.storage, Subject(meta, run), seen=(world.jobs, world.pods))
+        nodes = run.spec.resources.nodes
+        engines = await self.engines.engines(namespace) if nodes > 1 else Engines()
+        executor = ClusterExecutor(
+            self.storage, Subject(meta, run), seen=(world.jobs, world.pods), jobsets=engines.jobset
+        )
         workloads = await executor.workloads()
         batches, batch_metas, invalid = self._parse_batches(world.batches, now)
         others = _other_runs(world.runs, name, volume_key(run)[0])
@@ -415,7 +423,7 @@ class Reconciler:
             # patched a moment ago (under the folder lock): the view must show those writes too.
             raw_runs = await self.view.settle_peers(self.storage, namespace, peers, world.runs)
             others = _other_runs(raw_runs, name, folder[0])
-        context = PlanContext(other_runs=others, check_paths=True)
+        context = PlanContext(other_runs=others, check_paths=True, engines=engines)
         the_plan = make_plan(run, batches, workloads, now=now, context=context)
         the_plan = Plan(invalid.actions + the_plan.actions)
         try:

@@ -30,7 +30,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from continual_operator.cluster.k8s import BATCHES, JOBS, RUNS, Kind, KubernetesStorage, Written
+from continual_operator.cluster.k8s import BATCHES, JOBS, JOBSETS, RUNS, Kind, KubernetesStorage, Written
 
 #: How long a reconcile waits for the watch to deliver its own last writes before reading them afresh.
 SETTLE_SECONDS = 2.0
@@ -93,6 +93,8 @@ class WatchView:
     jobs: Indexes
     pods: Indexes
     settle_seconds: float = SETTLE_SECONDS
+    #: Multi-node attempts on JobSet, by run (empty where JobSet's CRD is not installed: nothing is watched).
+    jobsets: Indexes = field(default_factory=dict)
     #: How many objects reconciles had to read afresh (the watch was late): a measure, for tests and logs.
     fresh_reads: int = field(default=0, init=False)
     #: Objects a fresh read found gone while the index still held them, with the version it held: kopf
@@ -102,7 +104,8 @@ class WatchView:
     _wake: asyncio.Event = field(default_factory=asyncio.Event, init=False)
 
     def _index(self, kind: Kind) -> Indexes:
-        return {RUNS.kind: self.runs, BATCHES.kind: self.batches, JOBS.kind: self.jobs}[kind.kind]
+        indexes = {RUNS.kind: self.runs, BATCHES.kind: self.batches, JOBS.kind: self.jobs}
+        return self.jobsets if kind is JOBSETS else indexes[kind.kind]
 
     def _cached(self, kind: Kind, namespace: str, run: str, name: str) -> dict[str, Any] | None:
         key = (namespace, name) if kind is RUNS else (namespace, run)
@@ -195,7 +198,9 @@ class WatchView:
             batches=[
                 b for b in merged(BATCHES, self.batches.get((namespace, run), ())) if _batch_run(b) == run
             ],
-            jobs=merged(JOBS, self.jobs.get((namespace, run), ())),
+            # the run's workloads: its Jobs, and its JobSets where JobSet is installed
+            jobs=merged(JOBS, self.jobs.get((namespace, run), ()))
+            + merged(JOBSETS, self.jobsets.get((namespace, run), ())),
             pods=[dict(p) for p in self.pods.get((namespace, run), ())],
             runs=runs,
             fresh_reads=len(fresh),

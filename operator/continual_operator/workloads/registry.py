@@ -49,5 +49,7 @@ def job_views(jobs: Sequence[Mapping[str, Any]], pods: Sequence[Mapping[str, Any
 
 
 def owned_objects(view: JobView) -> tuple[ObjectRef, ...]:
-    """What is deleted with a workload (its Job first)."""
+    """What is deleted with a workload (its Job, or a gang's JobSet, first)."""
+    if view.owned:
+        return tuple(ObjectRef(kind, name) for kind, name in view.owned)
     return kind_named(view.kind).owned_objects(view.name)

@@ -75,6 +75,11 @@ class JobView:
     pending_since: dt.datetime | None = None
     #: A coalesced train Job: the batches it trains after ``batch``, in order (their attempts are their own).
     next_batches: tuple[str, ...] = ()
+    #: ``(kind, name)`` of the objects deleted with the workload, its own first, when they are not what its
+    #: kind names after ``name`` (a gang's JobSet, or Indexed Job and Service; empty: the kind's default).
+    owned: tuple[tuple[str, str], ...] = ()
+    #: Trainer processes of the attempt (nodes x processes per node), from the workload's annotation.
+    world_size: int | None = None
 
     @property
     def batches(self) -> tuple[str, ...]:
