@@ -381,8 +381,9 @@ class Reconciler:
             return await self.storage.get_run(namespace, name)
         return (await self.view.world(self.storage, namespace, name)).run
 
-    async def _read_world(self, namespace: str, name: str) -> RunWorld:
-        """The run's batches, Jobs and pods and the namespace's runs: from the view, or afresh."""
+    async def _read_world(self, namespace: str, name: str, *, jobsets: bool = False) -> RunWorld:
+        """The run's batches, Jobs (and JobSets, where served) and pods and the namespace's runs: from
+        the view, or afresh."""
         if self.view is not None:
             return await self.view.world(self.storage, namespace, name)
         raw_batches, jobs, pods, raw_runs = await asyncio.gather(
@@ -391,6 +392,8 @@ class Reconciler:
             self.storage.list_pods(namespace, name),
             self.storage.list_runs(namespace),
         )
+        if jobsets:
+            jobs += await self.storage.list_jobsets(namespace, name)
         return RunWorld(run=None, batches=raw_batches, jobs=jobs, pods=pods, runs=raw_runs)
 
     @contextlib.asynccontextmanager
@@ -408,12 +411,10 @@ class Reconciler:
     async def _plan_and_execute(self, key: RunKey, run: ContinualTrainingRun, now: dt.datetime) -> Plan:
         namespace, name = key
         meta, status = run.metadata, run.status
-        world = await self._read_world(namespace, name)
         nodes = run.spec.resources.nodes
         engines = await self.engines.engines(namespace) if nodes > 1 else Engines()
-        executor = ClusterExecutor(
-            self.storage, Subject(meta, run), seen=(world.jobs, world.pods), jobsets=engines.jobset
-        )
+        world = await self._read_world(namespace, name, jobsets=engines.jobset)
+        executor = ClusterExecutor(self.storage, Subject(meta, run), seen=(world.jobs, world.pods))
         workloads = await executor.workloads()
         batches, batch_metas, invalid = self._parse_batches(world.batches, now)
         others = _other_runs(world.runs, name, volume_key(run)[0])
