@@ -18,6 +18,7 @@ from kube_world import BATCHES, CONFIG_MAPS, JOBS, NS, PODS, RUN, RUNS, T0, Kube
 from kube_world import run_body as _run_body
 
 from continual_operator.cluster import handlers
+from continual_operator.cluster.engines import RECHECK_MISSING_SECONDS
 from continual_operator.cluster.reconciler import Reconciler
 from continual_operator.naming import job_name
 from continual_operator.workloads.gang import COMPLETION_INDEX_ANNOTATION
@@ -335,3 +336,24 @@ async def test_the_jobset_index_keeps_a_slim_jobset_under_its_run() -> None:
             "status": body["status"],
         }
     }
+
+
+async def test_a_jobset_installed_later_is_used_once_the_answer_is_rechecked(
+    world: KubeWorld, reconciler: Reconciler
+) -> None:
+    world.server["get /version"] << {"major": "1", "minor": "20"}
+    seed(world)
+    ticks = {"now": 0.0}
+    reconciler.engines.clock = lambda: ticks["now"]
+    await reconciler.reconcile((NS, RUN))
+    assert condition(status_of(world, RUNS, RUN), "Degraded")["reason"] == "MultiNodeUnavailable"
+
+    serve_jobset(world)  # JobSet installed
+    ticks["now"] = RECHECK_MISSING_SECONDS - 1
+    await reconciler.reconcile((NS, RUN))
+    assert world.names(JOBSETS) == []  # the cached answer still holds
+    ticks["now"] = RECHECK_MISSING_SECONDS + 1
+    await reconciler.reconcile((NS, RUN))
+
+    assert world.names(JOBSETS) == [JOB_1]
+    assert condition(status_of(world, RUNS, RUN), "Degraded")["reason"] == "Healthy"
