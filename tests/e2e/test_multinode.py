@@ -36,6 +36,7 @@ from .operator_world import World, batch_manifest, prepare_volume, pvc_manifest,
 from .podlaunch import ContainerCommand, local_command
 from .podrunner import PodRunner
 from .test_operator import on_this_machine, trainer_configs
+from .waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -222,3 +223,53 @@ def test_a_two_node_gang_trains_and_a_killed_pod_restarts_the_gang_to_the_exact_
             adapter_weights(on_claim), adapter_weights(reference / "checkpoints" / "checkpoint-12")
         )
         assert diff == 0.0
+
+
+def test_the_jobset_emulator_restarts_the_whole_gang_within_max_restarts(
+    raw_api: Any, crds: object, namespace: str, pod_runner: PodRunner
+) -> None:
+    """The harness's JobSet controller on its own (shell pods, no operator): a pod of restart 0 fails, so
+    every pod is recreated with ``restart-attempt`` 1 (``maxRestarts: 1``), and the JobSet completes."""
+    # pod 1 of restart 0 fails; every other pod succeeds
+    script = 'test "$RESTART" != 0 || test "$INDEX" = 0'
+    env = [
+        {
+            "name": "RESTART",
+            "valueFrom": {"fieldRef": {"fieldPath": f"metadata.labels['{RESTART_ATTEMPT}']"}},
+        },
+        {
+            "name": "INDEX",
+            "valueFrom": {"fieldRef": {"fieldPath": f"metadata.annotations['{COMPLETION_INDEX}']"}},
+        },
+    ]
+    pod = {
+        "restartPolicy": "Never",
+        "containers": [{"name": "c", "image": "shell", "command": ["sh", "-c", script], "env": env}],
+    }
+    job = {"parallelism": 2, "completions": 2, "backoffLimit": 0, "template": {"metadata": {}, "spec": pod}}
+    jobset = {
+        "apiVersion": API_VERSION,
+        "kind": "JobSet",
+        "metadata": {"name": "gang"},
+        "spec": {
+            "failurePolicy": {"maxRestarts": 1},
+            "replicatedJobs": [{"name": "w", "replicas": 1, "template": {"spec": job}}],
+        },
+    }
+    path = f"/apis/{API_VERSION}/namespaces/{namespace}/jobsets"
+    raw_api.create(path, jobset)
+    emulator = JobSetEmulator(raw_api, namespace).start()
+    try:
+        done = wait_until(
+            lambda: (js := raw_api.get(f"{path}/gang")).get("status", {}).get("terminalState") and js,
+            timeout=60,
+            what="the JobSet finished",
+            dump=pod_runner.describe,
+        )
+    finally:
+        emulator.stop()
+    assert done["status"]["terminalState"] == "Completed" and done["status"]["restarts"] == 1, done["status"]
+    assert [restart for _, _, restart in emulator.gangs] == [0, 1]
+    pods = raw_api.get(f"/api/v1/namespaces/{namespace}/pods")["items"]
+    assert sorted(p["spec"]["hostname"] for p in pods) == ["gang-w-0-0", "gang-w-0-1"]
+    assert {p["metadata"]["labels"][RESTART_ATTEMPT] for p in pods} == {"1"}  # the old gang is gone
