@@ -17,8 +17,11 @@ import pytest
 from kube_world import BATCHES, CONFIG_MAPS, JOBS, NS, PODS, RUN, RUNS, T0, KubeWorld, batch_body, result
 from kube_world import run_body as _run_body
 
+from continual_operator.api import ObjectMeta
 from continual_operator.cluster import handlers
 from continual_operator.cluster.engines import RECHECK_MISSING_SECONDS
+from continual_operator.cluster.executor import ClusterExecutor
+from continual_operator.cluster.k8s import Subject
 from continual_operator.cluster.reconciler import Reconciler
 from continual_operator.naming import job_name
 from continual_operator.workloads.gang import COMPLETION_INDEX_ANNOTATION
@@ -357,3 +360,31 @@ async def test_a_jobset_installed_later_is_used_once_the_answer_is_rechecked(
 
     assert world.names(JOBSETS) == [JOB_1]
     assert condition(status_of(world, RUNS, RUN), "Degraded")["reason"] == "Healthy"
+
+
+async def test_a_finished_jobset_whose_pods_the_view_holds_as_running_is_read_with_fresh_pods(
+    world: KubeWorld, reconciler: Reconciler
+) -> None:
+    """The JobSet's watch said Completed before the pod watch delivered the coordinator's end: the
+    executor lists the pods once instead of waiting for a trigger that would not come."""
+    serve_jobset(world)
+    seed(world)
+    await reconciler.reconcile((NS, RUN))
+    jobset = world.get(JOBSETS, JOB_1)
+    assert jobset is not None
+    template = jobset_pod_template(jobset)
+    gang_pod(world, template, 0, exit_code=None)
+    gang_pod(world, template, 1, exit_code=None)
+    stale = [p for p in (world.get(PODS, f"gang-0-{i}") for i in (0, 1)) if p is not None]
+    gang_pod(world, template, 0, exit_code=0, message=result("b1", 0, 6))  # what the API server has now
+    gang_pod(world, template, 1, exit_code=0)
+    jobset["status"] = {"conditions": [{"type": "Completed", "status": "True"}]}
+    executor = ClusterExecutor(
+        reconciler.storage, Subject(ObjectMeta(name=RUN, namespace=NS)), seen=([jobset], stale)
+    )
+
+    listed = len(world.requests("GET", PODS))
+    (view,) = await executor.workloads()
+
+    assert (view.name, view.phase, view.exit_code) == (JOB_1, "Succeeded", 0)
+    assert len(world.requests("GET", PODS)) == listed + 1

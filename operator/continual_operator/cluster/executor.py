@@ -18,7 +18,7 @@ from continual_operator.api import ObjectMeta
 from continual_operator.cluster.k8s import KubernetesStorage, Subject
 from continual_operator.planning.actions import Plan
 from continual_operator.planning.executor import Executed
-from continual_operator.workloads.gang_views import workload_views
+from continual_operator.workloads.gang_views import gang_outcome_not_seen, workload_views
 from continual_operator.workloads.views import JobView
 
 
@@ -64,7 +64,7 @@ class ClusterExecutor:
             return workload_views(jobs + jobsets, pods)
         jobs, pods = self.seen
         views = workload_views(jobs, pods)
-        if any(_outcome_not_seen(view, pods) for view in views):
+        if any(_outcome_not_seen(view, pods) for view in views) or gang_outcome_not_seen(jobs, pods):
             # The Job's watch said it finished, the pod's watch has not yet delivered how its container
             # ended (two streams): the result must not be read from a stale pod. One LIST by label.
             views = workload_views(jobs, await self.storage.list_pods(namespace, run))

@@ -45,6 +45,17 @@ def workload_views(
     return views
 
 
+def gang_outcome_not_seen(workloads: Sequence[Mapping[str, Any]], pods: Sequence[Mapping[str, Any]]) -> bool:
+    """A gang whose workload has finished while a pod of its attempt still runs, as far as ``pods`` say:
+    either a trainer still saves (the gang waits for it) or the pod watch has not delivered how it ended
+    yet, and nothing else would trigger a reconcile then (the executor lists the pods afresh)."""
+    return any(
+        _terminal(_as_job(w)) is not None and any(_running(pod) for pod in attempt_pods(w, pods))
+        for w in workloads
+        if is_gang(w)
+    )
+
+
 def _jobset_child(job: Mapping[str, Any]) -> bool:
     return any(o.get("kind") == "JobSet" for o in get(job, "metadata", "ownerReferences") or [])
 
