@@ -209,6 +209,10 @@ async def test_a_jobset_gang_is_created_once_read_back_and_recorded_from_the_coo
     assert world.names(CONFIG_MAPS) == [JOB_1]
     b1 = status_of(world, BATCHES, "b1")
     assert (b1["phase"], b1["job"], b1["worldSize"]) == ("Training", JOB_1, 2)
+    # An executor without the view lists the run's JobSets itself where JobSet is served.
+    unviewed = ClusterExecutor(reconciler.storage, Subject(ObjectMeta(name=RUN, namespace=NS)), jobsets=True)
+    (view,) = await unviewed.workloads()
+    assert (view.name, view.owned, view.world_size) == (JOB_1, (("JobSet", JOB_1), ("ConfigMap", JOB_1)), 2)
 
     # The JobSet completed: the coordinator (index 0) speaks, rank 1's message is not read.
     template = jobset_pod_template(jobset)
