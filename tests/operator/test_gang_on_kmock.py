@@ -392,3 +392,21 @@ async def test_a_finished_jobset_whose_pods_the_view_holds_as_running_is_read_wi
 
     assert (view.name, view.phase, view.exit_code) == (JOB_1, "Succeeded", 0)
     assert len(world.requests("GET", PODS)) == listed + 1
+
+
+@pytest.mark.parametrize(
+    ("event", "phase", "index", "reconciles"),
+    [
+        ("MODIFIED", "Failed", "0", True),  # a gang pod ended: its attempt may be over now
+        ("MODIFIED", "Succeeded", "1", True),
+        ("DELETED", "Running", "0", True),  # stopped by the Job controller, and gone
+        ("MODIFIED", "Running", "0", False),
+        ("MODIFIED", "Failed", None, False),  # a one-node Job's pod: the Job's own event follows it
+    ],
+)
+def test_a_gang_pod_that_ends_triggers_a_reconcile(
+    event: str, phase: str, index: str | None, reconciles: bool
+) -> None:
+    annotations = {COMPLETION_INDEX_ANNOTATION: index} if index is not None else {}
+    body = {"metadata": {"annotations": annotations}, "status": {"phase": phase}}
+    assert handlers.pod_event_matters(event={"type": event}, body=body) is reconciles

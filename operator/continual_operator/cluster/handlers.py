@@ -51,7 +51,7 @@ from continual_operator.cluster.view import WatchView, slim
 from continual_operator.errors import KubernetesApiError
 from continual_operator.naming import ANNOTATION_RUN, LABEL_RUN, MANAGED_BY
 from continual_operator.observe.metrics import Metrics
-from continual_operator.workloads.gang import JOBSET_API_VERSION, JOBSET_GROUP
+from continual_operator.workloads.gang import COMPLETION_INDEX_ANNOTATION, JOBSET_API_VERSION, JOBSET_GROUP
 from continual_operator.workloads.views import STARTUP_PROBLEMS
 
 RUNS = (GROUP, VERSION, RUN_INFO.plural)
@@ -251,6 +251,24 @@ def pod_waits(body: Mapping[str, Any], **_: Any) -> bool:
     return bool(reasons & STARTUP_PROBLEMS)
 
 
+def gang_pod_ended(event: Mapping[str, Any], body: Mapping[str, Any]) -> bool:
+    """A pod of a multi-node gang (it has a completion index) ended or went away: the gang's workload
+    may have finished before it (a JobSet or Indexed Job fails at its first failed pod while the other
+    pods still checkpoint), and the attempt is over only once every trainer has ended."""
+    annotations = (body.get("metadata") or {}).get("annotations") or {}
+    if COMPLETION_INDEX_ANNOTATION not in annotations:
+        return False
+    return event.get("type") == "DELETED" or (body.get("status") or {}).get("phase") in {
+        "Succeeded",
+        "Failed",
+    }
+
+
+def pod_event_matters(event: Mapping[str, Any], body: Mapping[str, Any], **_: Any) -> bool:
+    """kopf's filter of the pod-event handler: :func:`pod_waits` or :func:`gang_pod_ended`."""
+    return pod_waits(body) or gang_pod_ended(event, body)
+
+
 async def on_pod_event(*, body: Mapping[str, Any], namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
     """Reconcile the pod's run: the batch says why its pod waits (and the start deadline counts)."""
     if (run := run_of_job(body)) is not None:
@@ -344,7 +362,7 @@ def build_registry(options: OperatorOptions) -> kopf.OperatorRegistry:
     kopf.on.event(*RUNS, id="run-event", when=run_deleted, registry=registry)(on_run_event)
     kopf.on.event(*BATCHES, id="batch-event", when=batch_event_matters, registry=registry)(on_batch_event)
     kopf.on.event(*JOBS, id="job-event", labels={LABEL_RUN: kopf.PRESENT}, registry=registry)(on_job_event)
-    kopf.on.event(*PODS, id="pod-event", labels={LABEL_RUN: kopf.PRESENT}, when=pod_waits, registry=registry)(
-        on_pod_event
-    )
+    kopf.on.event(
+        *PODS, id="pod-event", labels={LABEL_RUN: kopf.PRESENT}, when=pod_event_matters, registry=registry
+    )(on_pod_event)
     return registry
