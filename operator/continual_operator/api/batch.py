@@ -74,6 +74,11 @@ class TrainingBatchStatus(StatusModel):
     tokens: int | None = Field(default=None, description="Trained tokens over the whole batch.")
     mean_loss: float | None = Field(default=None, description="Token-weighted mean training loss.")
     job: str | None = Field(default=None, description="The Job of the latest attempt.")
+    world_size: int | None = Field(
+        default=None,
+        description="Trainer processes of the latest attempt: spec.resources.nodes x gpus (x 1 on CPU), "
+        "as it was when the attempt started.",
+    )
     checkpoint: str | None = Field(default=None, description="The checkpoint the batch ended on.")
     reason: str | None = Field(default=None, description="Why the batch is in its phase (CamelCase).")
     message: str | None = Field(default=None, description="Details and, for failures, the fix.")

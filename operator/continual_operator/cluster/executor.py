@@ -2,7 +2,8 @@
 
 A thin binding of :class:`~continual_operator.cluster.k8s.KubernetesStorage` to one run (its
 :class:`~continual_operator.cluster.k8s.Subject`), implementing
-:class:`~continual_operator.planning.executor.Executor`.
+:class:`~continual_operator.planning.executor.Executor`. Its workloads are Jobs and, for multi-node
+attempts, JobSets or Indexed Jobs, read by :func:`~continual_operator.workloads.gang_views.workload_views`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from continual_operator.api import ObjectMeta
 from continual_operator.cluster.k8s import KubernetesStorage, Subject
 from continual_operator.planning.actions import Plan
 from continual_operator.planning.executor import Executed
-from continual_operator.workloads.registry import job_views
+from continual_operator.workloads.gang_views import gang_outcome_not_seen, workload_views
 from continual_operator.workloads.views import JobView
 
 
@@ -30,16 +31,23 @@ class ClusterExecutor:
         subject: Subject,
         *,
         seen: tuple[list[dict[str, Any]], list[dict[str, Any]]] | None = None,
+        jobsets: bool = False,
     ) -> None:
         self.storage = storage
         self.subject = subject
-        #: The run's Jobs and pods as the watch-fed view holds them (None: list them afresh).
+        #: The run's workloads (Jobs, JobSets) and pods as the watch-fed view holds them (None: list them
+        #: afresh).
         self.seen = seen
+        #: JobSet is served: listing afresh lists the run's JobSets too.
+        self.jobsets = jobsets
 
     def with_batches(self, batch_metas: Mapping[str, ObjectMeta]) -> ClusterExecutor:
         """The same executor, knowing the run's batches (so that their Events name their uids)."""
         return ClusterExecutor(
-            self.storage, dataclasses.replace(self.subject, batch_metas=batch_metas), seen=self.seen
+            self.storage,
+            dataclasses.replace(self.subject, batch_metas=batch_metas),
+            seen=self.seen,
+            jobsets=self.jobsets,
         )
 
     async def apply(self, plan: Plan, *, now: dt.datetime) -> Executed:
@@ -48,17 +56,23 @@ class ClusterExecutor:
     async def workloads(self) -> list[JobView]:
         namespace, run = self.subject.namespace, self.subject.run_meta.name
         if self.seen is None:
-            jobs, pods = await asyncio.gather(
-                self.storage.list_jobs(namespace, run), self.storage.list_pods(namespace, run)
+            jobs, pods, jobsets = await asyncio.gather(
+                self.storage.list_jobs(namespace, run),
+                self.storage.list_pods(namespace, run),
+                self.storage.list_jobsets(namespace, run) if self.jobsets else _nothing(),
             )
-            return job_views(jobs, pods)
+            return workload_views(jobs + jobsets, pods)
         jobs, pods = self.seen
-        views = job_views(jobs, pods)
-        if any(_outcome_not_seen(view, pods) for view in views):
+        views = workload_views(jobs, pods)
+        if any(_outcome_not_seen(view, pods) for view in views) or gang_outcome_not_seen(jobs, pods):
             # The Job's watch said it finished, the pod's watch has not yet delivered how its container
             # ended (two streams): the result must not be read from a stale pod. One LIST by label.
-            views = job_views(jobs, await self.storage.list_pods(namespace, run))
+            views = workload_views(jobs, await self.storage.list_pods(namespace, run))
         return views
+
+
+async def _nothing() -> list[dict[str, Any]]:
+    return []
 
 
 def _outcome_not_seen(view: JobView, pods: list[dict[str, Any]]) -> bool:

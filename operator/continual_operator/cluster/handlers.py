@@ -51,6 +51,7 @@ from continual_operator.cluster.view import WatchView, slim
 from continual_operator.errors import KubernetesApiError
 from continual_operator.naming import ANNOTATION_RUN, LABEL_RUN, MANAGED_BY
 from continual_operator.observe.metrics import Metrics
+from continual_operator.workloads.gang import COMPLETION_INDEX_ANNOTATION, JOBSET_API_VERSION, JOBSET_GROUP
 from continual_operator.workloads.views import STARTUP_PROBLEMS
 
 RUNS = (GROUP, VERSION, RUN_INFO.plural)
@@ -59,6 +60,10 @@ JOBS = ("batch", "v1", "jobs")
 PODS = ("", "v1", "pods")
 #: The kopf index ids (and the keyword arguments under which kopf hands the indexes to handlers).
 VIEW_INDEXES = ("view_runs", "view_batches", "view_jobs", "view_pods")
+#: Multi-node attempts where JobSet is installed. kopf watches a resource only while it is served (it
+#: follows CRDs appearing and going): without JobSet's CRD this index stays empty and nothing waits for it.
+JOBSETS = (JOBSET_GROUP, JOBSET_API_VERSION.rpartition("/")[2], "jobsets")
+JOBSET_INDEX = "view_jobsets"
 
 
 @dataclass(frozen=True)
@@ -117,7 +122,8 @@ async def startup(
     if options.metrics_port is not None:
         metrics.serve(options.metrics_port)
     storage = KubernetesStorage.from_environment(max_workers=options.api_workers)
-    view = WatchView(*(kwargs[name] for name in VIEW_INDEXES))
+    runs, batches, jobs, pods = (kwargs[name] for name in VIEW_INDEXES)
+    view = WatchView(runs, batches, jobs, pods, jobsets=kwargs[JOBSET_INDEX])
     memo["reconciler"] = Reconciler(
         storage, metrics=metrics, resync_seconds=options.resync_seconds, view=view
     )
@@ -245,6 +251,24 @@ def pod_waits(body: Mapping[str, Any], **_: Any) -> bool:
     return bool(reasons & STARTUP_PROBLEMS)
 
 
+def gang_pod_ended(event: Mapping[str, Any], body: Mapping[str, Any]) -> bool:
+    """A pod of a multi-node gang (it has a completion index) ended or went away: the gang's workload
+    may have finished before it (a JobSet or Indexed Job fails at its first failed pod while the other
+    pods still checkpoint), and the attempt is over only once every trainer has ended."""
+    annotations = (body.get("metadata") or {}).get("annotations") or {}
+    if COMPLETION_INDEX_ANNOTATION not in annotations:
+        return False
+    return event.get("type") == "DELETED" or (body.get("status") or {}).get("phase") in {
+        "Succeeded",
+        "Failed",
+    }
+
+
+def pod_event_matters(event: Mapping[str, Any], body: Mapping[str, Any], **_: Any) -> bool:
+    """kopf's filter of the pod-event handler: :func:`pod_waits` or :func:`gang_pod_ended`."""
+    return pod_waits(body) or gang_pod_ended(event, body)
+
+
 async def on_pod_event(*, body: Mapping[str, Any], namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
     """Reconcile the pod's run: the batch says why its pod waits (and the start deadline counts)."""
     if (run := run_of_job(body)) is not None:
@@ -292,6 +316,28 @@ async def index_pod(*, body: Mapping[str, Any], namespace: str | None, **_: Any)
     return {(namespace, run): slim("Pod", body)} if run else {}
 
 
+async def index_jobset(
+    *, body: Mapping[str, Any], namespace: str | None, memo: kopf.Memo, **_: Any
+) -> dict[Any, Any]:
+    """A multi-node attempt's JobSet under ``(namespace, run)``: its metadata, ``suspend`` and status (what
+    :func:`~continual_operator.workloads.gang_views.gang_view` reads), not its pod templates."""
+    run = run_of_job(body)
+    _touch(memo)
+    if not run:
+        return {}
+    kept = slim("JobSet", body)
+    kept["spec"] = {"suspend": bool((body.get("spec") or {}).get("suspend"))}
+    return {(namespace, run): kept}
+
+
+async def on_jobset_event(
+    *, body: Mapping[str, Any], namespace: str | None, memo: kopf.Memo, **_: Any
+) -> None:
+    """Reconcile the JobSet's run: it was admitted, restarted its gang, completed or failed."""
+    if (run := run_of_job(body)) is not None:
+        await reconciler_of(memo).trigger(run_key(namespace, run))
+
+
 # -- registration -------------------------------------------------------------------------------------
 def build_registry(options: OperatorOptions) -> kopf.OperatorRegistry:
     """A kopf registry with this operator's handlers (explicit, so that nothing else sneaks in)."""
@@ -307,13 +353,16 @@ def build_registry(options: OperatorOptions) -> kopf.OperatorRegistry:
     kopf.index(*BATCHES, id=batches, registry=registry)(index_batch)
     kopf.index(*JOBS, id=jobs, labels={LABEL_RUN: kopf.PRESENT}, registry=registry)(index_job)
     kopf.index(*PODS, id=pods, labels={LABEL_RUN: kopf.PRESENT}, registry=registry)(index_pod)
+    has_run = {LABEL_RUN: kopf.PRESENT}
+    kopf.index(*JOBSETS, id=JOBSET_INDEX, labels=has_run, registry=registry)(index_jobset)
+    kopf.on.event(*JOBSETS, id="jobset-event", labels=has_run, registry=registry)(on_jobset_event)
     kopf.on.cleanup(id="cleanup", registry=registry)(cleanup)
     for on_cause in (kopf.on.resume, kopf.on.create, kopf.on.update):
         on_cause(*RUNS, id="reconcile", registry=registry)(on_run_change)
     kopf.on.event(*RUNS, id="run-event", when=run_deleted, registry=registry)(on_run_event)
     kopf.on.event(*BATCHES, id="batch-event", when=batch_event_matters, registry=registry)(on_batch_event)
     kopf.on.event(*JOBS, id="job-event", labels={LABEL_RUN: kopf.PRESENT}, registry=registry)(on_job_event)
-    kopf.on.event(*PODS, id="pod-event", labels={LABEL_RUN: kopf.PRESENT}, when=pod_waits, registry=registry)(
-        on_pod_event
-    )
+    kopf.on.event(
+        *PODS, id="pod-event", labels={LABEL_RUN: kopf.PRESENT}, when=pod_event_matters, registry=registry
+    )(on_pod_event)
     return registry

@@ -80,6 +80,7 @@ from continual_operator.planning.actions import (
 )
 from continual_operator.planning.executor import Executed
 from continual_operator.planning.status import rfc3339
+from continual_operator.workloads.gang import JOBSET_API_VERSION
 from continual_operator.workloads.kinds import ObjectRef, Workload
 
 logger = logging.getLogger(__name__)
@@ -129,6 +130,11 @@ PODS = Kind("v1", "pods", "Pod")
 CONFIG_MAPS = Kind("v1", "configmaps", "ConfigMap")
 EVENTS = Kind("v1", "events", "Event")
 SECRETS = Kind("v1", "secrets", "Secret")
+#: A multi-node attempt where JobSet is installed, and the headless Service of one without it.
+JOBSETS = Kind(JOBSET_API_VERSION, "jobsets", "JobSet")
+SERVICES = Kind("v1", "services", "Service")
+#: The name of the server-side dry-run Job that tells whether the API server keeps ``completionMode``.
+INDEXED_JOB_PROBE = "continual-indexed-job-probe"
 _KINDS = {
     (k.api_version, k.kind): k
     for k in (
@@ -138,6 +144,8 @@ _KINDS = {
         PODS,
         CONFIG_MAPS,
         EVENTS,
+        JOBSETS,
+        SERVICES,
         Kind("v1", "serviceaccounts", "ServiceAccount"),
         Kind("v1", "persistentvolumeclaims", "PersistentVolumeClaim"),
         Kind("rbac.authorization.k8s.io/v1", "roles", "Role"),
@@ -220,7 +228,7 @@ _WRITING_FOR: contextvars.ContextVar[tuple[str, str] | None] = contextvars.Conte
     "continual_writing_for", default=None
 )
 #: The kinds a reconcile reads back from its view (the others are write-only for it).
-_JOURNALLED = {"ContinualTrainingRun", "TrainingBatch", "Job"}
+_JOURNALLED = {"ContinualTrainingRun", "TrainingBatch", "Job", "JobSet"}
 
 
 @contextlib.contextmanager
@@ -419,6 +427,53 @@ class KubernetesStorage:
         except NotFoundError:
             return None
 
+    # -- discovery (which engines the cluster offers: continual_operator.cluster.engines) --------------
+    async def served_versions(self, group: str) -> list[str]:
+        """The versions the API server serves of an API group (empty: the group is not served)."""
+        try:
+            answer = await self._request("GET", f"/apis/{group}", doing=f"discover the API group {group}")
+        except NotFoundError:
+            return []
+        return [str(v.get("version")) for v in answer.get("versions") or [] if isinstance(v, dict)]
+
+    async def server_version(self) -> tuple[int, int] | None:
+        """The API server's ``(major, minor)`` (None: it does not say; ``minor`` may read ``"27+"``)."""
+        answer = await self._request("GET", "/version", doing="read the API server's version")
+        major = str(answer.get("major") or "").rstrip("+")
+        minor = str(answer.get("minor") or "").rstrip("+")
+        return (int(major), int(minor)) if major.isdigit() and minor.isdigit() else None
+
+    async def keeps_completion_mode(self, namespace: str) -> bool:
+        """Whether the API server keeps a Job's ``completionMode: Indexed``: a server-side dry-run create
+        (nothing is stored, no controller sees it), whose answer drops the field where the server does not
+        know it (before 1.21, or 1.21 without the IndexedJob feature gate)."""
+        probe = {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {"name": INDEXED_JOB_PROBE, "namespace": namespace},
+            "spec": {
+                "completionMode": "Indexed",
+                "completions": 1,
+                "template": {
+                    "spec": {
+                        "restartPolicy": "Never",
+                        "containers": [{"name": "probe", "image": "probe.invalid/probe:1"}],
+                    }
+                },
+            },
+        }
+        try:
+            answer = await self._request(
+                "POST",
+                JOBS.path(namespace),
+                query={"dryRun": "All"},
+                body=probe,
+                doing=self._doing("POST", JOBS, namespace, INDEXED_JOB_PROBE) + " (dry run)",
+            )
+        except ConflictError:
+            return False  # a Job of that name exists for real: leave it alone, and ask again later
+        return (answer.get("spec") or {}).get("completionMode") == "Indexed"
+
     async def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
         """A Secret (None when it does not exist): the S3 inbox's credentials. Never logged or stored."""
         try:
@@ -498,6 +553,10 @@ class KubernetesStorage:
     async def list_jobs(self, namespace: str, run: str) -> list[dict[str, Any]]:
         """The run's Jobs (selected by label, then checked against the full name in the annotation)."""
         return _owned_by(await self._list(JOBS, namespace, f"{LABEL_RUN}={label_value(run)}"), run)
+
+    async def list_jobsets(self, namespace: str, run: str) -> list[dict[str, Any]]:
+        """The run's JobSets (multi-node attempts where JobSet is installed), selected like its Jobs."""
+        return _owned_by(await self._list(JOBSETS, namespace, f"{LABEL_RUN}={label_value(run)}"), run)
 
     async def list_pods(self, namespace: str, run: str) -> list[dict[str, Any]]:
         """The pods of the run's Jobs (they carry the Job template's labels and annotations)."""
@@ -685,14 +744,14 @@ class KubernetesStorage:
         self._per_run = {k: t for k, t in self._per_run.items() if k[0] != namespace or k[2] != run}
 
     async def delete_workload(self, namespace: str, action: DeleteWorkload) -> bool:
-        """Delete a workload's Job (with the action's propagation) and the other objects it owns (in the
-        background); False when its Job was gone already."""
+        """Delete a workload's own object (its Job, or a gang's JobSet, with the action's propagation) and
+        the other objects it owns (in the background); False when its own object was gone already."""
         objects = action.objects or (ObjectRef("Job", action.name),)
         gone = True
-        for ref in objects:
-            propagation = action.propagation if ref.kind == "Job" else "Background"
+        for index, ref in enumerate(objects):
+            propagation = action.propagation if index == 0 else "Background"
             deleted = await self.delete(_BY_KIND[ref.kind], namespace, ref.name, propagation)
-            if ref.kind == "Job":
+            if index == 0:
                 gone = deleted
         return gone
 

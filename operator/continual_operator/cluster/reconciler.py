@@ -76,6 +76,7 @@ from continual_operator.api import (
     TrainingBatchSpec,
     TrainingBatchStatus,
 )
+from continual_operator.cluster.engines import EngineDiscovery
 from continual_operator.cluster.executor import ClusterExecutor
 from continual_operator.cluster.inbox_sync import InboxSync
 from continual_operator.cluster.k8s import KubernetesStorage, Subject, writing_for
@@ -94,6 +95,7 @@ from continual_operator.planning.status import (
     plan_invalid_batch,
     plan_invalid_spec,
 )
+from continual_operator.workloads.gang import Engines
 
 logger = logging.getLogger(__name__)
 
@@ -234,6 +236,8 @@ class Reconciler:
         #: One lock per run folder (namespace, claim, subPath), kept while in use like the run locks.
         self._folder_locks: dict[tuple[str, str, str], asyncio.Lock] = {}
         self._folder_users: dict[tuple[str, str, str], int] = {}
+        #: The multi-node engines the cluster offers (asked only for runs with nodes > 1).
+        self.engines = EngineDiscovery(storage)
 
     # -- entry points -----------------------------------------------------------------------------------
     async def reconcile(self, key: RunKey) -> Plan | None:
@@ -404,8 +408,9 @@ class Reconciler:
             return await self.storage.get_run(namespace, name)
         return (await self.view.world(self.storage, namespace, name)).run
 
-    async def _read_world(self, namespace: str, name: str) -> RunWorld:
-        """The run's batches, Jobs and pods and the namespace's runs: from the view, or afresh."""
+    async def _read_world(self, namespace: str, name: str, *, jobsets: bool = False) -> RunWorld:
+        """The run's batches, Jobs (and JobSets, where served) and pods and the namespace's runs: from
+        the view, or afresh."""
         if self.view is not None:
             return await self.view.world(self.storage, namespace, name)
         raw_batches, jobs, pods, raw_runs = await asyncio.gather(
@@ -414,6 +419,8 @@ class Reconciler:
             self.storage.list_pods(namespace, name),
             self.storage.list_runs(namespace),
         )
+        if jobsets:
+            jobs += await self.storage.list_jobsets(namespace, name)
         return RunWorld(run=None, batches=raw_batches, jobs=jobs, pods=pods, runs=raw_runs)
 
     @contextlib.asynccontextmanager
@@ -435,7 +442,9 @@ class Reconciler:
         one status patch per object, the run's included."""
         namespace, name = key
         meta, status = run.metadata, run.status
-        world = await self._read_world(namespace, name)
+        nodes = run.spec.resources.nodes
+        engines = await self.engines.engines(namespace) if nodes > 1 else Engines()
+        world = await self._read_world(namespace, name, jobsets=engines.jobset)
         executor = ClusterExecutor(self.storage, Subject(meta, run), seen=(world.jobs, world.pods))
         workloads = await executor.workloads()
         batches, batch_metas, invalid = self._parse_batches(world.batches, now)
@@ -446,7 +455,7 @@ class Reconciler:
             # patched a moment ago (under the folder lock): the view must show those writes too.
             raw_runs = await self.view.settle_peers(self.storage, namespace, peers, world.runs)
             others = _other_runs(raw_runs, name, folder)
-        context = PlanContext(other_runs=others, check_paths=True)
+        context = PlanContext(other_runs=others, check_paths=True, engines=engines)
         the_plan = make_plan(run, batches, workloads, now=now, context=context)
         the_plan = one_patch_per_object(Plan(first + invalid.actions + the_plan.actions))
         try:

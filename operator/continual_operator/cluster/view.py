@@ -42,7 +42,16 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from continual_operator.cluster.k8s import BATCHES, JOBS, RUNS, Kind, KubernetesStorage, WriteJournal, Written
+from continual_operator.cluster.k8s import (
+    BATCHES,
+    JOBS,
+    JOBSETS,
+    RUNS,
+    Kind,
+    KubernetesStorage,
+    WriteJournal,
+    Written,
+)
 
 #: How long a run's own write is overlaid on a view whose watch has not delivered it; then it is read afresh.
 OVERLAY_SECONDS = 60.0
@@ -157,6 +166,8 @@ class WatchView:
     jobs: Indexes
     pods: Indexes
     overlay_seconds: float = OVERLAY_SECONDS
+    #: Multi-node attempts on JobSet, by run (empty where JobSet's CRD is not installed: nothing is watched).
+    jobsets: Indexes = field(default_factory=dict)
     #: How many objects reconciles had to read afresh (no usable answer, or a watch late by more than
     #: :attr:`overlay_seconds`): a measure, for tests and logs.
     fresh_reads: int = field(default=0, init=False)
@@ -174,7 +185,8 @@ class WatchView:
         self._journal = journal
 
     def _index(self, kind: Kind) -> Indexes:
-        return {RUNS.kind: self.runs, BATCHES.kind: self.batches, JOBS.kind: self.jobs}[kind.kind]
+        indexes = {RUNS.kind: self.runs, BATCHES.kind: self.batches, JOBS.kind: self.jobs}
+        return self.jobsets if kind is JOBSETS else indexes[kind.kind]
 
     def _cached(self, kind: Kind, namespace: str, run: str, name: str) -> dict[str, Any] | None:
         key = (namespace, name) if kind is RUNS else (namespace, run)
@@ -288,7 +300,9 @@ class WatchView:
             batches=[
                 b for b in merged(BATCHES, self.batches.get((namespace, run), ())) if _batch_run(b) == run
             ],
-            jobs=merged(JOBS, self.jobs.get((namespace, run), ())),
+            # the run's workloads: its Jobs, and its JobSets where JobSet is installed
+            jobs=merged(JOBS, self.jobs.get((namespace, run), ()))
+            + merged(JOBSETS, self.jobsets.get((namespace, run), ())),
             pods=[dict(p) for p in self.pods.get((namespace, run), ())],
             runs=runs,
             fresh_reads=self.fresh_reads - reads,

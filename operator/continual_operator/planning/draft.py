@@ -31,6 +31,7 @@ from continual_operator.planning.actions import (
 )
 from continual_operator.planning.refusals import Refusal, run_refusal
 from continual_operator.planning.status import merge_patch, rfc3339, wire
+from continual_operator.workloads.gang import Engines
 from continual_operator.workloads.registry import owned_objects
 from continual_operator.workloads.train import TRAIN
 from continual_operator.workloads.views import JobView
@@ -54,7 +55,8 @@ class PlanContext:
     ``other_runs``: the other runs of the namespace (one run per folder, decision 12). ``check_paths``:
     refuse paths outside the volume's mount -- on a cluster, where the pod sees the volume at ``/data``;
     local mode maps paths to local folders itself and leaves the check to the trainer's ``dataRoot``.
-    ``data_roots``: see below.
+    ``data_roots``: see below. ``engines``: the multi-node engines the cluster offers (discovered by the
+    cluster executor); None where the executor runs one node only (local mode).
     """
 
     other_runs: Sequence[ContinualTrainingRun] = ()
@@ -62,6 +64,7 @@ class PlanContext:
     #: Folders besides the volume that batches' data is confined to (local mode's ``--inbox``): batches
     #: under different ones are not coalesced into one trainer process (it has one ``dataRoot``).
     data_roots: tuple[str, ...] = ()
+    engines: Engines | None = None
 
 
 class Draft:
@@ -110,7 +113,9 @@ class Draft:
         #: message.
         self.hold: tuple[str, str, str] | None = None
         others = [r for r in context.other_runs if r.metadata.name != run.metadata.name]
-        self.refusal: Refusal | None = run_refusal(run, others, check_paths=context.check_paths)
+        self.refusal: Refusal | None = run_refusal(
+            run, others, check_paths=context.check_paths, engines=context.engines
+        )
 
     # -- recording decisions ----------------------------------------------------------------------------
     def update(self, batch: str, **changes: Any) -> None:

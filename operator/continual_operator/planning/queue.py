@@ -25,6 +25,7 @@ from continual_operator.planning.draft import Draft
 from continual_operator.planning.lease import SUSPENDED
 from continual_operator.planning.refusals import Refusal, batch_path_refusal
 from continual_operator.planning.status import RUN_NOT_FOUND, parse_time
+from continual_operator.workloads.gang import Engine, Gang
 from continual_operator.workloads.train import TRAIN, TrainRequest
 
 TERMINAL = frozenset({"Succeeded", "Failed"})
@@ -80,7 +81,8 @@ def start_next(draft: Draft) -> None:
             if draft.statuses[b.metadata.name].phase == "Failed"
         ) + tuple(draft.removed_failed)
         after = coalesced_batches(draft, index, job)
-        workload = TRAIN.build(TrainRequest(draft.run, batch, attempt, failed, tuple(after)))
+        engine = _engine(draft)
+        workload = TRAIN.build(TrainRequest(draft.run, batch, attempt, failed, tuple(after), engine))
         draft.create = CreateWorkload(workload, abandon_batches=failed)
         message = f"attempt {attempt}: Job {job}"
         if after:
@@ -90,6 +92,7 @@ def start_next(draft: Draft) -> None:
             phase="Training",
             attempts=attempt,
             job=job,
+            world_size=Gang.of(draft.spec.resources).world_size,
             reason="Started",
             message=message,
             next_attempt_time=None,
@@ -105,6 +108,15 @@ def start_next(draft: Draft) -> None:
                 next_attempt_time=None,
             )
         return
+
+
+def _engine(draft: Draft) -> Engine:
+    """The shape of the run's attempts (the run's refusals have made sure that one exists)."""
+    nodes = draft.spec.resources.nodes
+    engine = draft.context.engines.engine_for(nodes) if draft.context.engines is not None else None
+    if engine is None and nodes != 1:
+        raise ValueError(f"no engine runs {nodes} nodes: multi_node_refusal should have refused the run")
+    return engine or "job"
 
 
 def coalesced_batches(draft: Draft, first: int, job: str) -> list[TrainingBatch]:

@@ -13,6 +13,8 @@ or, worse, not find out (a changed ``storage.subPath`` trains from step 0 into a
 * **spec changes the run cannot follow**: what the run trained with is recorded in
   ``status.trainedWith`` when its first Job is created (:func:`trained_with`); a later spec that differs
   there (:func:`changed_fields`) is refused, naming each field with its old and new value;
+* **no engine for the gang**: ``spec.resources.nodes`` > 1 in local mode, or on a cluster without JobSet
+  or Indexed Jobs (:func:`multi_node_refusal`);
 * **one run per volume**: of the runs of a namespace on the same claim and ``subPath``, one holds the
   folder (:func:`volume_holder`: the one that has trained, else the oldest); the others are refused.
 
@@ -30,6 +32,7 @@ from typing import Any
 
 from continual_operator.api import ContinualTrainingRun, TrainingBatch
 from continual_operator.api.run import TrainedStorage, TrainedWith
+from continual_operator.workloads.gang import Engines
 from continual_operator.workloads.resources import DATA_MOUNT, base_model_path, data_path, volume_claim_name
 
 DATA_PATH_OUTSIDE_VOLUME = "DataPathOutsideVolume"
@@ -198,27 +201,41 @@ def volume_refusal(run: ContinualTrainingRun, others: Sequence[ContinualTraining
     )
 
 
-def multi_node_refusal(run: ContinualTrainingRun) -> Refusal | None:
-    """``spec.resources.nodes`` > 1: the gang builders exist (workloads/gang.py) but no executor starts them yet."""
+def multi_node_refusal(run: ContinualTrainingRun, engines: Engines | None) -> Refusal | None:
+    """``spec.resources.nodes`` > 1 where nothing can run a gang: local mode (``engines`` None: one machine),
+    or a cluster that offers neither JobSet nor Indexed Jobs (:class:`~continual_operator.workloads.gang.Engines`)."""
     nodes = run.spec.resources.nodes
-    if nodes == 1:
+    if nodes == 1 or (engines is not None and engines.engine_for(nodes) is not None):
         return None
+    one_node = (
+        "or set spec.resources.nodes: 1 and give the pod up to one node's GPUs in spec.resources.gpus (one "
+        "trainer process per GPU under torchrun); no batch starts until then"
+    )
+    if engines is None:
+        return Refusal(
+            MULTI_NODE_UNAVAILABLE,
+            f"spec.resources.nodes={nodes}: local mode trains on this one machine. Run it on a cluster "
+            f"(docs/scaling.md), {one_node}",
+        )
     return Refusal(
         MULTI_NODE_UNAVAILABLE,
-        f"spec.resources.nodes={nodes}: this operator version trains a batch on one node only (multi-node "
-        "gangs are not started yet, see docs/scaling.md). Set spec.resources.nodes: 1 and give the pod up to "
-        "one node's GPUs in spec.resources.gpus (one trainer process per GPU under torchrun); no batch starts "
-        "until then",
+        f"spec.resources.nodes={nodes}: {engines.missing()} (docs/scaling.md); the operator looks again "
+        f"every few minutes, {one_node}",
     )
 
 
 def run_refusal(
-    run: ContinualTrainingRun, others: Sequence[ContinualTrainingRun] = (), *, check_paths: bool = True
+    run: ContinualTrainingRun,
+    others: Sequence[ContinualTrainingRun] = (),
+    *,
+    check_paths: bool = True,
+    engines: Engines | None = None,
 ) -> Refusal | None:
-    """The first reason ``run`` may not start a Job, or None (``check_paths``: see ``PlanContext``)."""
+    """The first reason ``run`` may not start a Job, or None (``check_paths``, ``engines``: see
+    ``PlanContext``)."""
     return (
         spec_change_refusal(run)
-        or multi_node_refusal(run)
+        or multi_node_refusal(run, engines)
         or (base_model_refusal(run) if check_paths else None)
         or volume_refusal(run, others)
     )

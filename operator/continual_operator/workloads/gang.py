@@ -19,8 +19,10 @@ Kueue admits the gang as one workload, all or nothing. Every field used is descr
 the JobSet fields are pinned by a JSON schema written from JobSet's API reference
 (tests/operator/schemas/jobset-v1alpha2.json).
 
-Nothing here is wired into the planner yet: :func:`choose_engine` says which shape a run gets and
-:func:`build` makes it; :mod:`continual_operator.workloads.gang_views` reads an attempt back.
+Which engines a cluster offers is an :class:`Engines` (the cluster executor discovers it from the API
+server, :mod:`continual_operator.cluster.engines`); :meth:`Engines.engine_for` says which shape a run gets
+(None: none can run it) and :func:`build` makes it; :mod:`continual_operator.workloads.gang_views` reads an
+attempt back.
 """
 
 from __future__ import annotations
@@ -103,6 +105,58 @@ class Gang:
     def world_size(self) -> int:
         """Trainer processes in the gang (torch.distributed's ``WORLD_SIZE``)."""
         return self.nodes * self.procs_per_node
+
+
+#: Indexed Jobs: alpha (feature gate ``IndexedJob``, off by default) in 1.21, beta (on) in 1.22, GA in 1.24.
+INDEXED_JOB_GA = (1, 24)
+INDEXED_JOB_FIRST = (1, 21)
+#: What to install, and the Kubernetes version needed, when a cluster offers no multi-node engine.
+JOBSET_INSTALL = (
+    "kubectl apply --server-side -f "
+    "https://github.com/kubernetes-sigs/jobset/releases/download/<version>/manifests.yaml"
+)
+
+
+@dataclass(frozen=True)
+class Engines:
+    """The multi-node engines a cluster offers, as discovered from its API server.
+
+    ``jobset``: ``jobset.x-k8s.io/v1alpha2`` is served (JobSet's CRD and controller are installed).
+    ``indexed_job``: the API server keeps a Job's ``completionMode: Indexed`` (1.24+, or 1.21-1.23 with
+    the ``IndexedJob`` feature gate; an older server drops the field and would run N unrelated pods).
+    ``server_version``: ``major.minor`` as the server reports it, for the messages.
+    """
+
+    jobset: bool = False
+    indexed_job: bool = False
+    server_version: str = ""
+
+    def engine_for(self, nodes: int) -> Engine | None:
+        """The shape of a run's train workload on this cluster (None: nodes > 1 and no engine runs it)."""
+        if nodes == 1:
+            return "job"
+        if not (self.jobset or self.indexed_job):
+            return None
+        return choose_engine(nodes, self.jobset)
+
+    def missing(self) -> str:
+        """What the cluster lacks for nodes > 1: what to install, or the Kubernetes version needed."""
+        version = f"Kubernetes {self.server_version}" if self.server_version else "this cluster"
+        return (
+            f"{version} offers neither JobSet (the API jobset.x-k8s.io/v1alpha2 is not served) nor Indexed "
+            f"Jobs (completionMode: Indexed needs Kubernetes {INDEXED_JOB_GA[0]}.{INDEXED_JOB_GA[1]}+, or "
+            f"{INDEXED_JOB_FIRST[0]}.{INDEXED_JOB_FIRST[1]}+ with the IndexedJob feature gate). Install JobSet "
+            f"v0.7.0+ ({JOBSET_INSTALL}) or upgrade the cluster"
+        )
+
+
+def indexed_jobs_by_version(major: int, minor: int) -> bool | None:
+    """Whether a server of this version keeps ``completionMode`` (None: it depends on a feature gate)."""
+    if (major, minor) >= INDEXED_JOB_GA:
+        return True
+    if (major, minor) < INDEXED_JOB_FIRST:
+        return False
+    return None
 
 
 def choose_engine(nodes: int, jobset_installed: bool) -> Engine:

@@ -14,14 +14,60 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
+from continual_operator.naming import LABEL_ATTEMPT, LABEL_BATCH, LABEL_COMPONENT, LABEL_RUN
 from continual_operator.workloads.gang import ANNOTATION_WORLD_SIZE, COMPLETION_INDEX_ANNOTATION
 from continual_operator.workloads.outcomes import parse_result, trainer_exit_code
-from continual_operator.workloads.registry import job_view
-from continual_operator.workloads.views import TRAINER_CONTAINER, JobView
+from continual_operator.workloads.registry import job_view, job_views
+from continual_operator.workloads.train import is_gang
+from continual_operator.workloads.views import TRAINER_CONTAINER, JobView, get
 
 #: Labels JobSet puts on its pods: which Job of the replicated job, and which gang restart they belong to.
 JOBSET_JOB_INDEX_LABEL = "jobset.sigs.k8s.io/job-index"
 JOBSET_RESTART_LABEL = "jobset.sigs.k8s.io/restart-attempt"
+
+
+def workload_views(
+    workloads: Sequence[Mapping[str, Any]], pods: Sequence[Mapping[str, Any]]
+) -> list[JobView]:
+    """Views of a run's workloads, Jobs and JobSets alike, each with its own pods; foreign ones skipped.
+
+    A gang (a JobSet, an Indexed Job) is read with :func:`gang_view` from the pods of its attempt; the
+    Jobs a JobSet makes (they carry the run label too, and the Job watch sees them) are its parts, not
+    workloads of their own.
+    """
+    gangs = [w for w in workloads if is_gang(w)]
+    jobs = [w for w in workloads if not is_gang(w) and w.get("kind", "Job") == "Job" and not _jobset_child(w)]
+    views = job_views(jobs, pods)
+    for workload in gangs:
+        view = gang_view(workload, attempt_pods(workload, pods))
+        if view is not None:
+            views.append(view)
+    return views
+
+
+def gang_outcome_not_seen(workloads: Sequence[Mapping[str, Any]], pods: Sequence[Mapping[str, Any]]) -> bool:
+    """A gang whose workload has finished while a pod of its attempt still runs, as far as ``pods`` say:
+    either a trainer still saves (the gang waits for it) or the pod watch has not delivered how it ended
+    yet, and nothing else would trigger a reconcile then (the executor lists the pods afresh)."""
+    return any(
+        _terminal(_as_job(w)) is not None and any(_running(pod) for pod in attempt_pods(w, pods))
+        for w in workloads
+        if is_gang(w)
+    )
+
+
+def _jobset_child(job: Mapping[str, Any]) -> bool:
+    return any(o.get("kind") == "JobSet" for o in get(job, "metadata", "ownerReferences") or [])
+
+
+def attempt_pods(workload: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The pods of a gang's attempt, found by its labels (run, batch, attempt, component): a JobSet's pods
+    belong to its child Jobs, which a gang restart replaces, not to the JobSet."""
+    labels = _meta(workload, "labels")
+    wanted = {key: labels.get(key) for key in (LABEL_RUN, LABEL_BATCH, LABEL_ATTEMPT, LABEL_COMPONENT)}
+    if any(value is None for value in wanted.values()):
+        return []
+    return [pod for pod in pods if all(_meta(pod, "labels").get(k) == v for k, v in wanted.items())]
 
 
 def coordinator_pod(pods: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
@@ -134,6 +180,7 @@ def _as_job(workload: Mapping[str, Any]) -> Mapping[str, Any]:
     ]
     suspend = bool((workload.get("spec") or {}).get("suspend"))
     return {
+        "kind": "JobSet",
         "metadata": workload["metadata"],
         "spec": {"suspend": suspend},
         "status": {"conditions": conditions},

@@ -72,7 +72,7 @@ class Workload:
 
     @property
     def job(self) -> Mapping[str, Any]:
-        """The Job that runs it."""
+        """The Job that runs it (one node: a gang's is a JobSet, or an Indexed Job of its own name)."""
         return self.manifest("Job")
 
     def view(self, created: dt.datetime | None = None) -> JobView:
@@ -86,6 +86,7 @@ class Workload:
             key=self.key,
             next_batches=self.next_batches,
             created=created,
+            owned=tuple((ref.kind, ref.name) for ref in self.owned),
         )
 
 

@@ -49,7 +49,10 @@ def job_views(jobs: Sequence[Mapping[str, Any]], pods: Sequence[Mapping[str, Any
 
 
 def owned_objects(view: JobView) -> tuple[ObjectRef, ...]:
-    """What is deleted with a workload (its Job first): not the ConfigMap of a Job that carries its config
-    in its pod template (it has none; a delete would only be answered 404)."""
-    owned = kind_named(view.kind).owned_objects(view.name)
+    """What is deleted with a workload (its Job, or a gang's JobSet, first): not the ConfigMap of a workload
+    that carries its config in its pod template (it has none; a delete would only be answered 404)."""
+    if view.owned:
+        owned = tuple(ObjectRef(kind, name) for kind, name in view.owned)
+    else:
+        owned = kind_named(view.kind).owned_objects(view.name)
     return owned if view.config_map else tuple(ref for ref in owned if ref.kind != "ConfigMap")

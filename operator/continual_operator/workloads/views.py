@@ -79,6 +79,11 @@ class JobView:
     next_batches: tuple[str, ...] = ()
     #: A ConfigMap of the Job's name holds its config (deleted with it); False: its pod template does.
     config_map: bool = True
+    #: ``(kind, name)`` of the objects deleted with the workload, its own first, when they are not what its
+    #: kind names after ``name`` (a gang's JobSet, or Indexed Job and Service; empty: the kind's default).
+    owned: tuple[tuple[str, str], ...] = ()
+    #: Trainer processes of the attempt (nodes x processes per node), from the workload's annotation.
+    world_size: int | None = None
 
     @property
     def batches(self) -> tuple[str, ...]:
