@@ -23,7 +23,7 @@ from continual_operator.cluster.engines import RECHECK_MISSING_SECONDS
 from continual_operator.cluster.executor import ClusterExecutor
 from continual_operator.cluster.k8s import Subject
 from continual_operator.cluster.reconciler import Reconciler
-from continual_operator.naming import job_name
+from continual_operator.naming import ANNOTATION_TRAINER_CONFIG, job_name
 from continual_operator.workloads.gang import COMPLETION_INDEX_ANNOTATION
 from continual_operator.workloads.gang_views import JOBSET_RESTART_LABEL
 from continual_trainer.records import BatchResult
@@ -206,13 +206,15 @@ async def test_a_jobset_gang_is_created_once_read_back_and_recorded_from_the_coo
     meta = jobset["metadata"]
     assert meta["labels"]["kueue.x-k8s.io/queue-name"] == "gpus" and jobset["spec"]["suspend"] is True
     assert [(o["kind"], o["name"]) for o in meta["ownerReferences"]] == [("ContinualTrainingRun", RUN)]
-    assert world.names(CONFIG_MAPS) == [JOB_1]
+    # the trainer config travels in the gang's pod template (no ConfigMap per attempt)
+    assert world.names(CONFIG_MAPS) == []
+    assert ANNOTATION_TRAINER_CONFIG in jobset_pod_template(jobset)["metadata"]["annotations"]
     b1 = status_of(world, BATCHES, "b1")
     assert (b1["phase"], b1["job"], b1["worldSize"]) == ("Training", JOB_1, 2)
     # An executor without the view lists the run's JobSets itself where JobSet is served.
     unviewed = ClusterExecutor(reconciler.storage, Subject(ObjectMeta(name=RUN, namespace=NS)), jobsets=True)
     (view,) = await unviewed.workloads()
-    assert (view.name, view.owned, view.world_size) == (JOB_1, (("JobSet", JOB_1), ("ConfigMap", JOB_1)), 2)
+    assert (view.name, view.owned, view.world_size) == (JOB_1, (("JobSet", JOB_1),), 2)
 
     # The JobSet completed: the coordinator (index 0) speaks, rank 1's message is not read.
     template = jobset_pod_template(jobset)
@@ -230,7 +232,7 @@ async def test_a_failed_jobset_is_classified_by_the_first_failed_pod_retried_and
 ) -> None:
     """Rank 1's pod is SIGKILLed first; the coordinator, stopped after it, reports Preempted: the attempt
     counts as a failure (not a free preemption), the gang is restarted as attempt 2 after the back-off;
-    a suspend deletes the running JobSet (its pods first) and its ConfigMap."""
+    a suspend deletes the running JobSet (its pods first)."""
     serve_jobset(world)
     seed(world)
     await reconciler.reconcile((NS, RUN))
@@ -252,12 +254,12 @@ async def test_a_failed_jobset_is_classified_by_the_first_failed_pod_retried_and
     assert (b1["phase"], b1["attempts"], b1["job"]) == ("Training", 2, JOB_2)
     assert world.names(JOBSETS) == [JOB_1, JOB_2]  # the failed one kept a while, for kubectl logs
 
-    # Suspended: the running gang is deleted, pods first (Foreground), with its ConfigMap.
+    # Suspended: the running gang is deleted, pods first (Foreground).
     world.patch(RUNS, RUN, {"spec": {"suspend": True}, "metadata": {"generation": 2}})
     await reconciler.reconcile((NS, RUN))
     deletes = [(r.name, r.params.get("propagationPolicy")) for r in world.requests("DELETE", JOBSETS)]
     assert deletes == [(JOB_2, "Foreground")]
-    assert [r.name for r in world.requests("DELETE", CONFIG_MAPS)] == [JOB_2]
+    assert world.requests("DELETE", CONFIG_MAPS) == []  # it has none: its config is in its pod template
 
 
 async def test_a_gang_still_checkpointing_holds_the_volume(world: KubeWorld, reconciler: Reconciler) -> None:
@@ -322,7 +324,6 @@ async def test_without_jobset_an_indexed_job_and_its_service_run_the_gang(
     assert deleted == [
         (JOBS, JOB_2, "Foreground"),
         (SERVICES, JOB_2, "Background"),
-        (CONFIG_MAPS, JOB_2, "Background"),
     ]
 
 

@@ -116,7 +116,8 @@ class TrainKind:
             name = self.job_name(str(run), str(batch), int(str(attempt)))
             own = (str(job.get("kind") or "Job"), view.name)
             extra = (("Service", view.name),) if own[0] == "Job" else ()
-            view = replace(view, name=name, owned=(own, *extra, ("ConfigMap", name)))
+            config = (("ConfigMap", name),) if view.config_map else ()  # a config too large for the pod
+            view = replace(view, name=name, owned=(own, *extra, *config))
         return view
 
     def classify(self, view: JobView) -> Outcome:
