@@ -16,6 +16,7 @@ equal (max abs diff 0.0) to one uninterrupted 2-process torchrun of the same two
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -32,7 +33,15 @@ from continual_trainer.config import TrainerConfig
 
 from .controlplane import free_port
 from .jobset_emulator import API_VERSION, COMPLETION_INDEX, RESTART_ATTEMPT, JobSetEmulator
-from .operator_world import World, batch_manifest, prepare_volume, pvc_manifest, run_manifest, status
+from .operator_world import (
+    Recorded,
+    World,
+    batch_manifest,
+    prepare_volume,
+    pvc_manifest,
+    run_manifest,
+    status,
+)
 from .podlaunch import ContainerCommand, local_command
 from .podrunner import PodRunner
 from .test_operator import on_this_machine, trainer_configs
@@ -138,8 +147,8 @@ def test_a_two_node_gang_trains_and_a_killed_pod_restarts_the_gang_to_the_exact_
     world.create(pvc_manifest(claim))
     volume = world.pod_runner.claim_path(claim)
     prepare_volume(volume, tiny_model, f"runs/{run}")
-    config_maps = world.record(world.config_maps_path)
     jobsets_path = f"/apis/{API_VERSION}/namespaces/{world.namespace}/jobsets"
+    created = world.record(jobsets_path)
     # saveSteps 2 (counted from the batch's start): a checkpoint at step 8, inside batch 2 (steps 7..12).
     # Rank 1 (pod 1's only process) freezes at the end of step 9, after it: the test then kills its pod,
     # known to be mid-batch, with no race against the batch finishing.
@@ -211,7 +220,7 @@ def test_a_two_node_gang_trains_and_a_killed_pod_restarts_the_gang_to_the_exact_
         # 3. The weights of one uninterrupted 2-process torchrun of the same batches.
         from trainer.helpers import adapter_weights, max_abs_diff
 
-        configs = trainer_configs(world, config_maps.snapshot(), run)
+        configs = trainer_configs(world, [as_job(r) for r in created.snapshot()], run)
         reference = tmp_path / "reference" / run
         reference.parent.mkdir(parents=True)
         local = [
@@ -223,6 +232,14 @@ def test_a_two_node_gang_trains_and_a_killed_pod_restarts_the_gang_to_the_exact_
             adapter_weights(on_claim), adapter_weights(reference / "checkpoints" / "checkpoint-12")
         )
         assert diff == 0.0
+
+
+def as_job(record: Recorded) -> Recorded:
+    """A recorded JobSet as the Job its replicated job stands for (its pod template: the trainer config)."""
+    jobset = record.object
+    template = jobset["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]
+    job = {"metadata": jobset["metadata"], "spec": {"template": template}}
+    return dataclasses.replace(record, object=job)
 
 
 def test_the_jobset_emulator_restarts_the_whole_gang_within_max_restarts(
