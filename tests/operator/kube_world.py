@@ -9,8 +9,10 @@ assert on what the operator decided and sent.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import kmock
@@ -18,6 +20,7 @@ import kubernetes
 import yaml
 
 from continual_operator.cluster.k8s import KubernetesStorage
+from continual_operator.cluster.reconciler import Reconciler
 from continual_trainer.records import BatchResult
 
 NS = "ml"
@@ -230,3 +233,31 @@ def trainer_config_of(job: dict[str, Any]) -> dict[str, Any]:
     assert item["path"] == "trainer.yaml"
     key = item["fieldRef"]["fieldPath"].removeprefix("metadata.annotations['").removesuffix("']")
     return dict(yaml.safe_load(pod["metadata"]["annotations"][key]))
+
+
+def status_of(world: KubeWorld, resource: kmock.resource, name: str) -> dict[str, Any]:
+    """An object's status as the emulator holds it (the object must exist)."""
+    obj = world.get(resource, name)
+    assert obj is not None
+    return obj.get("status") or {}
+
+
+def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
+    """The condition of ``type_`` in a status."""
+    return next(c for c in status["conditions"] if c["type"] == type_)
+
+
+@contextlib.asynccontextmanager
+async def reconciler_of(world: KubeWorld, now: dt.datetime | None = None) -> AsyncIterator[Reconciler]:
+    """A reconciler on the emulator; with ``now``, on a clock the test moves (``reconciler.clock["now"]``)."""
+    if now is None:
+        reconciler = Reconciler(world.storage())
+    else:
+        clock = {"now": now}
+        reconciler = Reconciler(world.storage(), clock=lambda: clock["now"])
+        reconciler.clock = clock  # type: ignore[attr-defined]  # the tests move it
+    try:
+        yield reconciler
+    finally:
+        await reconciler.close()
+        reconciler.storage.close()

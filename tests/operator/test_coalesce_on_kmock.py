@@ -7,7 +7,6 @@ annotation, and records every batch from the Job's ``JobResult`` termination mes
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
 import kmock
 import pytest
@@ -19,7 +18,9 @@ from kube_world import (
     RUNS,
     KubeWorld,
     batch_body,
+    reconciler_of,
     run_body,
+    status_of,
     trainer_config_of,
 )
 
@@ -38,16 +39,8 @@ def world(kmock: kmock.KubernetesEmulator) -> KubeWorld:
 
 @pytest.fixture
 async def reconciler(world: KubeWorld) -> AsyncIterator[Reconciler]:
-    reconciler = Reconciler(world.storage())
-    yield reconciler
-    await reconciler.close()
-    reconciler.storage.close()
-
-
-def status_of(world: KubeWorld, resource: kmock.resource, name: str) -> dict[str, Any]:
-    obj = world.get(resource, name)
-    assert obj is not None
-    return obj.get("status") or {}
+    async with reconciler_of(world) as reconciler:
+        yield reconciler
 
 
 def done(batch: str, start: int, end: int, outcome: str = "Succeeded") -> BatchResult:

@@ -14,7 +14,22 @@ from typing import Any
 
 import kmock
 import pytest
-from kube_world import BATCHES, CONFIG_MAPS, JOBS, NS, PODS, RUN, RUNS, T0, KubeWorld, batch_body, result
+from kube_world import (
+    BATCHES,
+    CONFIG_MAPS,
+    JOBS,
+    NS,
+    PODS,
+    RUN,
+    RUNS,
+    T0,
+    KubeWorld,
+    batch_body,
+    condition,
+    reconciler_of,
+    result,
+    status_of,
+)
 from kube_world import run_body as _run_body
 
 from continual_operator.api import ObjectMeta
@@ -53,12 +68,8 @@ def serve_jobset(world: KubeWorld) -> None:
 
 @pytest.fixture
 async def reconciler(world: KubeWorld) -> AsyncIterator[Reconciler]:
-    clock = {"now": NOW}
-    reconciler = Reconciler(world.storage(), clock=lambda: clock["now"])
-    reconciler.clock = clock  # type: ignore[attr-defined]  # the tests move it
-    yield reconciler
-    await reconciler.close()
-    reconciler.storage.close()
+    async with reconciler_of(world, NOW) as reconciler:
+        yield reconciler
 
 
 def run_body(**spec: Any) -> dict[str, Any]:
@@ -68,16 +79,6 @@ def run_body(**spec: Any) -> dict[str, Any]:
 def seed(world: KubeWorld, **spec: Any) -> None:
     world.add(RUNS, run_body(**spec))
     world.add(BATCHES, batch_body("b1"))
-
-
-def status_of(world: KubeWorld, resource: kmock.resource, name: str) -> dict[str, Any]:
-    obj = world.get(resource, name)
-    assert obj is not None
-    return obj.get("status") or {}
-
-
-def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
-    return next(c for c in status["conditions"] if c["type"] == type_)
 
 
 def gang_pod(

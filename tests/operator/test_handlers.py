@@ -33,8 +33,11 @@ from kube_world import (
     SERVICE_ACCOUNTS,
     KubeWorld,
     batch_body,
+    condition,
+    reconciler_of,
     result,
     run_body,
+    status_of,
     trainer_config_of,
 )
 from kubernetes.client.exceptions import ApiException
@@ -65,10 +68,8 @@ def world(kmock: kmock.KubernetesEmulator) -> KubeWorld:
 
 @pytest.fixture
 async def reconciler(world: KubeWorld) -> AsyncIterator[Reconciler]:
-    reconciler = Reconciler(world.storage())
-    yield reconciler
-    await reconciler.close()
-    reconciler.storage.close()
+    async with reconciler_of(world) as reconciler:
+        yield reconciler
 
 
 @pytest.fixture
@@ -80,16 +81,6 @@ def seed(world: KubeWorld, *batches: str, **spec: Any) -> None:
     world.add(RUNS, run_body(**spec))
     for minutes, name in enumerate(batches):
         world.add(BATCHES, batch_body(name, created=minutes))
-
-
-def status_of(world: KubeWorld, resource: kmock.resource, name: str) -> dict[str, Any]:
-    obj = world.get(resource, name)
-    assert obj is not None
-    return obj.get("status") or {}
-
-
-def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
-    return next(c for c in status["conditions"] if c["type"] == type_)
 
 
 # -- (a) a new run with two batches -------------------------------------------------------------------

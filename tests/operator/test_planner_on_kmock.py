@@ -14,7 +14,22 @@ from typing import Any
 import kmock
 import kopf
 import pytest
-from kube_world import BATCHES, JOBS, NS, PODS, RUN, RUNS, T0, KubeWorld, batch_body, result, run_body
+from kube_world import (
+    BATCHES,
+    JOBS,
+    NS,
+    PODS,
+    RUN,
+    RUNS,
+    T0,
+    KubeWorld,
+    batch_body,
+    condition,
+    reconciler_of,
+    result,
+    run_body,
+    status_of,
+)
 
 from continual_operator.cluster import handlers
 from continual_operator.cluster.reconciler import Reconciler
@@ -32,27 +47,13 @@ def world(kmock: kmock.KubernetesEmulator) -> KubeWorld:
 
 @pytest.fixture
 async def reconciler(world: KubeWorld) -> AsyncIterator[Reconciler]:
-    clock = {"now": NOW}
-    reconciler = Reconciler(world.storage(), clock=lambda: clock["now"])
-    reconciler.clock = clock  # type: ignore[attr-defined]  # the tests move it
-    yield reconciler
-    await reconciler.close()
-    reconciler.storage.close()
+    async with reconciler_of(world, NOW) as reconciler:
+        yield reconciler
 
 
 @pytest.fixture
 def memo(reconciler: Reconciler) -> kopf.Memo:
     return kopf.Memo(reconciler=reconciler)
-
-
-def status_of(world: KubeWorld, resource: kmock.resource, name: str) -> dict[str, Any]:
-    obj = world.get(resource, name)
-    assert obj is not None
-    return obj.get("status") or {}
-
-
-def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
-    return next(c for c in status["conditions"] if c["type"] == type_)
 
 
 def events(world: KubeWorld, reason: str) -> list[dict[str, Any]]:
