@@ -21,10 +21,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from continual_trainer import followers, preemption, ranks, timeline
+from continual_trainer import followers, logs, preemption, ranks, timeline
 from continual_trainer.exitcodes import ExitCode, TrainerError
 
-# Only the standard library, the exit codes, the preemption and timeline modules at import time: ``run`` installs
+# Only the standard library, the exit codes, the logs, preemption and timeline modules at import time: ``run`` installs
 # the SIGTERM handler before pydantic, the config models or torch are imported (see preemption.py).
 if TYPE_CHECKING:
     from pydantic import ValidationError
@@ -184,13 +184,9 @@ def run(argv: list[str] | None = None) -> None:
             default=os.environ.get("CONTINUAL_TRAINER_CONFIG", "/etc/continual/trainer.yaml"),
             help="YAML/JSON trainer config ('-' for standard input)",
         )
-        parser.add_argument("--log-level", default=os.environ.get("CONTINUAL_TRAINER_LOG_LEVEL", "INFO"))
+        logs.add_log_level(parser)
         args = parser.parse_args(argv)
-        logging.basicConfig(
-            level=args.log_level.upper(),
-            stream=sys.stderr,
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        )
+        logs.configure(args.log_level)
         preemption.phase("config")
         try:
             text = sys.stdin.read() if args.config == "-" else Path(args.config).read_text()

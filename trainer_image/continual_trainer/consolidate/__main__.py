@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from continual_trainer import preemption
+from continual_trainer import logs, preemption
 from continual_trainer.exitcodes import ExitCode, TrainerError
 
 if TYPE_CHECKING:
@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--max-shard-bytes", type=int, help="output shard size (default: the base's largest shard)"
     )
-    parser.add_argument("--log-level", default="INFO")
+    logs.add_log_level(parser)
     return parser
 
 
@@ -96,11 +96,7 @@ def run(argv: list[str] | None = None) -> None:
     """Parse, consolidate, write the result record, exit with the documented code."""
     preemption.install()
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure(args.log_level)
     where: str | None = None
     try:
         code, result, where = execute(args)

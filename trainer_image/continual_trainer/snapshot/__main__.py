@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from continual_trainer import preemption
+from continual_trainer import logs, preemption
 from continual_trainer.exitcodes import ExitCode, TrainerError
 
 log = logging.getLogger("continual_trainer.snapshot")
@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m continual_trainer.snapshot", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("--log-level", default="INFO")
+    logs.add_log_level(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     create = sub.add_parser(
         "create", help="upload a verified snapshot of the run folder, then apply retention"
@@ -135,11 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     """Parse, run, report; returns the exit code (SIGTERM before the commit: 85, nothing committed)."""
     preemption.install()
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure(args.log_level)
     kind: Kind = "snapshot" if args.command == "create" else "restore"
     try:
         code, result = execute(args)
