@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import kmock
 import pytest
 from kube_world import (
     BATCHES,
@@ -30,11 +29,6 @@ from continual_trainer.exitcodes import ExitCode
 from continual_trainer.records import BatchResult, JobResult
 
 JOB_1 = job_name(RUN, "b1", 1)
-
-
-@pytest.fixture
-def world(kmock: kmock.KubernetesEmulator) -> KubeWorld:
-    return KubeWorld(kmock)
 
 
 @pytest.fixture

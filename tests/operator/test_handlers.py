@@ -62,11 +62,6 @@ JOB_2 = job_name(RUN, "b2", 1)
 
 
 @pytest.fixture
-def world(kmock: kmock.KubernetesEmulator) -> KubeWorld:
-    return KubeWorld(kmock)
-
-
-@pytest.fixture
 async def reconciler(world: KubeWorld) -> AsyncIterator[Reconciler]:
     async with reconciler_of(world) as reconciler:
         yield reconciler

@@ -11,7 +11,6 @@ import datetime as dt
 from collections.abc import AsyncIterator
 from typing import Any
 
-import kmock
 import kopf
 import pytest
 from kube_world import (
@@ -38,11 +37,6 @@ from continual_operator.naming import job_name
 JOB_1 = job_name(RUN, "b1", 1)
 #: The reconcile clock: an hour after the objects were created.
 NOW = T0 + dt.timedelta(hours=3)
-
-
-@pytest.fixture
-def world(kmock: kmock.KubernetesEmulator) -> KubeWorld:
-    return KubeWorld(kmock)
 
 
 @pytest.fixture

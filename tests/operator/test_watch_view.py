@@ -48,11 +48,6 @@ from continual_operator.naming import job_name
 OTHER = "other"
 
 
-@pytest.fixture
-def world(kmock: kmock.KubernetesEmulator) -> KubeWorld:
-    return KubeWorld(kmock)
-
-
 def _operator_requests(world: KubeWorld) -> list[Any]:
     """The requests of the operator's own client (kopf's watches use aiohttp, the test its own agent)."""
     return [r for r in world.server if r.headers.get("User-Agent", "").startswith("OpenAPI-Generator")]
