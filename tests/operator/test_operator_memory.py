@@ -10,6 +10,7 @@ depends on it.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import re
@@ -18,17 +19,18 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import kopf
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from kube_world import run_body
+from kube_world import NS, run_body
 
 from continual_operator.api import ContinualTrainingRun, ObjectMeta
 from continual_operator.cluster.executor import ClusterExecutor, _outcome_not_seen
-from continual_operator.cluster.handlers import run_of_job
+from continual_operator.cluster.handlers import index_run, run_of_job
 from continual_operator.cluster.k8s import Subject
 from continual_operator.cluster.reconciler import _other_runs
-from continual_operator.cluster.view import slim
+from continual_operator.cluster.view import WatchView, folder_key, slim
 from continual_operator.observe import memory
 from continual_operator.planning.refusals import volume_key
 from continual_operator.workloads.registry import job_views
@@ -64,6 +66,12 @@ def test_the_cheap_folder_test_never_drops_a_run_that_is_on_the_folder(raw: dict
     run = ContinualTrainingRun.model_validate(raw)
     (parsed,) = _other_runs([raw], "someone-else", volume_key(run))
     assert volume_key(parsed) == volume_key(run)
+    # The watch-fed view indexes the run under that folder: a reconcile's folder check finds it there.
+    keys = asyncio.run(index_run(body=raw, namespace=NS, name=run.metadata.name, memo=kopf.Memo()))
+    assert keys[folder_key(NS, volume_key(run))] == slim("ContinualTrainingRun", raw)
+    view = WatchView(runs={k: [v] for k, v in keys.items()}, batches={}, jobs={}, pods={})
+    assert view.folder_runs(NS, volume_key(run)) == [slim("ContinualTrainingRun", raw)]
+    assert view.folder_runs(NS, ("no-such-claim", "")) == []
 
 
 def test_a_reconcile_parses_only_the_runs_that_may_share_its_folder() -> None:

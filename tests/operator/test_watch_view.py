@@ -442,7 +442,7 @@ async def test_a_folder_decision_sees_the_last_writes_of_the_other_runs_on_that_
     world.add(RUNS, stored)
     seen = run_body("first")
     seen["metadata"]["resourceVersion"] = "8"
-    view = WatchView(runs={NS: [seen], (NS, "first"): [seen]}, batches={}, jobs={}, pods={})
+    view = WatchView(runs={(NS, "first"): [seen]}, batches={}, jobs={}, pods={})
     storage = world.storage()
     view.attach(storage.journal)
     try:

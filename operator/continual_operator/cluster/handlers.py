@@ -47,7 +47,7 @@ import kopf
 from continual_operator.api import BATCH_INFO, GROUP, RUN_INFO, VERSION
 from continual_operator.cluster.k8s import KubernetesStorage
 from continual_operator.cluster.reconciler import InvalidSpecError, Reconciler, RunKey
-from continual_operator.cluster.view import WatchView, slim
+from continual_operator.cluster.view import WatchView, folder_key, folders_of, slim
 from continual_operator.errors import KubernetesApiError
 from continual_operator.naming import ANNOTATION_RUN, LABEL_RUN, MANAGED_BY
 from continual_operator.observe.metrics import Metrics
@@ -286,10 +286,14 @@ def _touch(memo: kopf.Memo) -> None:
 async def index_run(
     *, body: Mapping[str, Any], namespace: str | None, name: str, memo: kopf.Memo, **_: Any
 ) -> dict[Any, Any]:
-    """A run, under its namespace (the namespace's runs) and under ``(namespace, name)``."""
+    """A run, under ``(namespace, name)`` and under each folder it may write in
+    (:func:`~continual_operator.cluster.view.folder_key`: a reconcile's folder check reads only the runs
+    on its folder, not every run of the namespace)."""
     kept = slim(RUN_INFO.kind, body)
     _touch(memo)
-    return {namespace: kept, (namespace, name): kept}
+    keys: dict[Any, Any] = {(namespace, name): kept}
+    keys.update((folder_key(namespace, folder), kept) for folder in folders_of(body))
+    return keys
 
 
 async def index_batch(

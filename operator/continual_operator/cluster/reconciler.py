@@ -5,8 +5,9 @@ Every trigger (a change of the run, of one of its batches or Jobs, a timer, a re
 that triggered it; one code path serves all triggers.
 
 **Reads from the watch.** Under kopf the reconciler reads the run, its batches, Jobs and pods and the
-namespace's runs from :class:`~continual_operator.cluster.view.WatchView`, which kopf's watches keep
-current: a reconcile lists nothing, and an idle run's resync costs no request. Fresh reads remain only
+runs that may share its folder from :class:`~continual_operator.cluster.view.WatchView`, which kopf's
+watches keep current: a reconcile lists nothing, its cost does not grow with the namespace's runs, and
+an idle run's resync costs no request. Fresh reads remain only
 where correctness needs them:
 
 * the run's **own last writes**, where their answers did not tell: every object the run's reconciles
@@ -59,7 +60,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-import posixpath
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -80,9 +80,8 @@ from continual_operator.cluster.engines import EngineDiscovery
 from continual_operator.cluster.executor import ClusterExecutor
 from continual_operator.cluster.inbox_sync import InboxSync
 from continual_operator.cluster.k8s import KubernetesStorage, Subject, writing_for
-from continual_operator.cluster.view import RunWorld, WatchView
+from continual_operator.cluster.view import RunWorld, WatchView, folders_of
 from continual_operator.errors import KubernetesApiError, RejectedObjectError
-from continual_operator.naming import claim_name
 from continual_operator.observe.metrics import Metrics, patched
 from continual_operator.planning.actions import Action, Plan, UpdateBatchStatus, UpdateRunStatus
 from continual_operator.planning.planner import PlanContext
@@ -127,35 +126,10 @@ def _status(model: type[BaseModel], raw: Mapping[str, Any], what: str) -> Any:
         return model()
 
 
-def _normal_sub_path(value: object) -> object:
-    """A raw ``subPath`` as the API model normalises it ("" for the volume's root); not a string: as is."""
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        return value
-    normal = posixpath.normpath(value) if value else "."
-    return "" if normal == "." else normal
-
-
 def _may_use(raw: Mapping[str, Any], folder: tuple[str, str]) -> bool:
     """Whether a stored run may write in ``folder`` (claim, subPath): a cheap test on the raw object
-    before parsing it. A namespace may hold hundreds of runs, every reconcile reads them all, and
-    reconciles run concurrently: parsing every run on a shared claim (8 KiB of models each) made the
-    operator's memory and CPU grow with the square of the runs. A claim from a template is the run's own.
-    """
-    storage = (raw.get("spec") or {}).get("storage") or {}
-    recorded = (((raw.get("status") or {}).get("trainedWith") or {}).get("storage")) or {}
-    name = str((raw.get("metadata") or {}).get("name"))
-    claim = claim_name(name) if "claimTemplate" in storage else storage.get("existingClaim")
-    # The spec's subPath is normalised by the model, the recorded one is compared as written: both ways.
-    spec_path, recorded_path = storage.get("subPath"), recorded.get("subPath")
-    candidates = {
-        (claim, _normal_sub_path(spec_path)),
-        (claim, spec_path or ""),
-        (recorded.get("claim"), _normal_sub_path(recorded_path)),
-        (recorded.get("claim"), recorded_path or ""),
-    }
-    return folder in candidates
+    before parsing it (:func:`~continual_operator.cluster.view.folders_of`)."""
+    return folder in folders_of(raw)
 
 
 def _other_runs(
@@ -165,9 +139,11 @@ def _other_runs(
     with ``folder``, only those that may write in it."""
     runs = []
     for raw in raw_runs:
-        meta = ObjectMeta.model_validate(raw.get("metadata") or {})
-        if meta.name == name or (folder is not None and not _may_use(raw, folder)):
+        if (raw.get("metadata") or {}).get("name") == name or (
+            folder is not None and not _may_use(raw, folder)
+        ):
             continue
+        meta = ObjectMeta.model_validate(raw.get("metadata") or {})
         try:
             spec = ContinualTrainingRunSpec.model_validate(raw.get("spec") or {})
         except ValidationError:
@@ -286,14 +262,14 @@ class Reconciler:
         await self.reconcile_or_retry(key)
         try:
             (gone,) = _other_runs([dict(body)], name="")  # the run as it was (a status of its own)
+            folder = volume_key(gone)
             raw_runs = (
-                self.view.namespace_runs(key[0])
+                self.view.folder_runs(key[0], folder)
                 if self.view is not None
                 else await self.storage.list_runs(key[0])
             )
         except (ValueError, KubernetesApiError):
             return  # unparseable or unreadable: the periodic resync reconciles them anyway
-        folder = volume_key(gone)
         for run in _other_runs(raw_runs, key[1], folder):
             if volume_key(run) == folder:
                 await self.reconcile_or_retry((key[0], run.metadata.name))
@@ -409,8 +385,8 @@ class Reconciler:
         return (await self.view.world(self.storage, namespace, name)).run
 
     async def _read_world(self, namespace: str, name: str, *, jobsets: bool = False) -> RunWorld:
-        """The run's batches, Jobs (and JobSets, where served) and pods and the namespace's runs: from
-        the view, or afresh."""
+        """The run's batches, Jobs (and JobSets, where served) and pods: from the view, or afresh (with the
+        namespace's runs then)."""
         if self.view is not None:
             return await self.view.world(self.storage, namespace, name)
         raw_batches, jobs, pods, raw_runs = await asyncio.gather(
@@ -449,11 +425,12 @@ class Reconciler:
         workloads = await executor.workloads()
         batches, batch_metas, invalid = self._parse_batches(world.batches, now)
         folder = volume_key(run)
-        others = _other_runs(world.runs, name, folder)
+        raw_runs = world.runs if self.view is None else self.view.folder_runs(namespace, folder)
+        others = _other_runs(raw_runs, name, folder)
         if self.view is not None and (peers := [o.metadata.name for o in others if volume_key(o) == folder]):
             # Who holds the folder is decided from the peers' trainedWith, which their own reconciles
             # patched a moment ago (under the folder lock): the view must show those writes too.
-            raw_runs = await self.view.settle_peers(self.storage, namespace, peers, world.runs)
+            raw_runs = await self.view.settle_peers(self.storage, namespace, peers, raw_runs)
             others = _other_runs(raw_runs, name, folder)
         context = PlanContext(other_runs=others, check_paths=True, engines=engines)
         the_plan = make_plan(run, batches, workloads, now=now, context=context)

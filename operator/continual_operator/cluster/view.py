@@ -1,8 +1,9 @@
 """The operator's view of its world, fed by the watches kopf holds: runs, batches, Jobs and pods per run.
 
-A reconcile reads a run's batches, Jobs and pods, and the namespace's runs (for the one-folder-per-run
-check), from here instead of listing them: the API server's work per reconcile no longer grows with the
-namespace, and an idle run costs no request at all when it is resynced.
+A reconcile reads a run's batches, Jobs and pods, and the runs that may share its folder (for the
+one-folder-per-run check; runs are indexed by folder, :func:`folders_of`), from here instead of listing
+them: the API server's work, and the operator's, per reconcile no longer grows with the namespace, and an
+idle run costs no request at all when it is resynced.
 
 **What feeds it.** kopf indexes (:mod:`continual_operator.cluster.handlers` registers them): every watch
 event of a run, a TrainingBatch (indexed by ``spec.runName``: users create batches with kubectl and no
@@ -36,6 +37,7 @@ the bodies kept stay bounded by the writes the watch has not delivered yet, not 
 from __future__ import annotations
 
 import asyncio
+import posixpath
 import sys
 import time
 from collections.abc import Iterable, Mapping
@@ -52,6 +54,7 @@ from continual_operator.cluster.k8s import (
     WriteJournal,
     Written,
 )
+from continual_operator.naming import claim_name
 
 #: How long a run's own write is overlaid on a view whose watch has not delivered it; then it is read afresh.
 OVERLAY_SECONDS = 60.0
@@ -61,8 +64,8 @@ _SWEEP_DELAY_SECONDS = 1.0
 #: kopf's diff-base annotation (the whole last-handled spec): the view does not need it.
 _DIFF_BASE = "continual.dev/last-handled-configuration"
 
-#: The index keys: ``(namespace, run)`` for batches, Jobs and pods; runs under both ``namespace`` (all
-#: the namespace's runs) and ``(namespace, name)``.
+#: The index keys: ``(namespace, run)`` for batches, Jobs and pods; runs under ``(namespace, name)`` and
+#: under each folder they may write in (:func:`folder_key`).
 Indexes = Mapping[Any, Iterable[Mapping[str, Any]]]
 
 
@@ -126,6 +129,47 @@ def _shared(value: Any) -> Any:
     return value
 
 
+def _normal_sub_path(value: object) -> object:
+    """A raw ``subPath`` as the API model normalises it ("" for the volume's root); not a string: as is."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        return value
+    normal = posixpath.normpath(value) if value else "."
+    return "" if normal == "." else normal
+
+
+def folders_of(raw: Mapping[str, Any]) -> frozenset[tuple[Any, Any]]:
+    """The folders (claim, subPath) a stored run may write in, from the raw object, without parsing it.
+
+    A namespace may hold hundreds of runs and reconciles run concurrently: parsing every run on a shared
+    claim (8 KiB of models each) in every reconcile made the operator's memory and CPU grow with the
+    square of the runs. Both the spec's folder and the one recorded in ``status.trainedWith`` count, each
+    spelt as the model normalises it and as written (a superset of what the models say: never fewer).
+    A claim from a template is the run's own. Unhashable values (not what the CRD schema allows) are left
+    out: such a run does not parse, so it holds no folder.
+    """
+    storage = (raw.get("spec") or {}).get("storage") or {}
+    recorded = (((raw.get("status") or {}).get("trainedWith") or {}).get("storage")) or {}
+    name = str((raw.get("metadata") or {}).get("name"))
+    if not isinstance(storage, Mapping) or not isinstance(recorded, Mapping):
+        return frozenset()
+    claim = claim_name(name) if "claimTemplate" in storage else storage.get("existingClaim")
+    spec_path, recorded_path = storage.get("subPath"), recorded.get("subPath")
+    candidates = [
+        (claim, _normal_sub_path(spec_path)),
+        (claim, spec_path or ""),
+        (recorded.get("claim"), _normal_sub_path(recorded_path)),
+        (recorded.get("claim"), recorded_path or ""),
+    ]
+    return frozenset(c for c in candidates if all(isinstance(v, str | None) for v in c))
+
+
+def folder_key(namespace: str | None, folder: tuple[Any, Any]) -> tuple[str, str | None, Any, Any]:
+    """The runs index key of the runs that may write in ``folder`` of ``namespace``."""
+    return ("folder", namespace, *folder)
+
+
 def version(body: Mapping[str, Any] | None) -> int | None:
     """An object's ``resourceVersion`` as a number (None: absent or not a number)."""
     value = ((body or {}).get("metadata") or {}).get("resourceVersion")
@@ -141,13 +185,14 @@ def _name(body: Mapping[str, Any]) -> str:
 
 @dataclass
 class RunWorld:
-    """One run's world as a reconcile sees it: the run, its batches, Jobs and pods, the namespace's runs."""
+    """One run's world as a reconcile sees it: the run, its batches, Jobs and pods (and, read afresh
+    without a view, the namespace's runs; the view answers :meth:`WatchView.folder_runs` instead)."""
 
     run: dict[str, Any] | None
     batches: list[dict[str, Any]]
     jobs: list[dict[str, Any]]
     pods: list[dict[str, Any]]
-    runs: list[dict[str, Any]]
+    runs: list[dict[str, Any]] = field(default_factory=list)
     #: Objects read afresh because the watch had not delivered this run's own writes in time.
     fresh_reads: int = 0
 
@@ -294,7 +339,7 @@ class WatchView:
                     by_name[name] = dict(body)
             return list(by_name.values())
 
-        runs = merged(RUNS, self.runs.get(namespace, ()))
+        runs = merged(RUNS, self.runs.get((namespace, run), ()))
         return RunWorld(
             run=next((r for r in runs if _name(r) == run), None),
             batches=[
@@ -304,7 +349,6 @@ class WatchView:
             jobs=merged(JOBS, self.jobs.get((namespace, run), ()))
             + merged(JOBSETS, self.jobsets.get((namespace, run), ())),
             pods=[dict(p) for p in self.pods.get((namespace, run), ())],
-            runs=runs,
             fresh_reads=self.fresh_reads - reads,
         )
 
@@ -334,9 +378,10 @@ class WatchView:
         kept = [r for r in runs if _name(r) not in shown]
         return kept + [dict(body) for body in shown.values() if body is not None]
 
-    def namespace_runs(self, namespace: str) -> list[dict[str, Any]]:
-        """The namespace's runs as the view holds them (a deleted run's folder neighbours)."""
-        return [dict(r) for r in self.runs.get(namespace, ())]
+    def folder_runs(self, namespace: str, folder: tuple[str, str]) -> list[dict[str, Any]]:
+        """The namespace's runs that may write in ``folder`` (:func:`folders_of`), as the view holds them:
+        a reconcile's folder check reads these, not every run of the namespace."""
+        return [dict(r) for r in self.runs.get(folder_key(namespace, folder), ())]
 
 
 def _at_least(have: int | None, wanted: int | None) -> bool:
