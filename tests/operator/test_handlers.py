@@ -85,7 +85,7 @@ async def test_first_reconcile_creates_one_job_with_its_config_and_the_runs_rbac
     # One Job per batch (coalesced Jobs: tests/operator/test_coalesce_on_kmock.py).
     seed(world, "b1", "b2", storage={"claimTemplate": {"size": "10Gi"}}, training={"maxBatchesPerJob": 1})
 
-    await handlers.on_run_change(namespace=NS, name=RUN, memo=memo)
+    await handlers.reconciler_of(memo).reconcile((NS, RUN))
 
     assert world.names(JOBS) == [JOB_1]
     assert world.names(CONFIG_MAPS) == [], "the config travels in the Job's pod template"
@@ -120,12 +120,12 @@ async def test_repeated_and_concurrent_reconciles_never_create_a_second_job(
     seed(world, "b1", "b2")
     # A burst of triggers at once (the run's handlers, a batch event), then more, one by one.
     triggers = [
-        handlers.on_run_change(namespace=NS, name=RUN, memo=memo),
+        handlers.reconciler_of(memo).reconcile((NS, RUN)),
         handlers.on_batch_event(event={"type": "ADDED"}, body=batch_body("b2"), namespace=NS, memo=memo),
-        handlers.on_run_change(namespace=NS, name=RUN, memo=memo),
+        handlers.reconciler_of(memo).reconcile((NS, RUN)),
     ]
     await asyncio.gather(*triggers)
-    await handlers.on_run_change(namespace=NS, name=RUN, memo=memo)
+    await handlers.reconciler_of(memo).reconcile((NS, RUN))
     job = world.get(JOBS, JOB_1)
     assert job is not None
     await handlers.on_job_event(body=job, namespace=NS, memo=memo)
@@ -209,8 +209,8 @@ async def test_invalid_spec_is_reported_on_the_run_and_by_an_event_naming_the_fi
 ) -> None:
     seed(world, "b1", training={"lrSchedule": {"type": "cosine"}})
 
-    with pytest.raises(kopf.PermanentError, match=r"spec\.training\.lrSchedule\.type"):
-        await handlers.on_run_change(namespace=NS, name=RUN, memo=memo)
+    with pytest.raises(InvalidSpecError, match=r"spec\.training\.lrSchedule\.type"):
+        await handlers.reconciler_of(memo).reconcile((NS, RUN))
 
     assert world.names(JOBS) == []
     run = status_of(world, RUNS, RUN)
@@ -233,8 +233,8 @@ async def test_invalid_spec_is_reported_on_the_run_and_by_an_event_naming_the_fi
     assert event["firstTimestamp"] == event["lastTimestamp"]
 
     # Another trigger: the same error, but no second Event and no status write (no event storm).
-    with pytest.raises(kopf.PermanentError):
-        await handlers.on_run_change(namespace=NS, name=RUN, memo=memo)
+    with pytest.raises(InvalidSpecError):
+        await handlers.reconciler_of(memo).reconcile((NS, RUN))
     assert len(world.events()) == 1
     assert len(world.status_patches(RUNS, RUN)) == 1
 
@@ -331,7 +331,7 @@ def test_every_http_status_maps_to_an_error_with_a_retry_delay(
     assert str(error).startswith("get x failed: ")
 
 
-async def test_forbidden_becomes_a_temporary_kopf_error_with_a_clear_message(
+async def test_forbidden_is_retried_after_a_delay_with_a_clear_message(
     world: KubeWorld, memo: kopf.Memo
 ) -> None:
     seed(world, "b1")
@@ -339,10 +339,10 @@ async def test_forbidden_becomes_a_temporary_kopf_error_with_a_clear_message(
         status=403, reason="Forbidden", message="roles.rbac.authorization.k8s.io is forbidden"
     )
 
-    with pytest.raises(kopf.TemporaryError) as caught:
-        await handlers.on_run_change(namespace=NS, name=RUN, memo=memo)
+    with pytest.raises(KubernetesApiError) as caught:
+        await handlers.reconciler_of(memo).reconcile((NS, RUN))
 
-    assert caught.value.delay == 60
+    assert caught.value.retry_after == 60
     assert "create roles.rbac.authorization.k8s.io ml/demo-trainer failed: HTTP 403 Forbidden" in str(
         caught.value
     )
@@ -459,7 +459,7 @@ def test_which_batch_events_trigger_a_reconcile(
     body["metadata"]["generation"] = generation
     if deleting:
         body["metadata"]["deletionTimestamp"] = "2025-03-01T12:00:00Z"
-    assert handlers.batch_changed(event_type, body) is expected
+    assert handlers.spec_changed(event_type, body) is expected
 
 
 def test_a_jobs_run_is_its_full_name_from_the_annotation() -> None:
@@ -486,16 +486,16 @@ async def test_a_deleted_run_is_forgotten(world: KubeWorld, reconciler: Reconcil
     # The trainer's progress patches reach the metrics through the run-event filter, without a reconcile.
     progress = {"globalStep": 4, "lastLoss": 1.5, "lastProgressTime": "2025-03-01T12:00:00Z"}
     event = {"type": "MODIFIED", "object": {"metadata": {"namespace": NS, "name": RUN}, "status": progress}}
-    assert handlers.run_deleted(event, memo=memo) is False
+    assert handlers.run_event_matters(event, memo=memo) is False
     assert registry.get_sample_value("continual_run_global_step", labels) == 4
     assert registry.get_sample_value("continual_run_last_loss", labels) == 1.5
     other = {
         "type": "MODIFIED",
         "object": {"metadata": {"namespace": NS, "name": "other"}, "status": progress},
     }
-    assert handlers.run_deleted(other, memo=memo) is False  # not reconciled yet: no series of its own
+    assert handlers.run_event_matters(other, memo=memo) is False  # not reconciled yet: no series of its own
     assert registry.get_sample_value("continual_run_global_step", {"namespace": NS, "run": "other"}) is None
-    assert handlers.run_deleted({"type": "DELETED"}, memo=memo) is True
+    assert handlers.run_event_matters({"type": "DELETED"}, memo=memo) is True
 
     world.unstore(RUNS, RUN)  # what a DELETED event reports
     await handlers.on_run_event(event={"type": "DELETED"}, namespace=NS, name=RUN, memo=memo)
@@ -574,12 +574,13 @@ async def test_the_operator_runs_under_kopf_and_starts_the_first_job(
 
     assert world.names(JOBS) == [JOB_1]
     assert status_of(world, RUNS, RUN)["phase"] == "Training"
-    # kopf kept its own state in annotations, never in the status, and added no finalizer (a run stays
-    # deletable without a running operator).
+    # kopf wrote nothing to the run: no finalizer (a run stays deletable without a running operator), no
+    # annotation of its own (every handler is an event handler), and only the API's fields in the status.
     run = world.get(RUNS, RUN)
     assert run is not None
     assert "finalizers" not in run["metadata"]
-    assert any(key.startswith("continual.dev/") for key in run["metadata"].get("annotations", {}))
+    assert not run["metadata"].get("annotations")
+    assert [r for r in world.server if r.method == "PATCH" and r.resource == RUNS and not r.subresource] == []
     assert not set(run["status"]) - {
         "phase",
         "observedGeneration",

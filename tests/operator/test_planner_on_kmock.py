@@ -60,13 +60,13 @@ async def test_a_lora_change_after_training_is_refused_and_the_recorded_values_k
     world.add(RUNS, run_body())
     world.add(BATCHES, batch_body("b1"))
     world.add(BATCHES, batch_body("b2", created=1))
-    await handlers.on_run_change(namespace=NS, name=RUN, memo=memo)
+    await handlers.reconciler_of(memo).reconcile((NS, RUN))
     recorded = status_of(world, RUNS, RUN)["trainedWith"]
     assert recorded["lora"]["r"] == 8 and recorded["storage"]["claim"] == "demo-data"
 
     world.patch(RUNS, RUN, {"spec": {"lora": {"r": 32}}, "metadata": {"generation": 2}})
     world.finish_job(JOB_1, exit_code=0, message=result("b1", 0, 6))
-    await handlers.on_run_change(namespace=NS, name=RUN, memo=memo)
+    await handlers.reconciler_of(memo).reconcile((NS, RUN))
 
     assert world.names(JOBS) == [JOB_1]  # b1 recorded, b2 not started
     assert status_of(world, BATCHES, "b1")["phase"] == "Succeeded"
@@ -89,8 +89,8 @@ async def test_a_second_run_on_the_same_folder_is_refused_naming_the_first(
     world.add(BATCHES, batch_body("b1"))
     world.add(BATCHES, batch_body("s1", run="second"))
 
-    await handlers.on_run_change(namespace=NS, name="second", memo=memo)
-    await handlers.on_run_change(namespace=NS, name=RUN, memo=memo)
+    await handlers.reconciler_of(memo).reconcile((NS, "second"))
+    await handlers.reconciler_of(memo).reconcile((NS, RUN))
 
     assert world.names(JOBS) == [JOB_1]
     degraded = condition(status_of(world, RUNS, "second"), "Degraded")
@@ -112,7 +112,7 @@ async def test_a_batch_outside_the_volume_fails_with_an_event_and_no_job(
 ) -> None:
     world.add(RUNS, run_body())
     world.add(BATCHES, batch_body("b1", data={"path": "../../../../etc/passwd"}))
-    await handlers.on_run_change(namespace=NS, name=RUN, memo=memo)
+    await handlers.reconciler_of(memo).reconcile((NS, RUN))
     assert world.names(JOBS) == []
     batch = status_of(world, BATCHES, "b1")
     assert (batch["phase"], batch["reason"]) == ("Failed", "DataPathOutsideVolume")
@@ -136,7 +136,7 @@ async def test_a_batch_waits_for_its_run_and_trains_when_it_appears(
     assert len(events(world, "RunNotFound")) == 1
 
     world.add(RUNS, run_body("later"))
-    await handlers.on_run_change(namespace=NS, name="later", memo=memo)
+    await handlers.reconciler_of(memo).reconcile((NS, "later"))
     assert world.names(JOBS) == [job_name("later", "b1", 1)]
     assert status_of(world, BATCHES, "b1")["phase"] == "Training"
 
@@ -174,7 +174,7 @@ async def test_a_pod_waiting_for_a_missing_secret_is_shown_then_stopped(
 ) -> None:
     world.add(RUNS, run_body(failurePolicy={"startDeadlineSeconds": 60}))
     world.add(BATCHES, batch_body("b1"))
-    await handlers.on_run_change(namespace=NS, name=RUN, memo=memo)
+    await handlers.reconciler_of(memo).reconcile((NS, RUN))
     waiting_pod(
         world, JOB_1, created=NOW, reason="CreateContainerConfigError", message='secret "hf-token" not found'
     )
@@ -205,15 +205,20 @@ async def test_a_pod_waiting_for_a_missing_secret_is_shown_then_stopped(
 def test_trainer_progress_patches_reach_no_handler() -> None:
     # kopf logs every handler call at INFO: the trainer's status patch (one per progress update) and the
     # operator's own batch status patches are filtered out before a handler is called.
-    progress = {"type": "MODIFIED", "object": run_body(status={"globalStep": 3})}
-    assert not handlers.run_deleted(event=progress)
-    assert handlers.run_deleted(event={"type": "DELETED"})
+    progress = {"type": "MODIFIED", "object": run_body(status={"globalStep": 3, "observedGeneration": 1})}
+    assert not handlers.run_event_matters(event=progress)
+    assert handlers.run_event_matters(event={"type": "DELETED"})
+    # A spec change (generation ahead of observedGeneration) and the start-up listing do reconcile.
+    edited = run_body(status={"globalStep": 3, "observedGeneration": 1})
+    edited["metadata"]["generation"] = 2
+    assert handlers.run_event_matters(event={"type": "MODIFIED", "object": edited})
+    assert handlers.run_event_matters(event={"type": None, "object": progress["object"]})
     own_patch = batch_body("b1", status={"phase": "Training", "observedGeneration": 1})
     assert not handlers.batch_event_matters(event={"type": "MODIFIED"}, body=own_patch)
     assert handlers.batch_event_matters(event={"type": "ADDED"}, body=own_patch)
     registry = handlers.build_registry(handlers.OperatorOptions())
     filters = {h.id: h.when for h in registry._watching.get_all_handlers()}
-    assert filters["run-event"] is handlers.run_deleted
+    assert filters["run-event"] is handlers.run_event_matters
     assert filters["batch-event"] is handlers.batch_event_matters
 
 
@@ -225,9 +230,9 @@ async def test_a_snapshot_job_runs_between_batches_and_its_result_lands_in_the_r
     world.add(RUNS, run_body(snapshots=snapshots, objectStore={"credentialsSecretRef": {"name": "s3-creds"}}))
     world.add(BATCHES, batch_body("b1"))
     world.add(BATCHES, batch_body("b2", created=1))
-    await handlers.on_run_change(namespace=NS, name=RUN, memo=memo)
+    await handlers.reconciler_of(memo).reconcile((NS, RUN))
     world.finish_job(JOB_1, exit_code=0, message=result("b1", 0, 6))
-    await handlers.on_run_change(namespace=NS, name=RUN, memo=memo)
+    await handlers.reconciler_of(memo).reconcile((NS, RUN))
 
     snapshot = "demo-snapshot-s6-a1"
     assert world.names(JOBS) == [JOB_1, snapshot]  # not b2's Job: the snapshot holds the volume
@@ -244,7 +249,7 @@ async def test_a_snapshot_job_runs_between_batches_and_its_result_lands_in_the_r
         '"bytes": 4096, "completedAt": "2025-03-01T12:00:00Z", "retired": [], "swept": []}'
     )
     world.finish_job(snapshot, exit_code=0, message=message)
-    await handlers.on_run_change(namespace=NS, name=RUN, memo=memo)
+    await handlers.reconciler_of(memo).reconcile((NS, RUN))
     run = status_of(world, RUNS, RUN)
     assert run["lastSnapshot"]["snapshotId"] == "20250301T120000Z-step00000006"
     assert condition(run, "Snapshots")["reason"] == "SnapshotCompleted"

@@ -1,17 +1,17 @@
 """The kopf handlers: thin adapters from kopf's events to :class:`~continual_operator.cluster.reconciler.Reconciler`.
 
-Every handler does the same three things: find the run the event is about, hand it to the reconciler,
-and turn the outcome into what kopf understands. None of them decides anything (the planner does), none
+Every handler does the same two things: find the run the event is about and hand it to the reconciler,
+which reconciles it in the background and retries failures itself. None of them decides anything (the planner does), none
 talks to the API server (:mod:`continual_operator.cluster.k8s` does), and none returns a value, so that kopf never
 writes handler results into ``.status`` (that belongs to the planner and the trainer).
 
 What triggers a reconcile of a run:
 
-* the run is created, changed, or found when the operator starts (``create``/``update``/``resume``):
-  errors go back to kopf, which retries with the error's delay (``kopf.TemporaryError``) or, for an
-  invalid spec, stops until the next change (``kopf.PermanentError``: no stack-trace loop);
-* one of its TrainingBatches is added, deleted or has its spec changed (batch status patches by the
-  operator itself do not count: ``observedGeneration`` equals ``generation`` then);
+* the run is found when the operator starts, created, has its spec changed or is being deleted
+  (:func:`spec_changed`: status patches, the operator's own and the trainer's progress, do not count;
+  ``observedGeneration`` equals ``generation`` then). An API error is retried after its delay; an invalid
+  spec is on the run's status and waits for the next change (no stack-trace loop);
+* one of its TrainingBatches is added, deleted or has its spec changed (the same test);
 * one of its Jobs changes (the Job watch is filtered by label on the server, so only trainer Jobs come);
 * one of its pods waits to start (a container's waiting reason, or unschedulable: what the batch's status
   shows, :func:`pod_waits`); a Job reaches Complete or Failed only after its pod has terminated, so other
@@ -29,9 +29,11 @@ keep the slimmed objects (:func:`~continual_operator.cluster.view.slim`) by run:
 startup handler hands them to the reconciler as its :class:`~continual_operator.cluster.view.WatchView`;
 kopf fills every index from its initial LIST before it calls any other handler.
 
-Operator-wide settings (:func:`configure`): kopf keeps its own bookkeeping in annotations prefixed with
-``continual.dev`` (never in ``.status``, whose schema is the API's); kopf's own log records become
-Kubernetes Events from WARNING up (the planner already posts the Events that tell the story).
+Operator-wide settings (:func:`configure`): every handler is an event handler or an index, so kopf
+writes nothing to the objects (no finalizer, no diff-base or progress annotation; were a change handler
+added, kopf would keep them in annotations prefixed with ``continual.dev``, never in ``.status``, whose
+schema is the API's); kopf's own log records become Kubernetes Events from WARNING up (the planner
+already posts the Events that tell the story).
 """
 
 from __future__ import annotations
@@ -46,9 +48,8 @@ import kopf
 
 from continual_operator.api import BATCH_INFO, GROUP, RUN_INFO, VERSION
 from continual_operator.cluster.k8s import KubernetesStorage
-from continual_operator.cluster.reconciler import InvalidSpecError, Reconciler, RunKey
+from continual_operator.cluster.reconciler import Reconciler, RunKey
 from continual_operator.cluster.view import WatchView, folder_key, folders_of, slim
-from continual_operator.errors import KubernetesApiError
 from continual_operator.naming import ANNOTATION_RUN, LABEL_RUN, MANAGED_BY
 from continual_operator.observe.metrics import Metrics
 from continual_operator.workloads.gang import COMPLETION_INDEX_ANNOTATION, JOBSET_API_VERSION, JOBSET_GROUP
@@ -152,31 +153,11 @@ async def cleanup(*, memo: kopf.Memo, **_: Any) -> None:
 
 
 # -- runs ---------------------------------------------------------------------------------------------
-async def on_run_change(*, namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
-    """A run was created, changed, or found at startup: reconcile it; kopf retries failures."""
-    try:
-        await reconciler_of(memo).reconcile(run_key(namespace, name))
-    except InvalidSpecError as error:
-        raise kopf.PermanentError(str(error)) from None
-    except KubernetesApiError as error:
-        raise kopf.TemporaryError(str(error), delay=error.retry_after) from None
-
-
-async def on_run_event(
-    *, event: Mapping[str, Any], namespace: str | None, name: str, memo: kopf.Memo, **_: Any
-) -> None:
-    """A deleted run is forgotten (its Jobs go with it through their owner references), its unfinished
-    batches say that they wait for it, and runs refused its folder are looked at again."""
-    if event.get("type") == "DELETED":
-        body = event.get("object")
-        await reconciler_of(memo).run_deleted(
-            run_key(namespace, name), body if isinstance(body, Mapping) else {}
-        )
-
-
-# -- batches and Jobs ---------------------------------------------------------------------------------
-def batch_changed(event_type: str | None, body: Mapping[str, Any]) -> bool:
-    """Whether a TrainingBatch event can change a plan: not when it is the operator's own status patch."""
+def spec_changed(event_type: str | None, body: Mapping[str, Any]) -> bool:
+    """Whether a run or TrainingBatch event can change a plan: it was listed (the operator starts),
+    added, deleted or is being deleted, or its spec changed since the operator last reconciled it
+    (``generation`` ahead of ``status.observedGeneration``). Not when it is a status patch: the operator's
+    own, or the trainer's progress."""
     meta = body.get("metadata") or {}
     status = body.get("status") or {}
     return (
@@ -186,28 +167,51 @@ def batch_changed(event_type: str | None, body: Mapping[str, Any]) -> bool:
     )
 
 
-def run_deleted(event: Mapping[str, Any], memo: kopf.Memo | None = None, **_: Any) -> bool:
-    """kopf's filter of the run-event handler: only a deletion matters to it.
+def run_event_matters(event: Mapping[str, Any], memo: kopf.Memo | None = None, **_: Any) -> bool:
+    """kopf's filter of the run-event handler (:func:`spec_changed`).
 
     A filter rather than a check inside the handler: kopf logs every handler call at INFO ("Handler
     'run-event' succeeded."), and the trainer patches the run's status with every progress update.
     Those updates feed the run's progress metrics here, from the event's body (no reconcile, no API call):
     between reconciles the step, loss and learning rate would otherwise lag (docs/observability.md).
     """
+    body = event.get("object")
     if event.get("type") == "DELETED":
         return True
-    reconciler, body = memo.get("reconciler") if memo is not None else None, event.get("object")
+    reconciler = memo.get("reconciler") if memo is not None else None
     if isinstance(reconciler, Reconciler) and isinstance(body, Mapping):
         meta = body.get("metadata") or {}
         key = run_key(meta.get("namespace"), str(meta.get("name", "")))
         reconciler.metrics.progress(key, body.get("status") or {})
-    return False
+    return isinstance(body, Mapping) and spec_changed(event.get("type"), body)
 
 
+async def on_run_event(
+    *, event: Mapping[str, Any], namespace: str | None, name: str, memo: kopf.Memo, **_: Any
+) -> None:
+    """A run was found when the operator started, created, changed or is being deleted: reconcile it
+    (in the background, retried on failures; an invalid spec waits for the next change).
+
+    A deleted run is forgotten (its Jobs go with it through their owner references), its unfinished
+    batches say that they wait for it, and runs refused its folder are looked at again.
+
+    An event handler, not kopf's create/update/resume handlers: those keep a diff-base and progress
+    annotations on every run (a patch of each new run, a deep copy of every event's body) for what
+    ``observedGeneration`` tells already.
+    """
+    reconciler = reconciler_of(memo)
+    if event.get("type") == "DELETED":
+        body = event.get("object")
+        await reconciler.run_deleted(run_key(namespace, name), body if isinstance(body, Mapping) else {})
+    else:
+        await reconciler.trigger(run_key(namespace, name))
+
+
+# -- batches and Jobs ---------------------------------------------------------------------------------
 def batch_event_matters(event: Mapping[str, Any], body: Mapping[str, Any], **_: Any) -> bool:
-    """kopf's filter of the batch-event handler (see :func:`batch_changed`; filtered events log nothing)."""
+    """kopf's filter of the batch-event handler (see :func:`spec_changed`; filtered events log nothing)."""
     run = (body.get("spec") or {}).get("runName")
-    return isinstance(run, str) and bool(run) and batch_changed(event.get("type"), body)
+    return isinstance(run, str) and bool(run) and spec_changed(event.get("type"), body)
 
 
 async def on_batch_event(
@@ -215,7 +219,7 @@ async def on_batch_event(
 ) -> None:
     """Reconcile the batch's run (``spec.runName``; the CRD schema makes it a non-empty string)."""
     run = (body.get("spec") or {}).get("runName")
-    if isinstance(run, str) and run and batch_changed(event.get("type"), body):
+    if isinstance(run, str) and run and spec_changed(event.get("type"), body):
         await reconciler_of(memo).trigger(run_key(namespace, run))
 
 
@@ -361,9 +365,7 @@ def build_registry(options: OperatorOptions) -> kopf.OperatorRegistry:
     kopf.index(*JOBSETS, id=JOBSET_INDEX, labels=has_run, registry=registry)(index_jobset)
     kopf.on.event(*JOBSETS, id="jobset-event", labels=has_run, registry=registry)(on_jobset_event)
     kopf.on.cleanup(id="cleanup", registry=registry)(cleanup)
-    for on_cause in (kopf.on.resume, kopf.on.create, kopf.on.update):
-        on_cause(*RUNS, id="reconcile", registry=registry)(on_run_change)
-    kopf.on.event(*RUNS, id="run-event", when=run_deleted, registry=registry)(on_run_event)
+    kopf.on.event(*RUNS, id="run-event", when=run_event_matters, registry=registry)(on_run_event)
     kopf.on.event(*BATCHES, id="batch-event", when=batch_event_matters, registry=registry)(on_batch_event)
     kopf.on.event(*JOBS, id="job-event", labels={LABEL_RUN: kopf.PRESENT}, registry=registry)(on_job_event)
     kopf.on.event(
