@@ -493,3 +493,37 @@ def test_a_pod_event_reconciles_only_when_the_pod_cannot_start(
     status: dict[str, Any], reconciles: bool
 ) -> None:
     assert handlers.pod_waits({"status": status}) is reconciles
+
+
+async def test_a_job_event_that_only_delivers_the_runs_own_create_reconciles_nothing(
+    world: KubeWorld,
+) -> None:
+    job = job_name(RUN, "b1", 1)
+    created = {
+        "kind": "Job",
+        "metadata": {
+            "name": job,
+            "namespace": NS,
+            "resourceVersion": "41",
+            "labels": {"continual.dev/run": RUN},
+            "annotations": {"continual.dev/run": RUN},
+        },
+    }
+    reconciler = Reconciler(world.storage())
+    memo = kopf.Memo(reconciler=reconciler)
+    try:
+        assert handlers.job_event_matters(created, memo=memo)  # nothing written: someone else's
+        with writing_for(NS, RUN):
+            reconciler.storage.journal.note(JOB_KIND, NS, job, created, created=True)
+        assert not handlers.job_event_matters(created, memo=memo)  # the watch delivering that create
+        # The Job controller's change (a newer version), or the same name under another run: reconciled.
+        started = {**created, "metadata": {**created["metadata"], "resourceVersion": "42"}}
+        assert handlers.job_event_matters(started, memo=memo)
+        other = {**created, "metadata": {**created["metadata"], "annotations": {"continual.dev/run": OTHER}}}
+        assert handlers.job_event_matters(other, memo=memo)
+        registry = handlers.build_registry(handlers.OperatorOptions())
+        filters = {h.id: h.when for h in registry._watching.get_all_handlers()}
+        assert filters["job-event"] is handlers.job_event_matters
+    finally:
+        await reconciler.close()
+        reconciler.storage.close()

@@ -12,7 +12,8 @@ What triggers a reconcile of a run:
   ``observedGeneration`` equals ``generation`` then). An API error is retried after its delay; an invalid
   spec is on the run's status and waits for the next change (no stack-trace loop);
 * one of its TrainingBatches is added, deleted or has its spec changed (the same test);
-* one of its Jobs changes (the Job watch is filtered by label on the server, so only trainer Jobs come);
+* one of its Jobs changes (the Job watch is filtered by label on the server, so only trainer Jobs come),
+  other than the watch delivering the run's own create (:func:`job_event_matters`);
 * one of its pods waits to start (a container's waiting reason, or unschedulable: what the batch's status
   shows, :func:`pod_waits`); a Job reaches Complete or Failed only after its pod has terminated, so other
   pod events trigger nothing: the pod watch (filtered by the run label too) keeps the view's pods current;
@@ -47,6 +48,7 @@ from typing import Any
 import kopf
 
 from continual_operator.api import BATCH_INFO, GROUP, RUN_INFO, VERSION
+from continual_operator.cluster.k8s import JOBS as JOB_KIND
 from continual_operator.cluster.k8s import KubernetesStorage
 from continual_operator.cluster.reconciler import Reconciler, RunKey
 from continual_operator.cluster.view import WatchView, folder_key, folders_of, slim
@@ -230,6 +232,16 @@ def run_of_job(body: Mapping[str, Any]) -> str | None:
     return str(run) if run else None
 
 
+def job_event_matters(body: Mapping[str, Any], memo: kopf.Memo | None = None, **_: Any) -> bool:
+    """kopf's filter of the Job-event handler: not the watch delivering a Job as the run's own write left
+    it (its create's answer, which the run's view shows already); every change by the Job controller."""
+    reconciler = memo.get("reconciler") if memo is not None else None
+    run, namespace = run_of_job(body), (body.get("metadata") or {}).get("namespace")
+    if not isinstance(reconciler, Reconciler) or run is None or not isinstance(namespace, str):
+        return True
+    return not reconciler.storage.journal.echoes(JOB_KIND, namespace, run, body)
+
+
 async def on_job_event(*, body: Mapping[str, Any], namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
     """Reconcile the Job's run: it started, progressed, finished or went away."""
     if (run := run_of_job(body)) is not None:
@@ -367,7 +379,9 @@ def build_registry(options: OperatorOptions) -> kopf.OperatorRegistry:
     kopf.on.cleanup(id="cleanup", registry=registry)(cleanup)
     kopf.on.event(*RUNS, id="run-event", when=run_event_matters, registry=registry)(on_run_event)
     kopf.on.event(*BATCHES, id="batch-event", when=batch_event_matters, registry=registry)(on_batch_event)
-    kopf.on.event(*JOBS, id="job-event", labels={LABEL_RUN: kopf.PRESENT}, registry=registry)(on_job_event)
+    kopf.on.event(
+        *JOBS, id="job-event", labels={LABEL_RUN: kopf.PRESENT}, when=job_event_matters, registry=registry
+    )(on_job_event)
     kopf.on.event(
         *PODS, id="pod-event", labels={LABEL_RUN: kopf.PRESENT}, when=pod_event_matters, registry=registry
     )(on_pod_event)

@@ -44,7 +44,6 @@ import secrets
 import socket
 import time
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -59,6 +58,7 @@ from continual_operator.api import (
     ContinualTrainingRun,
     ObjectMeta,
 )
+from continual_operator.cluster.gate import PriorityExecutor, current_rank
 from continual_operator.errors import (
     ConflictError,
     InvalidObjectError,
@@ -299,6 +299,18 @@ class WriteJournal:
         else:
             self._runs.pop((namespace, run), None)
 
+    def echoes(self, kind: Kind, namespace: str, run: str, body: Mapping[str, Any]) -> bool:
+        """Whether ``body`` (a watch event's) is the object exactly as one of the run's own writes left it:
+        the watch delivering that write, which the run's view shows already (nothing new to reconcile)."""
+        meta = body.get("metadata") or {}
+        written = self._runs.get((namespace, run), {}).get((kind, str(meta.get("name"))))
+        if written is None or written.deleted or written.version is None:
+            return False
+        try:
+            return int(str(meta.get("resourceVersion"))) == written.version
+        except ValueError:
+            return False
+
     def runs(self) -> list[tuple[str, str]]:
         """The runs with unconfirmed writes, as ``(namespace, run)``."""
         return list(self._runs)
@@ -325,7 +337,8 @@ class KubernetesStorage:
     ) -> None:
         self._client = api_client
         self._timeout = request_timeout
-        self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="k8s-api")
+        #: ``max_workers`` requests in flight; the waiting ones go oldest reconcile first (cluster/gate.py).
+        self._executor = PriorityExecutor(max_workers, name="k8s-api")
         #: ``reportingInstance`` of Events: the pod's name (its hostname) tells replicas apart.
         self.instance = instance or os.environ.get("HOSTNAME") or socket.gethostname()
         self.journal = WriteJournal()
@@ -340,7 +353,7 @@ class KubernetesStorage:
 
     def close(self) -> None:
         """Release the thread pool and the connection pool."""
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._executor.shutdown()
         self._client.close()  # type: ignore[no-untyped-call]
 
     # -- transport ------------------------------------------------------------------------------------
@@ -381,7 +394,7 @@ class KubernetesStorage:
         """Send a request and return the JSON answer; raise the project's error for anything but 2xx."""
         call = functools.partial(self._call, method, path, list((query or {}).items()), body, content_type)
         try:
-            status, reason, data = await asyncio.get_running_loop().run_in_executor(self._executor, call)
+            status, reason, data = await self._executor.run(current_rank(), call)
         except ApiException as exc:
             raise translate_api_exception(exc, doing) from exc
         except (urllib3.exceptions.HTTPError, OSError) as exc:
@@ -712,31 +725,45 @@ class KubernetesStorage:
         return Executed(tuple(created))
 
     async def create_workload(self, workload: Workload) -> bool:
-        """Create a built workload's manifests in order (the per-run objects first, the Job last), each
-        create-or-leave-alone; True when its Job is new.
+        """Create a built workload's manifests, each create-or-leave-alone; True when its Job is new.
+
+        The per-run objects not known to exist come first, in two rounds of concurrent creates (the
+        ServiceAccount, Role and claim; then the RoleBinding, which the API server refuses before its
+        Role exists unless the operator may ``bind``), then the workload's own objects in order (the
+        Job, or a gang's Service and Job, last).
 
         An object the API server refuses as invalid (422) was built from a spec that passed validation: it
         is a :class:`~continual_operator.errors.RejectedObjectError`, put on the run's status by the reconciler.
         """
         new = False
         try:
+            missing = [
+                m
+                for m in workload.manifests
+                if m["kind"] in PER_RUN_KINDS
+                and time.monotonic() - self._per_run.get(_ref(m), -PER_RUN_RECHECK_SECONDS)
+                >= PER_RUN_RECHECK_SECONDS  # else created (or found) for an earlier Job of the run
+            ]
+            await self._create_per_run([m for m in missing if m["kind"] != "RoleBinding"], workload.name)
+            await self._create_per_run([m for m in missing if m["kind"] == "RoleBinding"], workload.name)
             for manifest in workload.manifests:
-                per_run = manifest["kind"] in PER_RUN_KINDS
-                known = _ref(manifest)
-                if per_run and time.monotonic() - self._per_run.get(known, -PER_RUN_RECHECK_SECONDS) < (
-                    PER_RUN_RECHECK_SECONDS
-                ):
-                    continue  # created (or found) for an earlier Job of the run
-                new = await self.create(manifest)
-                if per_run:
-                    self._per_run[known] = time.monotonic()
-                if new and per_run:
-                    logger.info(
-                        f"created {manifest['kind']} {manifest['metadata']['name']} for {workload.name}"
-                    )
+                if manifest["kind"] not in PER_RUN_KINDS:
+                    new = await self.create(manifest)
         except InvalidObjectError as error:
             raise RejectedObjectError(error.doing, error.status, error.reason, error.message) from error
         return new
+
+    async def _create_per_run(self, manifests: list[Mapping[str, Any]], workload: str) -> None:
+        """Create per-run objects concurrently; every create ends before the first error is raised."""
+        answers = await asyncio.gather(*(self.create(m) for m in manifests), return_exceptions=True)
+        for manifest, answer in zip(manifests, answers, strict=True):
+            if isinstance(answer, BaseException):
+                continue
+            self._per_run[_ref(manifest)] = time.monotonic()
+            if answer:
+                logger.info(f"created {manifest['kind']} {manifest['metadata']['name']} for {workload}")
+        if errors := [a for a in answers if isinstance(a, BaseException)]:
+            raise errors[0]
 
     def forget_run(self, namespace: str, run: str) -> None:
         """The run was deleted (its per-run objects with it, by owner reference): create them anew."""

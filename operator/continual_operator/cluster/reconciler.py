@@ -78,6 +78,7 @@ from continual_operator.api import (
 )
 from continual_operator.cluster.engines import EngineDiscovery
 from continual_operator.cluster.executor import ClusterExecutor
+from continual_operator.cluster.gate import ranked
 from continual_operator.cluster.inbox_sync import InboxSync
 from continual_operator.cluster.k8s import KubernetesStorage, Subject, writing_for
 from continual_operator.cluster.view import RunWorld, WatchView, folders_of
@@ -327,7 +328,9 @@ class Reconciler:
     async def _measured(self, key: RunKey) -> Plan:
         started = time.monotonic()
         try:
-            with writing_for(*key):  # the writes of this reconcile are this run's (the view waits for them)
+            # The writes of this reconcile are this run's (the view overlays them); its requests rank by
+            # when it started (an older reconcile's go first: cluster/gate.py).
+            with writing_for(*key), ranked(asyncio.get_running_loop().time()):
                 the_plan = await self._reconcile(key)
         except InvalidSpecError:
             self.metrics.reconciles.labels(result="invalid").inc()

