@@ -75,8 +75,8 @@ VALUE_SETS = {"default": {}, "rich": RICH_VALUES}
 # -- exactly what the operator may do ----------------------------------------------------------------
 #: (apiGroup, resource) -> verbs, in every namespace the operator serves.
 NAMESPACED_PERMISSIONS: dict[tuple[str, str], set[str]] = {
-    ("continual.dev", "continualtrainingruns"): {"get", "list", "watch", "patch", "update"},
-    ("continual.dev", "trainingbatches"): {"get", "list", "watch", "create", "patch", "update"},
+    ("continual.dev", "continualtrainingruns"): {"get", "list", "watch"},
+    ("continual.dev", "trainingbatches"): {"get", "list", "watch", "create", "patch"},
     # the S3 inbox: the credentials Secret a run names (get only, never list)
     ("", "secrets"): {"get"},
     ("continual.dev", "continualtrainingruns/status"): {"get", "patch", "update"},

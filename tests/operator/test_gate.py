@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from continual_operator.cluster.gate import PriorityExecutor, current_rank, ranked, reporting
+from continual_operator.cluster.gate import PriorityExecutor, current_rank, ranked
 
 
 async def test_waiting_calls_run_lowest_rank_first_then_first_come_and_cancelled_ones_never() -> None:
@@ -26,26 +26,24 @@ async def test_waiting_calls_run_lowest_rank_first_then_first_come_and_cancelled
         return name
 
     try:
-        first = pool.submit((0, 0.0), blocker)
+        first = pool.submit(0.0, blocker)
         assert started.wait(10)
-        # Queued while the one worker is busy: a report of the oldest reconcile, a late reconcile's
-        # write, two older ones, one cancelled, one between.
-        report = pool.submit((1, 0.0), lambda: call("report"))
-        late = pool.submit((0, 9.0), lambda: call("started-9"))
-        older = [pool.submit((0, 1.0), lambda n=n: call(n)) for n in ("started-1a", "started-1b")]
-        cancelled = pool.submit((0, 0.5), lambda: call("cancelled"))
-        between = pool.submit((0, 5.0), lambda: call("started-5"))
+        # Queued while the one worker is busy: a late reconcile, two older ones, one cancelled, one between.
+        late = pool.submit(9.0, lambda: call("rank-9"))
+        older = [pool.submit(1.0, lambda n=n: call(n)) for n in ("rank-1a", "rank-1b")]
+        cancelled = pool.submit(0.5, lambda: call("cancelled"))
+        between = pool.submit(5.0, lambda: call("rank-5"))
         assert cancelled.cancel()
-        assert pool.waiting == 6
+        assert pool.waiting == 5
         release.set()
-        results = [f.result(10) for f in (first, *older, between, late, report)]
-        assert results == ["blocker", "started-1a", "started-1b", "started-5", "started-9", "report"]
-        assert order == ["started-1a", "started-1b", "started-5", "started-9", "report"]
+        results = [f.result(10) for f in (first, *older, between, late)]
+        assert results == ["blocker", "rank-1a", "rank-1b", "rank-5", "rank-9"]
+        assert order == ["rank-1a", "rank-1b", "rank-5", "rank-9"]
         assert cancelled.cancelled()
         # From a task: awaited, with its error handed back as raised.
-        assert await pool.run((0, 0.0), lambda: 42) == 42
+        assert await pool.run(0.0, lambda: 42) == 42
         with pytest.raises(ZeroDivisionError):
-            await pool.run((0, 0.0), lambda: 1 / 0)
+            await pool.run(0.0, lambda: 1 / 0)
     finally:
         release.set()
         pool.shutdown()
@@ -54,33 +52,30 @@ async def test_waiting_calls_run_lowest_rank_first_then_first_come_and_cancelled
 def test_a_shutdown_cancels_what_waits_and_refuses_more() -> None:
     pool = PriorityExecutor(1, name="test")
     started, release = threading.Event(), threading.Event()
-    running = pool.submit((0, 0.0), lambda: (started.set(), release.wait(10)))
+    running = pool.submit(0.0, lambda: (started.set(), release.wait(10)))
     assert started.wait(10)
-    waiting = pool.submit((0, 1.0), lambda: "never")
+    waiting = pool.submit(1.0, lambda: "never")
     pool.shutdown()
     assert waiting.cancelled()
     release.set()
     assert running.result(10) == (None, True)
     with pytest.raises(RuntimeError, match="shut down"):
-        pool.submit((0, 0.0), lambda: None)
+        pool.submit(0.0, lambda: None)
     for thread in pool._threads:
         thread.join(10)
         assert not thread.is_alive()
 
 
-async def test_requests_rank_reports_last_then_by_their_reconciles_start_or_when_they_are_sent() -> None:
+async def test_requests_rank_by_their_reconciles_start_and_outside_one_by_when_they_are_sent() -> None:
     loop = asyncio.get_running_loop()
     before = loop.time()
-    kind, sent = current_rank()
-    assert kind == 0 and before <= sent <= loop.time()
+    assert before <= current_rank() <= loop.time()
     with ranked(12.5):
-        assert current_rank() == (0, 12.5)
-        with reporting():
-            assert current_rank() == (1, 12.5)
+        assert current_rank() == 12.5
         with ranked(3.0):
-            assert current_rank() == (0, 3.0)
-        assert current_rank() == (0, 12.5)
-    assert current_rank()[1] >= before
+            assert current_rank() == 3.0
+        assert current_rank() == 12.5
+    assert current_rank() >= before
 
 
 def test_an_executor_needs_a_worker() -> None:

@@ -61,15 +61,16 @@ The operator's permissions in a namespace it serves: in a ClusterRole (all names
 each watched namespace. Exactly what the handlers and kopf use; docs/deploy.md says why for each.
 */}}
 {{- define "continual-training.namespacedRules" -}}
-# The API: watch runs and batches, patch them (kopf's finalizers and progress annotations), and
-# write their status.
+# The API: watch runs and batches (kopf writes nothing to them: every handler is an event handler or
+# an index, so no finalizer and no annotation of kopf's), and write their status (below).
 - apiGroups: ["continual.dev"]
   resources: ["continualtrainingruns"]
-  verbs: ["get", "list", "watch", "patch", "update"]
-# create: a run's S3 inbox (spec.inbox) creates one TrainingBatch per new object (docs/inbox.md).
+  verbs: ["get", "list", "watch"]
+# create: a run's S3 inbox (spec.inbox) creates one TrainingBatch per new object, and patch: it notes a
+# later change of the object on the batch's annotations (docs/inbox.md).
 - apiGroups: ["continual.dev"]
   resources: ["trainingbatches"]
-  verbs: ["get", "list", "watch", "create", "patch", "update"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 # The S3 inbox lists its bucket with the credentials of spec.objectStore.credentialsSecretRef (and
 # trusts the CA of caBundleSecretRef): get only, so the operator reads a Secret it is named, never
 # lists them. The values stay in memory for one poll; they are never logged or stored (docs/inbox.md).

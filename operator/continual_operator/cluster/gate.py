@@ -7,19 +7,12 @@ in a plain first-come queue every write of a reconcile waits behind everything q
 one, and a burst of reconciles (200 runs whose first batches land together) all progress together and
 all finish late.
 
-:class:`PriorityExecutor` runs the waiting requests in rank order (:func:`current_rank`):
-
-* first the writes that **start or stop training** (per-run objects, workloads, their deletion), then
-  those that **report** (status patches and Events, :func:`reporting`): during a burst a run's Job does
-  not wait behind other runs' status patches, and the reports follow as soon as the burst thins;
-* within each, the request of the **oldest reconcile** first (:func:`ranked`: when the reconcile
-  started), so reconciles finish in about the order they started while the total work stays the same.
-
-Nothing waits forever: every later reconcile ranks after the ones waiting now, and writes that start
-training are one Job (or gang) per run at a time. A request outside a reconcile (the status page, the
-engine discovery) ranks as a reconcile starting when it is sent. The threads take the next request
-themselves as soon as one ends, without waiting for the event loop (which is busiest exactly when many
-requests wait).
+:class:`PriorityExecutor` runs the waiting request of the *oldest* reconcile first (:func:`ranked`: its
+rank is when the reconcile started), so reconciles finish in about the order they started while the
+total work stays the same. Nothing waits forever: every later reconcile ranks after the ones waiting
+now. A request outside a reconcile (the status page, the engine discovery) ranks as a reconcile
+starting when it is sent. The threads take the next request themselves as soon as one ends, without
+waiting for the event loop (which is busiest exactly when many requests wait).
 """
 
 from __future__ import annotations
@@ -36,49 +29,27 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-#: A request's rank (lower goes first): ``(0, started)`` for a write that starts or stops training or a
-#: read, ``(1, started)`` for a report; ``started`` is when its reconcile started (loop time).
-Rank = tuple[int, float]
-#: When the current task's reconcile started (None: not in a reconcile).
-_STARTED: contextvars.ContextVar[float | None] = contextvars.ContextVar(
-    "continual_reconcile_started", default=None
-)
-#: Whether the current task's requests report (status patches, Events).
-_REPORTING: contextvars.ContextVar[bool] = contextvars.ContextVar("continual_reporting", default=False)
+#: The rank of the current task's requests (lower goes first): when its reconcile started.
+_RANK: contextvars.ContextVar[float | None] = contextvars.ContextVar("continual_request_rank", default=None)
 
 
 @contextlib.contextmanager
-def ranked(started: float) -> Iterator[None]:
-    """Rank the requests sent inside the block by ``started`` (a reconcile's: the loop time it started)."""
-    token = _STARTED.set(started)
+def ranked(rank: float) -> Iterator[None]:
+    """Rank the requests sent inside the block ``rank`` (a reconcile: the loop time it started at)."""
+    token = _RANK.set(rank)
     try:
         yield
     finally:
-        _STARTED.reset(token)
+        _RANK.reset(token)
 
 
-@contextlib.contextmanager
-def reporting() -> Iterator[None]:
-    """The requests sent inside the block report (a status patch, an Event): they go after the writes
-    that start or stop training."""
-    token = _REPORTING.set(True)
-    try:
-        yield
-    finally:
-        _REPORTING.reset(token)
+def current_rank() -> float:
+    """The rank of a request sent now: its reconcile's, or now (loop time) outside a reconcile."""
+    rank = _RANK.get()
+    return rank if rank is not None else asyncio.get_running_loop().time()
 
 
-def current_rank() -> Rank:
-    """The rank of a request sent now: reporting or not, and its reconcile's start (or now, outside one)."""
-    started = _STARTED.get()
-    return (
-        1 if _REPORTING.get() else 0,
-        started if started is not None else asyncio.get_running_loop().time(),
-    )
-
-
-_Item = tuple[Rank, int, Callable[[], Any] | None, "concurrent.futures.Future[Any] | None"]
-_LAST: Rank = (2, float("inf"))
+_Item = tuple[float, int, Callable[[], Any] | None, "concurrent.futures.Future[Any] | None"]
 
 
 class PriorityExecutor:
@@ -96,7 +67,7 @@ class PriorityExecutor:
         for thread in self._threads:
             thread.start()
 
-    def submit(self, rank: Rank, call: Callable[[], T]) -> concurrent.futures.Future[T]:
+    def submit(self, rank: float, call: Callable[[], T]) -> concurrent.futures.Future[T]:
         """Queue ``call`` at ``rank``; its future (cancelling it before it starts skips the call)."""
         if self._closed:
             raise RuntimeError("the executor is shut down")
@@ -104,7 +75,7 @@ class PriorityExecutor:
         self._queue.put((rank, next(self._order), call, future))
         return future
 
-    async def run(self, rank: Rank, call: Callable[[], T]) -> T:
+    async def run(self, rank: float, call: Callable[[], T]) -> T:
         """Run ``call`` in a worker thread at ``rank`` and await its result."""
         return await asyncio.wrap_future(self.submit(rank, call))
 
@@ -124,7 +95,7 @@ class PriorityExecutor:
             if future is not None:
                 future.cancel()
         for _ in self._threads:
-            self._queue.put((_LAST, next(self._order), None, None))
+            self._queue.put((float("inf"), next(self._order), None, None))
 
     def _work(self) -> None:
         while True:

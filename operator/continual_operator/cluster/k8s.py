@@ -58,7 +58,7 @@ from continual_operator.api import (
     ContinualTrainingRun,
     ObjectMeta,
 )
-from continual_operator.cluster.gate import PriorityExecutor, current_rank, reporting
+from continual_operator.cluster.gate import PriorityExecutor, current_rank
 from continual_operator.errors import (
     ConflictError,
     InvalidObjectError,
@@ -709,20 +709,17 @@ class KubernetesStorage:
             elif isinstance(action, DeleteWorkload):
                 await self.delete_workload(namespace, action)
             elif isinstance(action, UpdateBatchStatus):
-                with reporting():
-                    versions[action.batch] = await self.patch_status(
-                        BATCHES,
-                        namespace,
-                        action.batch,
-                        action.patch,
-                        resource_version=versions.get(action.batch),
-                    )
+                versions[action.batch] = await self.patch_status(
+                    BATCHES,
+                    namespace,
+                    action.batch,
+                    action.patch,
+                    resource_version=versions.get(action.batch),
+                )
             elif isinstance(action, UpdateRunStatus):
-                with reporting():
-                    await self.patch_status(RUNS, namespace, subject.run_meta.name, action.patch)
+                await self.patch_status(RUNS, namespace, subject.run_meta.name, action.patch)
             elif isinstance(action, EmitEvent):
-                with reporting():
-                    await self._emit(action, subject, now)
+                await self._emit(action, subject, now)
             else:
                 assert isinstance(action, RequeueAfter)
         return Executed(tuple(created))
