@@ -121,6 +121,22 @@ def test_no_gpu_no_kueue_no_token() -> None:
 
 
 @pytest.mark.parametrize(
+    ("progress", "kinds"),
+    [
+        pytest.param(True, ["ServiceAccount", "Role", "RoleBinding"], id="progress-on"),
+        # No pod holds the ServiceAccount's token: a Role would grant nothing to anyone.
+        pytest.param(False, ["ServiceAccount"], id="progress-off-no-rbac"),
+    ],
+)
+def test_a_run_gets_a_role_only_when_its_trainer_holds_a_token(progress: bool, kinds: list[str]) -> None:
+    run = minimal_run(progress={"enabled": progress})
+    assert [m["kind"] for m in resources.run_objects(run)] == kinds
+    pod = resources.get_job(run, rich_batch(), 1)["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is progress
+    assert pod["serviceAccountName"] == resources.get_service_account(run)["metadata"]["name"]
+
+
+@pytest.mark.parametrize(
     ("retain", "owned"),
     [pytest.param(True, False, id="retained-by-default"), pytest.param(False, True, id="deleted-with-run")],
 )

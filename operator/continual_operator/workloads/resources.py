@@ -5,7 +5,8 @@ the I/O module creates them (create-or-leave-alone, by their deterministic names
 *why* an object looks the way it does; the shape of each is pinned by expected-YAML tests.
 
 Per run (:func:`run_objects`): a ServiceAccount, a Role and a RoleBinding that let the trainer patch only
-this run's status, and the volume claim when the run asks for one. Per batch attempt (the ``train`` kind,
+this run's status (the last two only when it reports progress), and the volume claim when the run asks
+for one. Per batch attempt (the ``train`` kind,
 :mod:`continual_operator.workloads.train`, :func:`attempt_objects`): the Job running the trainer image,
 with the trainer's config (its :class:`~continual_trainer.config.TrainerConfig`, rendered) in its pod
 template's annotation ``continual.dev/trainer-config``, which a ``downwardAPI`` volume gives the container
@@ -554,9 +555,17 @@ def workload_config_map(
 
 # -- per run: identity and storage --------------------------------------------------------------------
 def run_objects(run: ContinualTrainingRun) -> list[dict[str, Any]]:
-    """The per-run objects every workload's pod needs: ServiceAccount, Role, RoleBinding and (from the
-    template) the volume claim. Created with the first workload, create-or-leave-alone."""
-    manifests = [get_service_account(run), get_role(run), get_role_binding(run)]
+    """The per-run objects every workload's pod needs: the ServiceAccount, its Role and RoleBinding when
+    the trainer reports progress, and (from the template) the volume claim. Created with the first
+    workload, create-or-leave-alone.
+
+    With ``spec.progress.enabled`` false no pod is given the ServiceAccount's token, so a Role would
+    grant nothing to anyone: none is made (two writes fewer before a run's first Job). Enabling progress
+    later is a spec change; the next workload brings them.
+    """
+    manifests = [get_service_account(run)]
+    if run.spec.progress.enabled:
+        manifests += [get_role(run), get_role_binding(run)]
     if (claim := get_claim(run)) is not None:
         manifests.append(claim)
     return manifests
