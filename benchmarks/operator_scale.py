@@ -354,6 +354,7 @@ def scale_phase(
     workers: int,
     idle_seconds: float,
     max_batches_per_job: int | None = None,
+    pods_after_burst: bool = False,
 ) -> dict[str, Any]:
     with phase(plane, workdir, "scale") as p:
         tracker = p.tracker
@@ -373,6 +374,8 @@ def scale_phase(
             created_at[batch] = time.monotonic()
             p.api.create(BATCHES_PATH.format(ns=p.namespace), batch_manifest(batch, run, order))
 
+        if pods_after_burst:
+            p.runner.hold()  # a full node: the trainers start once every run's first Job exists
         started = time.monotonic()
         with ThreadPoolExecutor(max_workers=workers) as pool:
             list(pool.map(create_run, names))
@@ -381,6 +384,12 @@ def scale_phase(
             list(pool.map(create_batch, items))
         create_seconds = time.monotonic() - started
         print(f"  scale: created {runs} runs and {total} batches in {create_seconds:.1f}s", flush=True)
+        held_s = None
+        if pods_after_burst:
+            tracker.wait(lambda: all(chain[0] in tracker.job_added for chain in batch_names), timeout)
+            held_s = time.monotonic() - started
+            p.runner.release()
+            print(f"  scale: pods held until t={held_s:.1f}s (every run's first Job created)", flush=True)
 
         deadline = started + timeout
         next_report = time.monotonic() + 10
@@ -460,6 +469,7 @@ def scale_phase(
         "failed_count": len(tracker.failed),
         "finished": done,
         "create_s": create_seconds,
+        "pods_held_s": held_s,
         "wall_s": wall,
         "caught_up": caught_up,
         "caught_up_s": caught_up_s,
@@ -581,6 +591,11 @@ def print_scale(args: argparse.Namespace, sc: dict[str, Any]) -> None:
         f"2. Scale: {sc['runs']} runs x {sc['batches_per_run']} batches = {sc['batches']} batches, one claim, "
         f"progress reporting off, all created at once (load average at its end {sc.get('load_average', '?')})"
     )
+    if sc.get("pods_held_s") is not None:
+        print(
+            f"  --pods-after-burst: no trainer pod started until every run's first Job existed, "
+            f"t = {sc['pods_held_s']:.1f} s (the operator's burst without the trainers on the same cores)"
+        )
     status = "all Succeeded" if sc["finished"] and not sc["failed_count"] else "NOT FINISHED"
     print(
         f"  {status}: {sc['succeeded']} succeeded, {sc['failed_count']} failed; created in {sc['create_s']:.1f} s; "
@@ -656,6 +671,8 @@ def goal_numbers(results: dict[str, Any]) -> dict[str, tuple[float | None, str]]
     fallback = max(results.get("scales", []), key=lambda s: s["batches"], default=None)
     main = big or fallback
     where = f"{main['runs']} x {main['batches_per_run']}" if main else "-"
+    if main is not None and main.get("pods_held_s") is not None:
+        where += ", trainer pods held during the burst (--pods-after-burst: not the goals' set-up)"
     if main is not None:
         counts: AuditCounts = main["work"]["audit"]
         measured["requests per batch, 200 x 5"] = (counts.total / max(main["batches"], 1), where)
@@ -764,6 +781,12 @@ def main() -> int:
         type=int,
         help="spec.training.maxBatchesPerJob of the scale phase's runs (default: the API's, 4; 1: one Job per batch)",
     )
+    parser.add_argument(
+        "--pods-after-burst",
+        action="store_true",
+        help="start no trainer pod until every run's first Job exists (the operator's burst without the "
+        "trainers on the same cores; not the goals' set-up)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--keep", action="store_true", help="keep the working folder (logs, audit log)")
     args = parser.parse_args()
@@ -808,6 +831,7 @@ def main() -> int:
                 workers=args.create_workers,
                 idle_seconds=args.idle_seconds if (runs, per_run) == idle_at else 0.0,
                 max_batches_per_job=args.max_batches_per_job,
+                pods_after_burst=args.pods_after_burst,
             )
             sc["load_average"] = _load_average()
             results["scales"].append(sc)

@@ -108,6 +108,8 @@ class PodRunner:
         )
         self._workers: dict[str, PodWorker] = {}
         self._lock = threading.Lock()
+        #: While held (:meth:`hold`), new pods are noted, not started: their latest body, by uid.
+        self._held: dict[str, JSON] | None = None
         self._stop = threading.Event()
         self._synced = threading.Event()
         self._thread = threading.Thread(target=self._watch_loop, name="pod-runner-watch", daemon=True)
@@ -154,6 +156,20 @@ class PodRunner:
         self.stop()
 
     # --- observing and disturbing pods --------------------------------------------------------------
+
+    def hold(self) -> None:
+        """Start no new pod until :meth:`release` (as a node that is full would): the benchmark keeps its
+        trainers off the cores while it measures the operator's burst. Running pods go on."""
+        with self._lock:
+            if self._held is None:
+                self._held = {}
+
+    def release(self) -> None:
+        """Start the pods that came while held (those still there, as last seen), and new ones again."""
+        with self._lock:
+            held, self._held = self._held or {}, None
+        for pod in held.values():
+            self._observe(pod, deleted=False)
 
     def claim_path(self, claim: str, namespace: str | None = None) -> Path:
         """The host folder behind PersistentVolumeClaim `claim` (it exists once a pod mounted it)."""
@@ -368,6 +384,12 @@ class PodRunner:
             return
         with self._lock:
             worker = self._workers.get(metadata["uid"])
+            if worker is None and self._held is not None:
+                if deleted:
+                    self._held.pop(metadata["uid"], None)
+                else:
+                    self._held[metadata["uid"]] = pod
+                return
         if worker is not None and not worker.done.is_set():
             worker.observe(pod, deleted=deleted)
             return
@@ -381,7 +403,9 @@ class PodRunner:
         if worker is not None or pod.get("status", {}).get("phase") in ("Succeeded", "Failed"):
             return
         worker = PodWorker(self.settings, pod)
-        with self._lock:
+        with self._lock:  # the watch and a release may both see it: one worker
+            if metadata["uid"] in self._workers:
+                return
             self._workers[metadata["uid"]] = worker
         worker.start()
 

@@ -346,6 +346,22 @@ def test_killed_pod_fails_its_job(raw_api: RawApi, namespace: str, pod_runner: P
     assert (state["exitCode"], state["reason"], state.get("signal")) == (137, "Error", 9)
 
 
+def test_a_held_runner_starts_no_pod_until_released(
+    raw_api: RawApi, namespace: str, pod_runner: PodRunner
+) -> None:
+    # What benchmarks/operator_scale.py --pods-after-burst does: the node starts nothing for a while.
+    pod_runner.hold()
+    try:
+        create(raw_api, namespace, job_manifest("held", {"containers": [python_container("print('ran')")]}))
+        (pod,) = wait_until(lambda: job_pods(raw_api, namespace, "held") or None, timeout=30, what="its pod")
+        assert pod_runner.processes(pod["metadata"]["name"]) == []
+        assert pod.get("status", {}).get("phase", "Pending") == "Pending"
+    finally:
+        pod_runner.release()
+    wait_job(raw_api, pod_runner, namespace, "held", "Complete")
+    assert pod_runner.log_path(pod["metadata"]["name"]).read_text() == "ran\n"
+
+
 def test_terminated_pod_gets_sigterm_then_its_grace_period(
     raw_api: RawApi, namespace: str, pod_runner: PodRunner
 ) -> None:
