@@ -223,6 +223,16 @@ class Written:
     at: float = field(default_factory=time.monotonic)
 
 
+def version(body: Mapping[str, Any] | None) -> int | None:
+    """An object's ``resourceVersion`` as a number (None: absent or not a number): etcd's revision, which
+    the journal and the view compare."""
+    value = ((body or {}).get("metadata") or {}).get("resourceVersion")
+    try:
+        return int(str(value))
+    except ValueError:
+        return None
+
+
 #: The run whose reconcile makes the current writes (a context variable: reconciles run concurrently).
 _WRITING_FOR: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar(
     "continual_writing_for", default=None
@@ -271,12 +281,8 @@ class WriteJournal:
         run = _WRITING_FOR.get()
         if run is None or kind.kind not in _JOURNALLED or run[0] != namespace:
             return
-        meta = (answer or {}).get("metadata") or {}
         is_object = answer is not None and answer.get("kind") == kind.kind
-        try:
-            number: int | None = int(str(meta.get("resourceVersion"))) if is_object else None
-        except ValueError:
-            number = None
+        number = version(answer) if is_object else None
         entries = self._runs.setdefault(run, {})
         before = entries.get((kind, name))
         created = created or (before is not None and before.created and not before.deleted)
@@ -302,14 +308,11 @@ class WriteJournal:
     def echoes(self, kind: Kind, namespace: str, run: str, body: Mapping[str, Any]) -> bool:
         """Whether ``body`` (a watch event's) is the object exactly as one of the run's own writes left it:
         the watch delivering that write, which the run's view shows already (nothing new to reconcile)."""
-        meta = body.get("metadata") or {}
-        written = self._runs.get((namespace, run), {}).get((kind, str(meta.get("name"))))
+        name = str((body.get("metadata") or {}).get("name"))
+        written = self._runs.get((namespace, run), {}).get((kind, name))
         if written is None or written.deleted or written.version is None:
             return False
-        try:
-            return int(str(meta.get("resourceVersion"))) == written.version
-        except ValueError:
-            return False
+        return version(body) == written.version
 
     def runs(self) -> list[tuple[str, str]]:
         """The runs with unconfirmed writes, as ``(namespace, run)``."""

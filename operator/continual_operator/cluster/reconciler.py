@@ -127,12 +127,6 @@ def _status(model: type[BaseModel], raw: Mapping[str, Any], what: str) -> Any:
         return model()
 
 
-def _may_use(raw: Mapping[str, Any], folder: tuple[str, str]) -> bool:
-    """Whether a stored run may write in ``folder`` (claim, subPath): a cheap test on the raw object
-    before parsing it (:func:`~continual_operator.cluster.view.folders_of`)."""
-    return folder in folders_of(raw)
-
-
 def _other_runs(
     raw_runs: list[dict[str, Any]], name: str, folder: tuple[str, str] | None = None
 ) -> list[ContinualTrainingRun]:
@@ -141,7 +135,7 @@ def _other_runs(
     runs = []
     for raw in raw_runs:
         if (raw.get("metadata") or {}).get("name") == name or (
-            folder is not None and not _may_use(raw, folder)
+            folder is not None and folder not in folders_of(raw)  # a cheap test before parsing
         ):
             continue
         meta = ObjectMeta.model_validate(raw.get("metadata") or {})

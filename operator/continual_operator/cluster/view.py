@@ -53,6 +53,7 @@ from continual_operator.cluster.k8s import (
     KubernetesStorage,
     WriteJournal,
     Written,
+    version,
 )
 from continual_operator.naming import claim_name
 
@@ -168,15 +169,6 @@ def folders_of(raw: Mapping[str, Any]) -> frozenset[tuple[Any, Any]]:
 def folder_key(namespace: str | None, folder: tuple[Any, Any]) -> tuple[str, str | None, Any, Any]:
     """The runs index key of the runs that may write in ``folder`` of ``namespace``."""
     return ("folder", namespace, *folder)
-
-
-def version(body: Mapping[str, Any] | None) -> int | None:
-    """An object's ``resourceVersion`` as a number (None: absent or not a number)."""
-    value = ((body or {}).get("metadata") or {}).get("resourceVersion")
-    try:
-        return int(str(value))
-    except ValueError:
-        return None
 
 
 def _name(body: Mapping[str, Any]) -> str:
