@@ -511,13 +511,28 @@ def test_kopf_keeps_its_state_in_annotations_and_watches_only_trainer_jobs_and_p
 
     assert isinstance(settings.persistence.progress_storage, kopf.AnnotationsProgressStorage)
     assert settings.persistence.progress_storage.prefix == "continual.dev"
-    assert isinstance(settings.persistence.diffbase_storage, kopf.AnnotationsDiffBaseStorage)
-    assert settings.persistence.diffbase_storage.prefix == "continual.dev"
+    assert isinstance(settings.persistence.diffbase_storage, handlers.NoDiffBase)
     selectors = settings.watching.label_selectors.items()
     assert {(k.group, k.version, k.any_name): v for k, v in selectors} == {
         handlers.JOBS: "continual.dev/run",
         handlers.PODS: "continual.dev/run",
     }
+
+
+def test_kopf_builds_no_diff_base_and_no_change_handler_needs_one() -> None:
+    """kopf deep-copied every event's body into a diff base only change handlers read: there are none."""
+    registry = handlers.build_registry(handlers.OperatorOptions())
+    assert not registry._changing.get_all_handlers(), (
+        "a change handler needs kopf's diff base: use kopf.on.event"
+    )
+    settings = kopf.OperatorSettings()
+    handlers.configure(settings)
+    storage = settings.persistence.diffbase_storage
+    body = kopf.Body({"metadata": {"name": "b", "labels": {"a": "b"}}, "spec": {"runName": "r"}})
+    assert storage.build(body=body) == {}
+    assert storage.fetch(body=body) is None
+    with pytest.raises(RuntimeError, match=r"kopf\.on\.event"):
+        storage.store(body=body, patch=kopf.Patch(), essence=storage.build(body=body))
 
 
 # -- the kopf wiring ----------------------------------------------------------------------------------
