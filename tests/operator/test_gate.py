@@ -1,14 +1,21 @@
 """The API request pool: a bounded number of calls at once, the oldest reconcile's first, cancelled calls
-skipped, nothing left running after a shutdown (cluster/gate.py)."""
+skipped, nothing left running after a shutdown (cluster/gate.py); and a reconcile whose first write
+still waits its turn gives way to a newer one of the run (cluster/k8s.py giving_way)."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
+from typing import Any
 
 import pytest
+from kube_world import BATCHES, JOBS, NS, RUN, RUNS, KubeWorld, batch_body, result, run_body
 
 from continual_operator.cluster.gate import PriorityExecutor, current_rank, ranked
+from continual_operator.cluster.k8s import KubernetesStorage
+from continual_operator.cluster.reconciler import Reconciler
+from continual_operator.naming import job_name
 
 
 async def test_waiting_calls_run_lowest_rank_first_then_first_come_and_cancelled_ones_never() -> None:
@@ -81,3 +88,107 @@ async def test_requests_rank_by_their_reconciles_start_and_outside_one_by_when_t
 def test_an_executor_needs_a_worker() -> None:
     with pytest.raises(ValueError, match="at least one worker"):
         PriorityExecutor(0)
+
+
+# -- giving way: a reconcile whose first write has not gone out yet ----------------------------------------
+class _HeldWrites:
+    """Holds every write of a storage in the request queue (before its turn comes) until released."""
+
+    def __init__(self, storage: KubernetesStorage, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.queued, self.release = asyncio.Event(), asyncio.Event()
+        original = storage._executor.run
+
+        async def run(rank: float, call: Callable[[], Any]) -> Any:
+            if getattr(call, "__qualname__", "").startswith("_GiveWay.guard") and not self.release.is_set():
+                self.queued.set()
+                await self.release.wait()
+            return await original(rank, call)
+
+        monkeypatch.setattr(storage._executor, "run", run)
+
+
+async def _waiting(reconciler: Reconciler, key: tuple[str, str]) -> None:
+    for _ in range(200):
+        if key in reconciler._waiting:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the second reconcile never waited for the run")
+
+
+async def test_a_reconcile_gives_way_before_its_first_write_to_a_newer_one_that_waits(
+    world: KubeWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run alone plans a status patch; its first batch arrives while that patch waits its turn: the
+    newer reconcile writes everything (Job and statuses), the older one's patch never goes out."""
+    world.add(RUNS, run_body())
+    reconciler = Reconciler(world.storage())
+    held = _HeldWrites(reconciler.storage, monkeypatch)
+    key = (NS, RUN)
+    try:
+        first = asyncio.create_task(reconciler.reconcile(key))
+        await asyncio.wait_for(held.queued.wait(), 10)  # its first write (the run's status) waits
+        world.add(BATCHES, batch_body("b1"))
+        second = asyncio.create_task(reconciler.reconcile(key))
+        await _waiting(reconciler, key)
+        held.release.set()
+        assert await first is None
+        plan = await second
+    finally:
+        await reconciler.close()
+        reconciler.storage.close()
+    assert plan is not None and plan.actions
+    assert world.names(JOBS) == [job_name(RUN, "b1", 1)]
+    assert len(world.status_patches(RUNS, RUN)) == 1, "the older plan's run status went out too"
+    assert (world.get(RUNS, RUN) or {})["status"]["observedGeneration"] == 1
+    results = reconciler.metrics.reconciles
+    assert results.labels(result="superseded")._value.get() == 1
+    assert results.labels(result="ok")._value.get() == 1
+
+
+async def test_once_a_write_went_out_the_plan_runs_to_its_end_and_a_replan_does_not_give_way_again(
+    world: KubeWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world.add(RUNS, run_body())
+    world.add(BATCHES, batch_body("b1"))
+    reconciler = Reconciler(world.storage())
+    key = (NS, RUN)
+    try:
+        # A plan whose first write went out before the newer reconcile waited: it makes its Job.
+        started = asyncio.Event()
+        storage = reconciler.storage
+        original = storage._call
+
+        def call(method: str, path: str, *args: Any) -> Any:
+            answer = original(method, path, *args)
+            if method != "GET":
+                loop.call_soon_threadsafe(started.set)
+            return answer
+
+        loop = asyncio.get_running_loop()
+        monkeypatch.setattr(storage, "_call", call)
+        first = asyncio.create_task(reconciler.reconcile(key))
+        await asyncio.wait_for(started.wait(), 10)
+        second = asyncio.create_task(reconciler.reconcile(key))
+        await _waiting(reconciler, key)
+        assert await first is not None
+        assert world.names(JOBS) == [job_name(RUN, "b1", 1)]
+        await second
+
+        # A reconcile that gave way is replaced by one that does not give way in turn.
+        world.add(BATCHES, batch_body("b2", created=1))
+        world.finish_job(job_name(RUN, "b1", 1), exit_code=0, message=result("b1", 0, 5))
+        held = _HeldWrites(storage, monkeypatch)
+        third = asyncio.create_task(reconciler.reconcile(key))
+        await asyncio.wait_for(held.queued.wait(), 10)
+        fourth = asyncio.create_task(reconciler.reconcile(key))
+        await _waiting(reconciler, key)
+        held.release.set()
+        assert await third is None
+        fifth = asyncio.create_task(reconciler.reconcile(key))  # waits while the fourth one writes
+        assert await fourth is not None
+        await fifth
+    finally:
+        await reconciler.close()
+        storage.close()
+    assert world.names(JOBS) == [job_name(RUN, "b1", 1), job_name(RUN, "b2", 1)]
+    assert reconciler.metrics.reconciles.labels(result="superseded")._value.get() == 1

@@ -42,10 +42,11 @@ import logging
 import os
 import secrets
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import kubernetes
 import urllib3
@@ -84,6 +85,8 @@ from continual_operator.workloads.gang import JOBSET_API_VERSION
 from continual_operator.workloads.kinds import ObjectRef, Workload
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 MERGE_PATCH = "application/merge-patch+json"
 #: ``source.component`` and ``reportingComponent`` of the Events the operator posts.
@@ -241,6 +244,58 @@ _WRITING_FOR: contextvars.ContextVar[tuple[str, str] | None] = contextvars.Conte
 _JOURNALLED = {"ContinualTrainingRun", "TrainingBatch", "Job", "JobSet"}
 
 
+class Superseded(Exception):  # noqa: N818 (not an error: a reconcile gave way to a newer one)
+    """A reconcile gave way before its first write: a newer reconcile of the same run waits to plan from
+    a newer view (see :func:`giving_way`)."""
+
+
+class _GiveWay:
+    """Whether the writes of one reconcile have begun, and whether it should give way before they do."""
+
+    def __init__(self, superseded: Callable[[], bool]) -> None:
+        self._superseded = superseded
+        self._lock = threading.Lock()
+        self.written = False
+
+    def guard(self, call: Callable[[], T]) -> Callable[[], T]:
+        """``call`` (a write, run in a pool thread), or :class:`Superseded` when it would be the
+        reconcile's first write and a newer reconcile of the run already waits."""
+
+        def guarded() -> T:
+            with self._lock:
+                if not self.written:
+                    if self._superseded():
+                        raise Superseded("a newer reconcile of the run waits")
+                    self.written = True
+            return call()
+
+        return guarded
+
+
+_GIVE_WAY: contextvars.ContextVar[_GiveWay | None] = contextvars.ContextVar(
+    "continual_give_way", default=None
+)
+
+
+@contextlib.contextmanager
+def giving_way(superseded: Callable[[], bool]) -> Iterator[None]:
+    """Let the reconcile inside the block give way before its first write, when ``superseded()`` (asked
+    in the pool thread at the moment that write would go out) says a newer reconcile of the run waits.
+
+    Under load a write waits its turn in the request queue for a second or more, and a run's next event
+    (its first batch right after the run itself) often comes meanwhile: the waiting reconcile will read
+    the newer view and write everything the older plan would have, so the older plan's writes (a status
+    patch that the next one writes again) are left out. Up to its first write a reconcile has changed
+    nothing, so giving way is the same as never having started; once one write went out, the plan runs
+    to its end (or its first error) as before. :class:`Superseded` is raised in the reconcile.
+    """
+    token = _GIVE_WAY.set(_GiveWay(superseded))
+    try:
+        yield
+    finally:
+        _GIVE_WAY.reset(token)
+
+
 @contextlib.contextmanager
 def writing_for(namespace: str, run: str) -> Iterator[None]:
     """Note the writes made inside the block under the run ``namespace/run`` (see :class:`WriteJournal`)."""
@@ -395,7 +450,11 @@ class KubernetesStorage:
         content_type: str = "application/json",
     ) -> dict[str, Any]:
         """Send a request and return the JSON answer; raise the project's error for anything but 2xx."""
-        call = functools.partial(self._call, method, path, list((query or {}).items()), body, content_type)
+        call: Callable[[], tuple[int, str | None, bytes]] = functools.partial(
+            self._call, method, path, list((query or {}).items()), body, content_type
+        )
+        if method != "GET" and (way := _GIVE_WAY.get()) is not None:
+            call = way.guard(call)
         try:
             status, reason, data = await self._executor.run(current_rank(), call)
         except ApiException as exc:

@@ -34,7 +34,12 @@ directly) reads everything afresh, as single GETs and LISTs by label and by run.
 single-writer rule and deterministic Job names this is what keeps one active Job per run. Triggers that
 arrive while a reconcile of the same run already *waits* for the lock are dropped: the waiting one has not
 read anything yet, so it will see whatever those triggers were about (a burst of Job events costs one
-reconcile, not one each).
+reconcile, not one each). And a reconcile whose first write has not gone out yet when a newer one starts
+waiting gives way to it (:func:`~continual_operator.cluster.k8s.giving_way`): under load a write waits
+its turn for a second or more, and the run's next event (its first batch, right after the run) comes
+meanwhile; the older plan had changed nothing, so only its writes that the newer plan makes again
+(the run's status) are saved. The newer reconcile keeps the older one's place in the request queue and
+does not give way in turn.
 
 **Validation at the edge.** Raw dicts become models here; a run whose spec does not validate gets the
 Degraded condition and a Warning Event naming the field (:func:`~continual_operator.planning.status.plan_invalid_spec`)
@@ -80,7 +85,7 @@ from continual_operator.cluster.engines import EngineDiscovery
 from continual_operator.cluster.executor import ClusterExecutor
 from continual_operator.cluster.gate import ranked
 from continual_operator.cluster.inbox_sync import InboxSync
-from continual_operator.cluster.k8s import KubernetesStorage, Subject, writing_for
+from continual_operator.cluster.k8s import KubernetesStorage, Subject, Superseded, giving_way, writing_for
 from continual_operator.cluster.view import RunWorld, WatchView, folders_of
 from continual_operator.errors import KubernetesApiError, RejectedObjectError
 from continual_operator.observe.metrics import Metrics, patched
@@ -202,6 +207,8 @@ class Reconciler:
         self._locks: dict[RunKey, asyncio.Lock] = {}
         self._users: dict[RunKey, int] = {}
         self._waiting: set[RunKey] = set()
+        #: Runs whose last reconcile gave way to the waiting one, with its rank (see :meth:`_measured`).
+        self._gave_way: dict[RunKey, float] = {}
         self._timers: dict[RunKey, tuple[float, asyncio.TimerHandle]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         #: One lock per run folder (namespace, claim, subPath), kept while in use like the run locks.
@@ -212,7 +219,8 @@ class Reconciler:
 
     # -- entry points -----------------------------------------------------------------------------------
     async def reconcile(self, key: RunKey) -> Plan | None:
-        """Reconcile one run now; the plan carried out, or None when the trigger was folded into a waiting one.
+        """Reconcile one run now; the plan carried out, or None when the trigger was folded into a waiting
+        reconcile or this one gave way to it before its first write.
 
         Raises :class:`InvalidSpecError` or a :class:`~continual_operator.errors.KubernetesApiError`.
         """
@@ -284,6 +292,7 @@ class Reconciler:
         """The run was deleted: drop its requeue, its metrics and what the storage remembers of it."""
         if (pending := self._timers.pop(key, None)) is not None:
             pending[1].cancel()
+        self._gave_way.pop(key, None)
         self.metrics.forget(key)
         self.storage.forget_run(*key)
 
@@ -319,13 +328,26 @@ class Reconciler:
         task.add_done_callback(self._tasks.discard)
 
     # -- one reconcile ----------------------------------------------------------------------------------
-    async def _measured(self, key: RunKey) -> Plan:
+    async def _measured(self, key: RunKey) -> Plan | None:
         started = time.monotonic()
+        # A reconcile that gave way (below) hands its place in the request queue to the next one of the
+        # run, which does not give way in turn: a stream of events cannot hold a run's writes back.
+        inherited = self._gave_way.pop(key, None)
+        rank = asyncio.get_running_loop().time() if inherited is None else inherited
         try:
             # The writes of this reconcile are this run's (the view overlays them); its requests rank by
-            # when it started (an older reconcile's go first: cluster/gate.py).
-            with writing_for(*key), ranked(asyncio.get_running_loop().time()):
+            # when it started (an older reconcile's go first: cluster/gate.py); before its first write
+            # it gives way to a newer reconcile of the run that waits meanwhile (k8s.giving_way).
+            with (
+                writing_for(*key),
+                ranked(rank),
+                giving_way(lambda: inherited is None and key in self._waiting),
+            ):
                 the_plan = await self._reconcile(key)
+        except Superseded:
+            self._gave_way[key] = rank
+            self.metrics.reconciles.labels(result="superseded").inc()
+            return None
         except InvalidSpecError:
             self.metrics.reconciles.labels(result="invalid").inc()
             raise

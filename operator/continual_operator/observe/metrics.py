@@ -3,8 +3,9 @@
 One :class:`Metrics` object per operator process, with a registry of its own (not the client library's
 global one): the endpoint shows exactly these series, and tests make as many as they like.
 
-* ``continual_reconciles_total{result}``: reconciles by result (``ok``, ``invalid``: the spec or a built
-  object was refused, ``error``: an API call failed and the run is retried);
+* ``continual_reconciles_total{result}``: reconciles by result (``ok``; ``superseded``: it gave way to a
+  newer reconcile of the run before its first write; ``invalid``: the spec or a built object was
+  refused; ``error``: an API call failed and the run is retried);
 * ``continual_reconcile_duration_seconds``: how long a reconcile takes, API calls included;
 * ``continual_jobs_created_total``: trainer Jobs created (a 409 on a repeated create does not count);
 * ``continual_batch_outcomes_total{outcome,reason}``: how attempts ended, as recorded in batch statuses:
