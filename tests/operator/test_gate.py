@@ -14,7 +14,7 @@ from kube_world import BATCHES, JOBS, NS, RUN, RUNS, KubeWorld, batch_body, resu
 
 from continual_operator.cluster.gate import PriorityExecutor, current_rank, ranked
 from continual_operator.cluster.k8s import KubernetesStorage
-from continual_operator.cluster.reconciler import Reconciler
+from continual_operator.cluster.reconciler import REPORT_RANK_DELAY_SECONDS, Reconciler
 from continual_operator.naming import job_name
 
 
@@ -192,3 +192,38 @@ async def test_once_a_write_went_out_the_plan_runs_to_its_end_and_a_replan_does_
         storage.close()
     assert world.names(JOBS) == [job_name(RUN, "b1", 1), job_name(RUN, "b2", 1)]
     assert reconciler.metrics.reconciles.labels(result="superseded")._value.get() == 1
+
+
+async def test_a_plan_that_only_reports_ranks_after_the_plans_that_start_workloads(
+    world: KubeWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run alone plans its status only; a run with a batch, reconciled after it, plans a Job: the Job's
+    writes rank first (REPORT_RANK_DELAY_SECONDS), its own status patches with them."""
+    other = "other"
+    world.add(RUNS, run_body())
+    world.add(RUNS, run_body(other, storage={"existingClaim": "other-data"}))
+    world.add(BATCHES, batch_body("o1", run=other))
+    reconciler = Reconciler(world.storage())
+    storage = reconciler.storage
+    writes: list[tuple[float, str, str]] = []
+    original = storage._request
+
+    async def request(method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        if method != "GET":
+            writes.append((current_rank(), method, path))
+        return await original(method, path, **kwargs)
+
+    monkeypatch.setattr(storage, "_request", request)
+    try:
+        await reconciler.reconcile((NS, RUN))
+        alone = len(writes)
+        await reconciler.reconcile((NS, other))
+    finally:
+        await reconciler.close()
+        storage.close()
+    reports, starts = writes[:alone], writes[alone:]
+    assert [path.rsplit("/", 2)[-2:] for _, _, path in reports] == [[RUN, "status"]]
+    assert any(path.endswith("/jobs") for _, _, path in starts), "the other run started no Job"
+    assert all(rank < reports[0][0] for rank, _, _ in starts)
+    assert reports[0][0] - starts[0][0] >= REPORT_RANK_DELAY_SECONDS - 1.0
+    assert len({rank for rank, _, _ in starts}) == 1, "a plan that starts a Job ranks its reports with it"

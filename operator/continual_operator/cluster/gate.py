@@ -10,7 +10,8 @@ all finish late.
 :class:`PriorityExecutor` runs the waiting request of the *oldest* reconcile first (:func:`ranked`: its
 rank is when the reconcile started), so reconciles finish in about the order they started while the
 total work stays the same. Nothing waits forever: every later reconcile ranks after the ones waiting
-now. A request outside a reconcile (the status page, the engine discovery) ranks as a reconcile
+now (a plan that only reports ranks a fixed few seconds later than its start,
+:data:`~continual_operator.cluster.reconciler.REPORT_RANK_DELAY_SECONDS`). A request outside a reconcile (the status page, the engine discovery) ranks as a reconcile
 starting when it is sent. The threads take the next request themselves as soon as one ends, without
 waiting for the event loop (which is busiest exactly when many requests wait).
 """

@@ -83,13 +83,20 @@ from continual_operator.api import (
 )
 from continual_operator.cluster.engines import EngineDiscovery
 from continual_operator.cluster.executor import ClusterExecutor
-from continual_operator.cluster.gate import ranked
+from continual_operator.cluster.gate import current_rank, ranked
 from continual_operator.cluster.inbox_sync import InboxSync
 from continual_operator.cluster.k8s import KubernetesStorage, Subject, Superseded, giving_way, writing_for
 from continual_operator.cluster.view import RunWorld, WatchView, folders_of
 from continual_operator.errors import KubernetesApiError, RejectedObjectError
 from continual_operator.observe.metrics import Metrics, patched
-from continual_operator.planning.actions import Action, Plan, UpdateBatchStatus, UpdateRunStatus
+from continual_operator.planning.actions import (
+    Action,
+    CreateWorkload,
+    DeleteWorkload,
+    Plan,
+    UpdateBatchStatus,
+    UpdateRunStatus,
+)
 from continual_operator.planning.planner import PlanContext
 from continual_operator.planning.planner import plan as make_plan
 from continual_operator.planning.refusals import volume_key
@@ -108,6 +115,12 @@ logger = logging.getLogger(__name__)
 RunKey = tuple[str, str]
 #: The reason :func:`~continual_operator.planning.status.plan_invalid_spec` gives its conditions.
 INVALID_SPEC = "InvalidSpec"
+#: A plan that only reports (status patches and Events, no workload created or deleted) ranks in the
+#: request queue as a reconcile started this much later (cluster/gate.py): under a burst, the writes that
+#: start training go first, and a report still waiting when its run's next event comes is left out
+#: (the reconcile gives way, :func:`~continual_operator.cluster.k8s.giving_way`). With an idle queue it
+#: changes nothing; under load no report waits more than this longer than it would have.
+REPORT_RANK_DELAY_SECONDS = 5.0
 #: Retry delay after an error that is neither the API's nor the spec's (a bug).
 UNEXPECTED_ERROR_RETRY_SECONDS = 60.0
 
@@ -454,8 +467,12 @@ class Reconciler:
         context = PlanContext(other_runs=others, check_paths=True, engines=engines)
         the_plan = make_plan(run, batches, workloads, now=now, context=context)
         the_plan = one_patch_per_object(Plan(first + invalid.actions + the_plan.actions))
+        # A plan that only reports (status patches, Events) lets the plans that start or stop workloads
+        # go first for a while: see REPORT_RANK_DELAY_SECONDS.
+        acts = any(isinstance(a, CreateWorkload | DeleteWorkload) for a in the_plan.actions)
         try:
-            executed = await executor.with_batches(batch_metas).apply(the_plan, now=now)
+            with ranked(current_rank() + (0.0 if acts else REPORT_RANK_DELAY_SECONDS)):
+                executed = await executor.with_batches(batch_metas).apply(the_plan, now=now)
         except RejectedObjectError as error:
             await self._invalid(meta, status, error, now)
 
