@@ -5,16 +5,30 @@ still waits its turn gives way to a newer one of the run (cluster/k8s.py giving_
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-from kube_world import BATCHES, JOBS, NS, RUN, RUNS, KubeWorld, batch_body, result, run_body
+from kube_world import (
+    BATCHES,
+    JOBS,
+    NS,
+    RUN,
+    RUNS,
+    SERVICE_ACCOUNTS,
+    KubeWorld,
+    batch_body,
+    result,
+    run_body,
+)
 
 from continual_operator.cluster.gate import PriorityExecutor, current_rank, ranked
 from continual_operator.cluster.k8s import KubernetesStorage
 from continual_operator.cluster.reconciler import REPORT_RANK_DELAY_SECONDS, Reconciler
+from continual_operator.errors import ConflictError
 from continual_operator.naming import job_name
 
 
@@ -227,3 +241,70 @@ async def test_a_plan_that_only_reports_ranks_after_the_plans_that_start_workloa
     assert all(rank < reports[0][0] for rank, _, _ in starts)
     assert reports[0][0] - starts[0][0] >= REPORT_RANK_DELAY_SECONDS - 1.0
     assert len({rank for rank, _, _ in starts}) == 1, "a plan that starts a Job ranks its reports with it"
+
+
+# -- a run's first objects: created while its batch is marked as starting ----------------------------------
+def _slow_batch_patches(
+    storage: KubernetesStorage, monkeypatch: pytest.MonkeyPatch, answer: tuple[int, str, bytes] | None = None
+) -> dict[str, tuple[float, float]]:
+    """Record when each write went out and came back; batch status patches take 0.3 s (or answer ``answer``)."""
+    spans: dict[str, tuple[float, float]] = {}
+    original = storage._call
+
+    def call(method: str, path: str, *args: Any) -> tuple[int, str | None, bytes]:
+        started = time.monotonic()
+        try:
+            if method == "PATCH" and "/trainingbatches/" in path:
+                time.sleep(0.3)
+                if answer is not None:
+                    return answer
+            return original(method, path, *args)
+        finally:
+            if method != "GET":
+                spans.setdefault(
+                    f"{method} {path.rsplit('/', 2)[-2 if path.endswith('/status') else -1]}",
+                    (started, time.monotonic()),
+                )
+
+    monkeypatch.setattr(storage, "_call", call)
+    return spans
+
+
+async def test_a_runs_first_objects_are_created_while_its_batch_is_marked_as_starting(
+    world: KubeWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world.add(RUNS, run_body())
+    world.add(BATCHES, batch_body("b1"))
+    reconciler = Reconciler(world.storage())
+    spans = _slow_batch_patches(reconciler.storage, monkeypatch)
+    try:
+        await reconciler.reconcile((NS, RUN))
+    finally:
+        await reconciler.close()
+        reconciler.storage.close()
+    marked, account, job = spans["PATCH b1"], spans["POST serviceaccounts"], spans["POST jobs"]
+    assert account[0] < marked[1], "the ServiceAccount waited for the batch's status patch"
+    assert job[0] >= max(marked[1], account[1]), (
+        "the Job went out before the batch was marked or its account existed"
+    )
+    assert world.names(JOBS) == [job_name(RUN, "b1", 1)]
+
+
+async def test_a_plan_stopped_before_its_workload_leaves_its_run_objects_and_nothing_running(
+    world: KubeWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world.add(RUNS, run_body())
+    world.add(BATCHES, batch_body("b1"))
+    reconciler = Reconciler(world.storage())
+    conflict = (409, "Conflict", json.dumps({"kind": "Status", "reason": "Conflict", "code": 409}).encode())
+    _slow_batch_patches(reconciler.storage, monkeypatch, conflict)
+    try:
+        with pytest.raises(ConflictError):
+            await reconciler.reconcile((NS, RUN))
+        left = [t for t in asyncio.all_tasks() if "create_run_objects" in t.get_coro().__qualname__]
+        assert left == [], "the per-run objects' creation was left running"
+    finally:
+        await reconciler.close()
+        reconciler.storage.close()
+    assert world.names(JOBS) == []
+    assert len(world.requests("POST", SERVICE_ACCOUNTS)) == 1

@@ -756,16 +756,41 @@ class KubernetesStorage:
     async def execute(self, plan: Plan, subject: Subject, *, now: dt.datetime) -> Executed:
         """Carry out a plan's actions in order; stop at the first error (it propagates).
 
-        ``RequeueAfter`` is left to the caller (it is about scheduling, not the API).
+        ``RequeueAfter`` is left to the caller (it is about scheduling, not the API). The per-run objects
+        the plan's first workload needs and that are not known to exist are created while the writes
+        before it (the batch marked as starting) go out, not after them: they are create-or-leave-alone
+        and belong to the run, so a plan stopped before its workload leaves nothing wrong behind, and a
+        run's first Job waits for one round of writes fewer.
         """
-        namespace = subject.namespace
         created: list[str] = []
         # Batch status patches are preconditioned on the version the plan was made from: only the
         # operator writes them, so a conflict means the batch changed (its spec, or another operator)
         # after the view was read, and the plan is made again from the new one.
         versions = {name: meta.resource_version for name, meta in subject.batch_metas.items()}
+        first = next((a.workload for a in plan.actions if isinstance(a, CreateWorkload)), None)
+        ready = asyncio.ensure_future(self.create_run_objects(first)) if first is not None else None
+        try:
+            await self._execute(plan, subject, now, versions, created, ready)
+        finally:
+            if ready is not None and not ready.done():  # the plan stopped before its workload
+                await asyncio.gather(ready, return_exceptions=True)
+        return Executed(tuple(created))
+
+    async def _execute(
+        self,
+        plan: Plan,
+        subject: Subject,
+        now: dt.datetime,
+        versions: dict[str, str | None],
+        created: list[str],
+        ready: asyncio.Future[None] | None,
+    ) -> None:
+        namespace = subject.namespace
         for action in plan.actions:
             if isinstance(action, CreateWorkload):
+                if ready is not None:
+                    await ready  # the per-run objects (their error, if any, stops the plan here)
+                    ready = None
                 if await self.create_workload(action.workload):
                     created.append(action.job_name)
             elif isinstance(action, DeleteWorkload):
@@ -784,7 +809,6 @@ class KubernetesStorage:
                 await self._emit(action, subject, now)
             else:
                 assert isinstance(action, RequeueAfter)
-        return Executed(tuple(created))
 
     async def create_workload(self, workload: Workload) -> bool:
         """Create a built workload's manifests, each create-or-leave-alone; True when its Job is new.
@@ -798,22 +822,29 @@ class KubernetesStorage:
         is a :class:`~continual_operator.errors.RejectedObjectError`, put on the run's status by the reconciler.
         """
         new = False
+        await self.create_run_objects(workload)
         try:
-            missing = [
-                m
-                for m in workload.manifests
-                if m["kind"] in PER_RUN_KINDS
-                and time.monotonic() - self._per_run.get(_ref(m), -PER_RUN_RECHECK_SECONDS)
-                >= PER_RUN_RECHECK_SECONDS  # else created (or found) for an earlier Job of the run
-            ]
-            await self._create_per_run([m for m in missing if m["kind"] != "RoleBinding"], workload.name)
-            await self._create_per_run([m for m in missing if m["kind"] == "RoleBinding"], workload.name)
             for manifest in workload.manifests:
                 if manifest["kind"] not in PER_RUN_KINDS:
                     new = await self.create(manifest)
         except InvalidObjectError as error:
             raise RejectedObjectError(error.doing, error.status, error.reason, error.message) from error
         return new
+
+    async def create_run_objects(self, workload: Workload) -> None:
+        """Create the per-run objects of ``workload`` not known to exist (see :meth:`create_workload`)."""
+        missing = [
+            m
+            for m in workload.manifests
+            if m["kind"] in PER_RUN_KINDS
+            and time.monotonic() - self._per_run.get(_ref(m), -PER_RUN_RECHECK_SECONDS)
+            >= PER_RUN_RECHECK_SECONDS  # else created (or found) for an earlier Job of the run
+        ]
+        try:
+            await self._create_per_run([m for m in missing if m["kind"] != "RoleBinding"], workload.name)
+            await self._create_per_run([m for m in missing if m["kind"] == "RoleBinding"], workload.name)
+        except InvalidObjectError as error:
+            raise RejectedObjectError(error.doing, error.status, error.reason, error.message) from error
 
     async def _create_per_run(self, manifests: list[Mapping[str, Any]], workload: str) -> None:
         """Create per-run objects concurrently; every create ends before the first error is raised."""
