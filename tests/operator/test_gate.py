@@ -211,8 +211,8 @@ async def test_once_a_write_went_out_the_plan_runs_to_its_end_and_a_replan_does_
 async def test_a_plan_that_only_reports_ranks_after_the_plans_that_start_workloads(
     world: KubeWorld, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A run alone plans its status only; a run with a batch, reconciled after it, plans a Job: the Job's
-    writes rank first (REPORT_RANK_DELAY_SECONDS), its own status patches with them."""
+    """A run alone plans its status only; a run with a batch, reconciled after it, plans a Job: the writes
+    that start it rank first, the reports after it as late as the first run's (REPORT_RANK_DELAY_SECONDS)."""
     other = "other"
     world.add(RUNS, run_body())
     world.add(RUNS, run_body(other, storage={"existingClaim": "other-data"}))
@@ -235,12 +235,18 @@ async def test_a_plan_that_only_reports_ranks_after_the_plans_that_start_workloa
     finally:
         await reconciler.close()
         storage.close()
-    reports, starts = writes[:alone], writes[alone:]
-    assert [path.rsplit("/", 2)[-2:] for _, _, path in reports] == [[RUN, "status"]]
-    assert any(path.endswith("/jobs") for _, _, path in starts), "the other run started no Job"
-    assert all(rank < reports[0][0] for rank, _, _ in starts)
-    assert reports[0][0] - starts[0][0] >= REPORT_RANK_DELAY_SECONDS - 1.0
-    assert len({rank for rank, _, _ in starts}) == 1, "a plan that starts a Job ranks its reports with it"
+    alone_writes, other_writes = writes[:alone], writes[alone:]
+    assert [path.rsplit("/", 2)[-2:] for _, _, path in alone_writes] == [[RUN, "status"]]
+    job = next(i for i, (_, _, path) in enumerate(other_writes) if path.endswith("/jobs"))
+    starts, after = other_writes[: job + 1], other_writes[job + 1 :]
+    # The batch marked as starting, the per-run objects and the Job: at the reconcile's own rank.
+    assert {path.rsplit("/", 1)[-1] for _, _, path in starts} >= {"status", "serviceaccounts", "jobs"}
+    assert len({rank for rank, _, _ in starts}) == 1
+    assert all(rank < alone_writes[0][0] for rank, _, _ in starts)
+    assert alone_writes[0][0] - starts[0][0] >= REPORT_RANK_DELAY_SECONDS - 1.0
+    # Its reports after the Job (the run's status) rank as late as a plan that only reports.
+    assert [path.rsplit("/", 2)[-2:] for _, _, path in after][:1] == [[other, "status"]]
+    assert all(rank == starts[0][0] + REPORT_RANK_DELAY_SECONDS for rank, _, _ in after)
 
 
 # -- a run's first objects: created while its batch is marked as starting ----------------------------------

@@ -115,12 +115,24 @@ logger = logging.getLogger(__name__)
 RunKey = tuple[str, str]
 #: The reason :func:`~continual_operator.planning.status.plan_invalid_spec` gives its conditions.
 INVALID_SPEC = "InvalidSpec"
-#: A plan that only reports (status patches and Events, no workload created or deleted) ranks in the
-#: request queue as a reconcile started this much later (cluster/gate.py): under a burst, the writes that
-#: start training go first, and a report still waiting when its run's next event comes is left out
-#: (the reconcile gives way, :func:`~continual_operator.cluster.k8s.giving_way`). With an idle queue it
-#: changes nothing; under load no report waits more than this longer than it would have.
+#: The reports of a plan (status patches and Events) after its last workload action, all of a plan
+#: that only reports, rank in the request queue as a reconcile started this much later (cluster/gate.py):
+#: under a burst, the writes that start training go first, and a report still waiting when its run's
+#: next event comes is left out (the reconcile gives way,
+#: :func:`~continual_operator.cluster.k8s.giving_way`). With an idle queue it changes nothing; under load
+#: no report waits more than this longer than it would have. (A batch is marked as starting before its
+#: workload is created: that patch goes with the workload.)
 REPORT_RANK_DELAY_SECONDS = 5.0
+
+
+def _split_reports(plan: Plan) -> tuple[Plan, Plan]:
+    """The plan up to its last workload action (create or delete), and the reports after it."""
+    last = max(
+        (i for i, a in enumerate(plan.actions) if isinstance(a, CreateWorkload | DeleteWorkload)), default=-1
+    )
+    return Plan(plan.actions[: last + 1]), Plan(plan.actions[last + 1 :])
+
+
 #: Retry delay after an error that is neither the API's nor the spec's (a bug).
 UNEXPECTED_ERROR_RETRY_SECONDS = 60.0
 
@@ -467,12 +479,15 @@ class Reconciler:
         context = PlanContext(other_runs=others, check_paths=True, engines=engines)
         the_plan = make_plan(run, batches, workloads, now=now, context=context)
         the_plan = one_patch_per_object(Plan(first + invalid.actions + the_plan.actions))
-        # A plan that only reports (status patches, Events) lets the plans that start or stop workloads
-        # go first for a while: see REPORT_RANK_DELAY_SECONDS.
-        acts = any(isinstance(a, CreateWorkload | DeleteWorkload) for a in the_plan.actions)
+        # The reports after the plan's last workload action (all of a plan that only reports: status
+        # patches, Events) let the writes that start or stop workloads go first: REPORT_RANK_DELAY_SECONDS.
+        executor = executor.with_batches(batch_metas)
+        acts, reports = _split_reports(the_plan)
         try:
-            with ranked(current_rank() + (0.0 if acts else REPORT_RANK_DELAY_SECONDS)):
-                executed = await executor.with_batches(batch_metas).apply(the_plan, now=now)
+            with ranked(current_rank()):
+                executed = await executor.apply(acts, now=now)
+            with ranked(current_rank() + REPORT_RANK_DELAY_SECONDS):
+                await executor.apply(reports, now=now)
         except RejectedObjectError as error:
             await self._invalid(meta, status, error, now)
 
