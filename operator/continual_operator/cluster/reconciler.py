@@ -484,8 +484,7 @@ class Reconciler:
         executor = executor.with_batches(batch_metas)
         acts, reports = _split_reports(the_plan)
         try:
-            with ranked(current_rank()):
-                executed = await executor.apply(acts, now=now)
+            executed = await executor.apply(acts, now=now)
             with ranked(current_rank() + REPORT_RANK_DELAY_SECONDS):
                 await executor.apply(reports, now=now)
         except RejectedObjectError as error:
