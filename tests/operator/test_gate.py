@@ -8,7 +8,7 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -105,6 +105,17 @@ def test_an_executor_needs_a_worker() -> None:
 
 
 # -- giving way: a reconcile whose first write has not gone out yet ----------------------------------------
+@pytest.fixture
+async def reconciler(world: KubeWorld) -> AsyncIterator[Reconciler]:
+    """A reconciler without a view (it reads afresh, inline) on ``world``, closed after the test."""
+    reconciler = Reconciler(world.storage())
+    try:
+        yield reconciler
+    finally:
+        await reconciler.close()
+        reconciler.storage.close()
+
+
 class _HeldWrites:
     """Holds every write of a storage in the request queue (before its turn comes) until released."""
 
@@ -130,26 +141,21 @@ async def _waiting(reconciler: Reconciler, key: tuple[str, str]) -> None:
 
 
 async def test_a_reconcile_gives_way_before_its_first_write_to_a_newer_one_that_waits(
-    world: KubeWorld, monkeypatch: pytest.MonkeyPatch
+    world: KubeWorld, reconciler: Reconciler, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The run alone plans a status patch; its first batch arrives while that patch waits its turn: the
     newer reconcile writes everything (Job and statuses), the older one's patch never goes out."""
     world.add(RUNS, run_body())
-    reconciler = Reconciler(world.storage())
     held = _HeldWrites(reconciler.storage, monkeypatch)
     key = (NS, RUN)
-    try:
-        first = asyncio.create_task(reconciler.reconcile(key))
-        await asyncio.wait_for(held.queued.wait(), 10)  # its first write (the run's status) waits
-        world.add(BATCHES, batch_body("b1"))
-        second = asyncio.create_task(reconciler.reconcile(key))
-        await _waiting(reconciler, key)
-        held.release.set()
-        assert await first is None
-        plan = await second
-    finally:
-        await reconciler.close()
-        reconciler.storage.close()
+    first = asyncio.create_task(reconciler.reconcile(key))
+    await asyncio.wait_for(held.queued.wait(), 10)  # its first write (the run's status) waits
+    world.add(BATCHES, batch_body("b1"))
+    second = asyncio.create_task(reconciler.reconcile(key))
+    await _waiting(reconciler, key)
+    held.release.set()
+    assert await first is None
+    plan = await second
     assert plan is not None and plan.actions
     assert world.names(JOBS) == [job_name(RUN, "b1", 1)]
     assert len(world.status_patches(RUNS, RUN)) == 1, "the older plan's run status went out too"
@@ -160,56 +166,51 @@ async def test_a_reconcile_gives_way_before_its_first_write_to_a_newer_one_that_
 
 
 async def test_once_a_write_went_out_the_plan_runs_to_its_end_and_a_replan_does_not_give_way_again(
-    world: KubeWorld, monkeypatch: pytest.MonkeyPatch
+    world: KubeWorld, reconciler: Reconciler, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     world.add(RUNS, run_body())
     world.add(BATCHES, batch_body("b1"))
-    reconciler = Reconciler(world.storage())
     key = (NS, RUN)
-    try:
-        # A plan whose first write went out before the newer reconcile waited: it makes its Job.
-        started = asyncio.Event()
-        storage = reconciler.storage
-        original = storage._call
+    # A plan whose first write went out before the newer reconcile waited: it makes its Job.
+    started = asyncio.Event()
+    storage = reconciler.storage
+    original = storage._call
 
-        def call(method: str, path: str, *args: Any) -> Any:
-            answer = original(method, path, *args)
-            if method != "GET":
-                loop.call_soon_threadsafe(started.set)
-            return answer
+    def call(method: str, path: str, *args: Any) -> Any:
+        answer = original(method, path, *args)
+        if method != "GET":
+            loop.call_soon_threadsafe(started.set)
+        return answer
 
-        loop = asyncio.get_running_loop()
-        monkeypatch.setattr(storage, "_call", call)
-        first = asyncio.create_task(reconciler.reconcile(key))
-        await asyncio.wait_for(started.wait(), 10)
-        second = asyncio.create_task(reconciler.reconcile(key))
-        await _waiting(reconciler, key)
-        assert await first is not None
-        assert world.names(JOBS) == [job_name(RUN, "b1", 1)]
-        await second
+    loop = asyncio.get_running_loop()
+    monkeypatch.setattr(storage, "_call", call)
+    first = asyncio.create_task(reconciler.reconcile(key))
+    await asyncio.wait_for(started.wait(), 10)
+    second = asyncio.create_task(reconciler.reconcile(key))
+    await _waiting(reconciler, key)
+    assert await first is not None
+    assert world.names(JOBS) == [job_name(RUN, "b1", 1)]
+    await second
 
-        # A reconcile that gave way is replaced by one that does not give way in turn.
-        world.add(BATCHES, batch_body("b2", created=1))
-        world.finish_job(job_name(RUN, "b1", 1), exit_code=0, message=result("b1", 0, 5))
-        held = _HeldWrites(storage, monkeypatch)
-        third = asyncio.create_task(reconciler.reconcile(key))
-        await asyncio.wait_for(held.queued.wait(), 10)
-        fourth = asyncio.create_task(reconciler.reconcile(key))
-        await _waiting(reconciler, key)
-        held.release.set()
-        assert await third is None
-        fifth = asyncio.create_task(reconciler.reconcile(key))  # waits while the fourth one writes
-        assert await fourth is not None
-        await fifth
-    finally:
-        await reconciler.close()
-        storage.close()
+    # A reconcile that gave way is replaced by one that does not give way in turn.
+    world.add(BATCHES, batch_body("b2", created=1))
+    world.finish_job(job_name(RUN, "b1", 1), exit_code=0, message=result("b1", 0, 5))
+    held = _HeldWrites(storage, monkeypatch)
+    third = asyncio.create_task(reconciler.reconcile(key))
+    await asyncio.wait_for(held.queued.wait(), 10)
+    fourth = asyncio.create_task(reconciler.reconcile(key))
+    await _waiting(reconciler, key)
+    held.release.set()
+    assert await third is None
+    fifth = asyncio.create_task(reconciler.reconcile(key))  # waits while the fourth one writes
+    assert await fourth is not None
+    await fifth
     assert world.names(JOBS) == [job_name(RUN, "b1", 1), job_name(RUN, "b2", 1)]
     assert reconciler.metrics.reconciles.labels(result="superseded")._value.get() == 1
 
 
 async def test_a_plan_that_only_reports_ranks_after_the_plans_that_start_workloads(
-    world: KubeWorld, monkeypatch: pytest.MonkeyPatch
+    world: KubeWorld, reconciler: Reconciler, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A run alone plans its status only; a run with a batch, reconciled after it, plans a Job: the writes
     that start it rank first, the reports after it as late as the first run's (REPORT_RANK_DELAY_SECONDS)."""
@@ -217,7 +218,6 @@ async def test_a_plan_that_only_reports_ranks_after_the_plans_that_start_workloa
     world.add(RUNS, run_body())
     world.add(RUNS, run_body(other, storage={"existingClaim": "other-data"}))
     world.add(BATCHES, batch_body("o1", run=other))
-    reconciler = Reconciler(world.storage())
     storage = reconciler.storage
     writes: list[tuple[float, str, str]] = []
     original = storage._request
@@ -228,13 +228,9 @@ async def test_a_plan_that_only_reports_ranks_after_the_plans_that_start_workloa
         return await original(method, path, **kwargs)
 
     monkeypatch.setattr(storage, "_request", request)
-    try:
-        await reconciler.reconcile((NS, RUN))
-        alone = len(writes)
-        await reconciler.reconcile((NS, other))
-    finally:
-        await reconciler.close()
-        storage.close()
+    await reconciler.reconcile((NS, RUN))
+    alone = len(writes)
+    await reconciler.reconcile((NS, other))
     alone_writes, other_writes = writes[:alone], writes[alone:]
     assert [path.rsplit("/", 2)[-2:] for _, _, path in alone_writes] == [[RUN, "status"]]
     job = next(i for i, (_, _, path) in enumerate(other_writes) if path.endswith("/jobs"))
@@ -277,17 +273,12 @@ def _slow_batch_patches(
 
 
 async def test_a_runs_first_objects_are_created_while_its_batch_is_marked_as_starting(
-    world: KubeWorld, monkeypatch: pytest.MonkeyPatch
+    world: KubeWorld, reconciler: Reconciler, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     world.add(RUNS, run_body())
     world.add(BATCHES, batch_body("b1"))
-    reconciler = Reconciler(world.storage())
     spans = _slow_batch_patches(reconciler.storage, monkeypatch)
-    try:
-        await reconciler.reconcile((NS, RUN))
-    finally:
-        await reconciler.close()
-        reconciler.storage.close()
+    await reconciler.reconcile((NS, RUN))
     marked, account, job = spans["PATCH b1"], spans["POST serviceaccounts"], spans["POST jobs"]
     assert account[0] < marked[1], "the ServiceAccount waited for the batch's status patch"
     assert job[0] >= max(marked[1], account[1]), (
@@ -297,20 +288,15 @@ async def test_a_runs_first_objects_are_created_while_its_batch_is_marked_as_sta
 
 
 async def test_a_plan_stopped_before_its_workload_leaves_its_run_objects_and_nothing_running(
-    world: KubeWorld, monkeypatch: pytest.MonkeyPatch
+    world: KubeWorld, reconciler: Reconciler, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     world.add(RUNS, run_body())
     world.add(BATCHES, batch_body("b1"))
-    reconciler = Reconciler(world.storage())
     conflict = (409, "Conflict", json.dumps({"kind": "Status", "reason": "Conflict", "code": 409}).encode())
     _slow_batch_patches(reconciler.storage, monkeypatch, conflict)
-    try:
-        with pytest.raises(ConflictError):
-            await reconciler.reconcile((NS, RUN))
-        left = [t for t in asyncio.all_tasks() if "create_run_objects" in t.get_coro().__qualname__]
-        assert left == [], "the per-run objects' creation was left running"
-    finally:
-        await reconciler.close()
-        reconciler.storage.close()
+    with pytest.raises(ConflictError):
+        await reconciler.reconcile((NS, RUN))
+    left = [t for t in asyncio.all_tasks() if "create_run_objects" in t.get_coro().__qualname__]
+    assert left == [], "the per-run objects' creation was left running"
     assert world.names(JOBS) == []
     assert len(world.requests("POST", SERVICE_ACCOUNTS)) == 1
