@@ -5,6 +5,7 @@ still waits its turn gives way to a newer one of the run (cluster/k8s.py giving_
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import threading
 import time
@@ -133,7 +134,7 @@ class _HeldWrites:
 
 
 async def _waiting(reconciler: Reconciler, key: tuple[str, str]) -> None:
-    for _ in range(200):
+    for _ in range(1000):
         if key in reconciler._waiting:
             return
         await asyncio.sleep(0.01)
@@ -171,12 +172,16 @@ async def test_once_a_write_went_out_the_plan_runs_to_its_end_and_a_replan_does_
     world.add(RUNS, run_body())
     world.add(BATCHES, batch_body("b1"))
     key = (NS, RUN)
-    # A plan whose first write went out before the newer reconcile waited: it makes its Job.
-    started = asyncio.Event()
+    # A plan whose first write went out before the newer reconcile waited: it makes its Job. (Its later
+    # writes wait until the newer reconcile waits for the run.)
+    started, proceed = asyncio.Event(), threading.Event()
     storage = reconciler.storage
     original = storage._call
+    writes = itertools.count(1)
 
     def call(method: str, path: str, *args: Any) -> Any:
+        if method != "GET" and next(writes) > 1:
+            proceed.wait(10)
         answer = original(method, path, *args)
         if method != "GET":
             loop.call_soon_threadsafe(started.set)
@@ -188,6 +193,7 @@ async def test_once_a_write_went_out_the_plan_runs_to_its_end_and_a_replan_does_
     await asyncio.wait_for(started.wait(), 10)
     second = asyncio.create_task(reconciler.reconcile(key))
     await _waiting(reconciler, key)
+    proceed.set()
     assert await first is not None
     assert world.names(JOBS) == [job_name(RUN, "b1", 1)]
     await second
@@ -228,8 +234,10 @@ async def test_a_plan_that_only_reports_ranks_after_the_plans_that_start_workloa
         return await original(method, path, **kwargs)
 
     monkeypatch.setattr(storage, "_request", request)
+    loop = asyncio.get_running_loop()
+    first_started = loop.time()
     await reconciler.reconcile((NS, RUN))
-    alone = len(writes)
+    alone, second_started = len(writes), loop.time()
     await reconciler.reconcile((NS, other))
     alone_writes, other_writes = writes[:alone], writes[alone:]
     assert [path.rsplit("/", 2)[-2:] for _, _, path in alone_writes] == [[RUN, "status"]]
@@ -238,8 +246,9 @@ async def test_a_plan_that_only_reports_ranks_after_the_plans_that_start_workloa
     # The batch marked as starting, the per-run objects and the Job: at the reconcile's own rank.
     assert {path.rsplit("/", 1)[-1] for _, _, path in starts} >= {"status", "serviceaccounts", "jobs"}
     assert len({rank for rank, _, _ in starts}) == 1
-    assert all(rank < alone_writes[0][0] for rank, _, _ in starts)
-    assert alone_writes[0][0] - starts[0][0] >= REPORT_RANK_DELAY_SECONDS - 1.0
+    report = alone_writes[0][0]
+    assert first_started + REPORT_RANK_DELAY_SECONDS <= report <= second_started + REPORT_RANK_DELAY_SECONDS
+    assert all(second_started <= rank < report for rank, _, _ in starts)
     # Its reports after the Job (the run's status) rank as late as a plan that only reports.
     assert [path.rsplit("/", 2)[-2:] for _, _, path in after][:1] == [[other, "status"]]
     assert all(rank == starts[0][0] + REPORT_RANK_DELAY_SECONDS for rank, _, _ in after)
@@ -249,7 +258,7 @@ async def test_a_plan_that_only_reports_ranks_after_the_plans_that_start_workloa
 def _slow_batch_patches(
     storage: KubernetesStorage, monkeypatch: pytest.MonkeyPatch, answer: tuple[int, str, bytes] | None = None
 ) -> dict[str, tuple[float, float]]:
-    """Record when each write went out and came back; batch status patches take 0.3 s (or answer ``answer``)."""
+    """Record when each write went out and came back; batch status patches take 1 s (or answer ``answer``)."""
     spans: dict[str, tuple[float, float]] = {}
     original = storage._call
 
@@ -257,7 +266,7 @@ def _slow_batch_patches(
         started = time.monotonic()
         try:
             if method == "PATCH" and "/trainingbatches/" in path:
-                time.sleep(0.3)
+                time.sleep(1.0)
                 if answer is not None:
                     return answer
             return original(method, path, *args)
