@@ -75,6 +75,18 @@ def main() -> None:
             step_times=clock.times,
         )
         args.out.write_text(json.dumps(result))
+    leave_process_group()
+
+
+def leave_process_group() -> None:
+    """Leave torchrun's group once every rank is done, as ``continual_trainer.ranks.shutdown`` does: a
+    gloo group left to the interpreter's exit can abort its rank ("terminate called without an active
+    exception", seen once in CI)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
