@@ -769,46 +769,34 @@ class KubernetesStorage:
         versions = {name: meta.resource_version for name, meta in subject.batch_metas.items()}
         first = next((a.workload for a in plan.actions if isinstance(a, CreateWorkload)), None)
         ready = asyncio.ensure_future(self.create_run_objects(first)) if first is not None else None
+        namespace = subject.namespace
         try:
-            await self._execute(plan, subject, now, versions, created, ready)
+            for action in plan.actions:
+                if isinstance(action, CreateWorkload):
+                    if ready is not None:
+                        await ready  # the per-run objects (their error, if any, stops the plan here)
+                    if await self.create_workload(action.workload):
+                        created.append(action.job_name)
+                elif isinstance(action, DeleteWorkload):
+                    await self.delete_workload(namespace, action)
+                elif isinstance(action, UpdateBatchStatus):
+                    versions[action.batch] = await self.patch_status(
+                        BATCHES,
+                        namespace,
+                        action.batch,
+                        action.patch,
+                        resource_version=versions.get(action.batch),
+                    )
+                elif isinstance(action, UpdateRunStatus):
+                    await self.patch_status(RUNS, namespace, subject.run_meta.name, action.patch)
+                elif isinstance(action, EmitEvent):
+                    await self._emit(action, subject, now)
+                else:
+                    assert isinstance(action, RequeueAfter)
         finally:
             if ready is not None and not ready.done():  # the plan stopped before its workload
                 await asyncio.gather(ready, return_exceptions=True)
         return Executed(tuple(created))
-
-    async def _execute(
-        self,
-        plan: Plan,
-        subject: Subject,
-        now: dt.datetime,
-        versions: dict[str, str | None],
-        created: list[str],
-        ready: asyncio.Future[None] | None,
-    ) -> None:
-        namespace = subject.namespace
-        for action in plan.actions:
-            if isinstance(action, CreateWorkload):
-                if ready is not None:
-                    await ready  # the per-run objects (their error, if any, stops the plan here)
-                    ready = None
-                if await self.create_workload(action.workload):
-                    created.append(action.job_name)
-            elif isinstance(action, DeleteWorkload):
-                await self.delete_workload(namespace, action)
-            elif isinstance(action, UpdateBatchStatus):
-                versions[action.batch] = await self.patch_status(
-                    BATCHES,
-                    namespace,
-                    action.batch,
-                    action.patch,
-                    resource_version=versions.get(action.batch),
-                )
-            elif isinstance(action, UpdateRunStatus):
-                await self.patch_status(RUNS, namespace, subject.run_meta.name, action.patch)
-            elif isinstance(action, EmitEvent):
-                await self._emit(action, subject, now)
-            else:
-                assert isinstance(action, RequeueAfter)
 
     async def create_workload(self, workload: Workload) -> bool:
         """Create a built workload's manifests, each create-or-leave-alone; True when its Job is new.
